@@ -1,0 +1,138 @@
+//! Status conditions: what each part of a reconcile found, folded into `Ready`, and merged with the
+//! conditions already on the object so that `lastTransitionTime` only moves when a status does. Pure.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const KAFKA_READY: &str = "KafkaReady";
+pub const CLICKHOUSE_READY: &str = "ClickHouseReady";
+pub const WORKLOADS_AVAILABLE: &str = "WorkloadsAvailable";
+pub const PAUSED: &str = "Paused";
+
+/// Reasons, in CamelCase as Kubernetes conventions ask.
+pub mod reason {
+    pub const READY: &str = "Ready";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const NOT_SUPPORTED: &str = "NotSupported";
+    pub const TOPIC_READY: &str = "TopicReady";
+    pub const TABLE_READY: &str = "TableReady";
+    pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
+    pub const KAFKA_ERROR: &str = "KafkaError";
+    pub const CLICKHOUSE_UNAVAILABLE: &str = "ClickHouseUnavailable";
+    pub const CLICKHOUSE_ERROR: &str = "ClickHouseError";
+    pub const AVAILABLE: &str = "Available";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const WAITING: &str = "WaitingForStorage";
+    pub const PAUSED: &str = "ReconciliationPaused";
+}
+
+/// One condition as a reconcile computed it, before timestamps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub type_: &'static str,
+    pub ok: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn ok(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { type_, ok: true, reason, message: message.into() }
+    }
+    pub fn failed(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { type_, ok: false, reason, message: message.into() }
+    }
+}
+
+/// `Ready` from the part conditions: true when all are, otherwise the first failure's reason.
+pub fn ready(parts: &[Finding]) -> Finding {
+    match parts.iter().find(|p| !p.ok) {
+        None => Finding::ok(READY, reason::READY, "topic, table and workloads are ready"),
+        Some(failed) => Finding::failed(READY, failed.reason, format!("{}: {}", failed.type_, failed.message)),
+    }
+}
+
+/// Every condition false with the same reason (an invalid spec stops everything).
+pub fn all_failed(reason: &'static str, message: &str) -> Vec<Finding> {
+    [READY, KAFKA_READY, CLICKHOUSE_READY, WORKLOADS_AVAILABLE]
+        .into_iter()
+        .map(|t| Finding::failed(t, reason, message))
+        .collect()
+}
+
+/// New conditions from findings. Types not in `findings` are kept as they were, except `Paused`,
+/// which is dropped when absent (it is only there while paused).
+pub fn merge(existing: &[Condition], findings: &[Finding], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+    let mut merged: Vec<Condition> = existing
+        .iter()
+        .filter(|c| !findings.iter().any(|f| f.type_ == c.type_))
+        .filter(|c| c.type_ != PAUSED)
+        .cloned()
+        .collect();
+    for finding in findings {
+        let status = if finding.ok { "True" } else { "False" };
+        let previous = existing.iter().find(|c| c.type_ == finding.type_);
+        let last_transition_time = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+        merged.push(Condition {
+            type_: finding.type_.to_string(),
+            status: status.to_string(),
+            reason: finding.reason.to_string(),
+            message: finding.message.clone(),
+            observed_generation: generation,
+            last_transition_time,
+        });
+    }
+    let order = [READY, KAFKA_READY, CLICKHOUSE_READY, WORKLOADS_AVAILABLE, PAUSED];
+    merged.sort_by_key(|c| order.iter().position(|t| *t == c.type_).unwrap_or(order.len()));
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    #[test]
+    fn ready_takes_the_first_failure() {
+        let parts = vec![
+            Finding::ok(KAFKA_READY, reason::TOPIC_READY, "ok"),
+            Finding::failed(CLICKHOUSE_READY, reason::NOT_SUPPORTED, "type change"),
+            Finding::failed(WORKLOADS_AVAILABLE, reason::PROGRESSING, "0/1"),
+        ];
+        let r = ready(&parts);
+        assert!(!r.ok);
+        assert_eq!(r.reason, reason::NOT_SUPPORTED);
+        assert!(r.message.contains("type change"));
+        assert!(ready(&parts[..1]).ok);
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let t0 = time("2026-01-01T00:00:00Z");
+        let t1 = time("2026-01-01T00:05:00Z");
+        let first = merge(&[], &[Finding::failed(READY, reason::PROGRESSING, "a")], Some(1), &t0);
+        let same = merge(&first, &[Finding::failed(READY, reason::WAITING, "b")], Some(2), &t1);
+        assert_eq!(same[0].last_transition_time, t0);
+        assert_eq!(same[0].reason, reason::WAITING);
+        assert_eq!(same[0].observed_generation, Some(2));
+        let flipped = merge(&same, &[Finding::ok(READY, reason::READY, "c")], Some(2), &t1);
+        assert_eq!(flipped[0].last_transition_time, t1);
+        assert_eq!(flipped[0].status, "True");
+    }
+
+    #[test]
+    fn paused_is_added_and_removed_and_keeps_the_rest() {
+        let t = time("2026-01-01T00:00:00Z");
+        let base = merge(&[], &[Finding::ok(READY, reason::READY, "ok")], Some(1), &t);
+        let paused = merge(&base, &[Finding::ok(PAUSED, reason::PAUSED, "paused")], Some(2), &t);
+        assert_eq!(paused.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), vec![READY, PAUSED]);
+        let resumed = merge(&paused, &[Finding::ok(READY, reason::READY, "ok")], Some(3), &t);
+        assert_eq!(resumed.len(), 1);
+    }
+}

@@ -1,0 +1,297 @@
+//! Kubernetes objects for a resolved pipeline: the settings ConfigMap, and a Deployment and a
+//! Service per enabled component. Pure: no client, no I/O.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
+    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::build::labels;
+use crate::build::resolve::{Component, Resolved, Workload};
+
+pub const HTTP_PORT: i32 = 8080;
+/// Pod-template annotation that changes whenever the settings do, so pods roll.
+pub const CONFIG_HASH_ANNOTATION: &str = "flightline.dev/config-hash";
+
+pub fn config_map_name(pipeline: &str) -> String {
+    format!("{pipeline}-pipeline")
+}
+
+pub fn workload_name(pipeline: &str, component: Component) -> String {
+    format!("{pipeline}-{}", component.as_str())
+}
+
+/// In-cluster URL of a component's HTTP service.
+pub fn endpoint(resolved: &Resolved, component: Component) -> String {
+    format!("http://{}.{}.svc:{HTTP_PORT}", workload_name(&resolved.name, component), resolved.namespace)
+}
+
+/// The command each component's container runs (the service binaries read the rest from env).
+pub fn command(component: Component) -> Vec<String> {
+    let argv: &[&str] = match component {
+        Component::Ingest => &["flightline-ingest", "serve"],
+        Component::Sink => &["flightline-ingest", "sink"],
+        Component::Query => &["flightline-query"],
+        Component::Predict => &["flightline-predict"],
+    };
+    argv.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn config_map(resolved: &Resolved, owner: &OwnerReference) -> ConfigMap {
+    ConfigMap {
+        metadata: metadata(config_map_name(&resolved.name), resolved, None, owner),
+        data: Some(resolved.settings.clone()),
+        ..ConfigMap::default()
+    }
+}
+
+pub fn deployment(resolved: &Resolved, workload: &Workload, owner: &OwnerReference) -> Deployment {
+    let name = workload_name(&resolved.name, workload.component);
+    let selector = labels::selector(&resolved.name, workload.component);
+    let mut pod_labels = labels::common(&resolved.name, Some(workload.component));
+    pod_labels.extend(selector.clone());
+    let annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), settings_hash(resolved))]);
+    Deployment {
+        metadata: metadata(name.clone(), resolved, Some(workload.component), owner),
+        spec: DeploymentSpec {
+            replicas: Some(workload.replicas),
+            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(resolved, workload)),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+pub fn service(resolved: &Resolved, component: Component, owner: &OwnerReference) -> Service {
+    Service {
+        metadata: metadata(workload_name(&resolved.name, component), resolved, Some(component), owner),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(labels::selector(&resolved.name, component)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: HTTP_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn pod_spec(resolved: &Resolved, workload: &Workload) -> PodSpec {
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    PodSpec {
+        containers: vec![Container {
+            name: workload.component.as_str().into(),
+            image: Some(workload.image.clone()),
+            image_pull_policy: Some("IfNotPresent".into()),
+            command: Some(command(workload.component)),
+            env: Some(env(resolved, workload)),
+            env_from: Some(vec![EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource { name: config_map_name(&resolved.name), optional: Some(false) }),
+                ..EnvFromSource::default()
+            }]),
+            ports: Some(vec![ContainerPort {
+                name: Some("http".into()),
+                container_port: HTTP_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            }]),
+            liveness_probe: Some(probe("/healthz", 10)),
+            readiness_probe: Some(probe("/readyz", 5)),
+            resources: Some(workload.resources.clone().unwrap_or_else(default_resources)),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                run_as_non_root: Some(true),
+                capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+                ..SecurityContext::default()
+            }),
+            volume_mounts: Some(vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() }]),
+            ..Container::default()
+        }],
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+            ..PodSecurityContext::default()
+        }),
+        termination_grace_period_seconds: Some(30),
+        volumes: Some(vec![Volume { name: "tmp".into(), empty_dir: Some(Default::default()), ..Volume::default() }]),
+        ..PodSpec::default()
+    }
+}
+
+fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
+    let value = |name: &str, value: String| EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() };
+    let mut env = vec![
+        value("FLIGHTLINE_COMPONENT", workload.component.as_str().into()),
+        value("LISTEN_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
+        value("RUST_LOG", "info".into()),
+    ];
+    if let Some(secret) = &resolved.credentials {
+        let from_secret = |name: &str, key: &str| EnvVar {
+            name: name.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector { name: secret.name.clone(), key: key.into(), optional: Some(false) }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        };
+        env.push(from_secret("CLICKHOUSE_USER", &secret.username_key));
+        env.push(from_secret("CLICKHOUSE_PASSWORD", &secret.password_key));
+    }
+    // The user's variables come last so they win over ours.
+    env.extend(workload.env.iter().map(|(k, v)| value(k, v.clone())));
+    env
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".into(), Quantity("100m".into())), ("memory".into(), Quantity("64Mi".into()))])),
+        limits: Some(BTreeMap::from([("memory".into(), Quantity("256Mi".into()))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn metadata(name: String, resolved: &Resolved, component: Option<Component>, owner: &OwnerReference) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(resolved.namespace.clone()),
+        labels: Some(labels::common(&resolved.name, component)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// FNV-1a over the settings: stable across releases, unlike `DefaultHasher`.
+fn settings_hash(resolved: &Resolved) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (key, value) in &resolved.settings {
+        for byte in key.bytes().chain([0]).chain(value.bytes()).chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::resolve::{Defaults, resolve};
+    use crate::crd::FlightPipelineSpec;
+
+    fn resolved(spec: &FlightPipelineSpec) -> Resolved {
+        let defaults = Defaults {
+            kafka_bootstrap_servers: Some("k:9092".into()),
+            clickhouse_url: Some("http://ch:8123".into()),
+            ..Defaults::default()
+        };
+        resolve("air", "scl", spec, &defaults).unwrap()
+    }
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "flightline.dev/v1alpha1".into(),
+            kind: "FlightPipeline".into(),
+            name: "scl".into(),
+            uid: "uid-1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    #[test]
+    fn deployment_runs_the_component_command_with_the_pipeline_settings() {
+        let r = resolved(&FlightPipelineSpec::default());
+        let d = deployment(&r, r.workload(Component::Sink), &owner());
+        assert_eq!(d.metadata.name.as_deref(), Some("scl-sink"));
+        assert_eq!(d.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+        let labels = d.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/instance"], "scl");
+        assert_eq!(labels["app.kubernetes.io/component"], "sink");
+        let pod = d.spec.template.spec.as_ref().unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.command.as_ref().unwrap(), &["flightline-ingest", "sink"]);
+        assert_eq!(container.env_from.as_ref().unwrap()[0].config_map_ref.as_ref().unwrap().name, "scl-pipeline");
+        let env = container.env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "FLIGHTLINE_COMPONENT" && e.value.as_deref() == Some("sink")));
+        assert_eq!(container.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+        assert_eq!(container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
+    }
+
+    #[test]
+    fn selector_matches_pod_labels() {
+        let r = resolved(&FlightPipelineSpec::default());
+        let d = deployment(&r, r.workload(Component::Query), &owner());
+        let spec = d.spec;
+        let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+        for (k, v) in spec.selector.match_labels.unwrap() {
+            assert_eq!(pod_labels.get(&k), Some(&v));
+        }
+    }
+
+    #[test]
+    fn settings_change_rolls_pods_and_nothing_else_does() {
+        let mut spec = FlightPipelineSpec::default();
+        let a = resolved(&spec);
+        spec.query.workload.replicas = 3;
+        let b = resolved(&spec);
+        spec.sink.batch_size = 5;
+        let c = resolved(&spec);
+        assert_eq!(settings_hash(&a), settings_hash(&b));
+        assert_ne!(settings_hash(&a), settings_hash(&c));
+    }
+
+    #[test]
+    fn credentials_come_from_the_secret() {
+        let mut spec = FlightPipelineSpec::default();
+        spec.clickhouse.credentials_secret = Some(crate::crd::SecretKeyRefs {
+            name: "ch".into(),
+            username_key: "u".into(),
+            password_key: "p".into(),
+        });
+        let r = resolved(&spec);
+        let d = deployment(&r, r.workload(Component::Query), &owner());
+        let env = d.spec.template.spec.unwrap().containers[0].env.clone().unwrap();
+        let password = env.iter().find(|e| e.name == "CLICKHOUSE_PASSWORD").unwrap();
+        assert_eq!(password.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().key, "p");
+    }
+}

@@ -1,0 +1,420 @@
+//! The `FlightPipeline` API (`flightline.dev/v1alpha1`).
+//!
+//! Field docs become the CRD's descriptions, so `kubectl explain flightpipeline.spec.kafka` reads
+//! these comments. Fields with a default are plain (non-`Option`) types so that Kubernetes 1.20's
+//! `kubectl explain` still shows their type; the generator strips `nullable` from the rest.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Finalizer that lets the operator clean up the topic and table on deletion.
+pub const FINALIZER: &str = "flightline.dev/cleanup";
+/// Annotation (`"true"`) that lets a pipeline go without touching Kafka or ClickHouse.
+pub const SKIP_CLEANUP_ANNOTATION: &str = "flightline.dev/skip-cleanup";
+
+/// A flight-data pipeline: a Kafka topic (and dead-letter topic), a ClickHouse table and the
+/// ingest, sink, query and predict workloads that move and serve the data.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "flightline.dev",
+    version = "v1alpha1",
+    kind = "FlightPipeline",
+    plural = "flightpipelines",
+    shortname = "fp",
+    category = "flightline",
+    namespaced,
+    status = "FlightPipelineStatus",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Topic", type_ = "string", json_path = ".status.topic"),
+    printcolumn(name = "Table", type_ = "string", json_path = ".status.table"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FlightPipelineSpec {
+    /// Where flight records are published: the Kafka topic and its dead-letter topic.
+    #[serde(default)]
+    pub kafka: KafkaSpec,
+    /// Where flight records are stored: the ClickHouse database and table.
+    #[serde(default)]
+    pub clickhouse: ClickHouseSpec,
+    /// HTTP ingestion of flight records (JSON or CSV) into the topic.
+    #[serde(default)]
+    pub ingest: IngestSpec,
+    /// The consumer that moves records from the topic into the table in batches.
+    #[serde(default)]
+    pub sink: SinkSpec,
+    /// HTTP queries over stored flights and delay statistics.
+    #[serde(default)]
+    pub query: QuerySpec,
+    /// HTTP flight-delay predictions.
+    #[serde(default)]
+    pub predict: PredictSpec,
+    /// What happens to the topics and the table when the pipeline is deleted. `Retain` keeps
+    /// them; `Delete` removes them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Stop reconciling: the operator leaves every child object and external resource as it is
+    /// until this is set back to false.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// The Kafka side of the pipeline.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// Comma-separated `host:port` bootstrap servers. Empty means the operator's default
+    /// (`--kafka-bootstrap-servers`); a pipeline with neither is reported as invalid.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub bootstrap_servers: String,
+    /// Topic name. Empty means `<namespace>.<name>.flights`.
+    #[serde(default)]
+    #[schemars(length(max = 249), regex(pattern = r"^[a-zA-Z0-9._-]*$"))]
+    pub topic: String,
+    /// Number of partitions. It can grow; Kafka cannot shrink a topic, so a decrease is
+    /// reported as `NotSupported` and left alone.
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: i32,
+    /// Replication factor, fixed once the topic exists.
+    #[serde(default = "default_replication_factor")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: i16,
+    /// How long records are kept: a number with a unit `ms`, `s`, `m`, `h` or `d` (e.g. `7d`),
+    /// or `forever`. Sets `retention.ms`.
+    #[serde(default = "default_retention")]
+    #[schemars(regex(pattern = r"^([0-9]{1,12}(ms|s|m|h|d)|forever)$"))]
+    pub retention: String,
+    /// Extra topic configs, passed through as given (e.g. `compression.type: zstd`).
+    /// `retention.ms` and `cleanup.policy` are managed by the operator and may not be set here.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// The dead-letter topic that receives records the sink cannot parse, with the reason.
+    #[serde(default)]
+    pub dead_letter: DeadLetterSpec,
+}
+
+/// The dead-letter topic.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterSpec {
+    /// Create and use a dead-letter topic.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Topic name. Empty means `<topic>.dlq`.
+    #[serde(default)]
+    #[schemars(length(max = 249), regex(pattern = r"^[a-zA-Z0-9._-]*$"))]
+    pub topic: String,
+    /// Retention of dead letters (same format as `kafka.retention`).
+    #[serde(default = "default_dlq_retention")]
+    #[schemars(regex(pattern = r"^([0-9]{1,12}(ms|s|m|h|d)|forever)$"))]
+    pub retention: String,
+}
+
+/// The ClickHouse side of the pipeline.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClickHouseSpec {
+    /// HTTP(S) URL of ClickHouse, e.g. `http://clickhouse:8123`. Empty means the operator's
+    /// default (`--clickhouse-url`).
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub url: String,
+    /// Database, created if missing.
+    #[serde(default = "default_database")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
+    pub database: String,
+    /// Table, created if missing.
+    #[serde(default = "default_table")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
+    pub table: String,
+    /// Secret with the ClickHouse user and password (keys `username` and `password`).
+    /// Without it the `default` user without a password is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<SecretKeyRefs>,
+    /// Drop rows whose scheduled time is older than this: a number of days with unit `d`
+    /// (e.g. `730d`). Empty keeps rows forever.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]{1,5}d)?$"))]
+    pub ttl: String,
+    /// Partitioning of the table by scheduled time. Fixed once the table exists.
+    #[serde(default)]
+    pub partition_by: Partitioning,
+    /// Extra columns beyond the data set's, added to the table with `ALTER TABLE ADD COLUMN`.
+    /// Columns can be added; removing one or changing its type is reported as `NotSupported`.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub extra_columns: Vec<ExtraColumn>,
+}
+
+/// A reference to a Secret holding credentials.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRefs {
+    /// Secret name, in the pipeline's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the user name.
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    /// Key of the password.
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+/// How the table is partitioned.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Partitioning {
+    /// One partition per month of scheduled time (`toYYYYMM`).
+    #[default]
+    Month,
+    /// One partition per day of scheduled time (`toYYYYMMDD`).
+    Day,
+    /// A single partition.
+    None,
+}
+
+/// An extra column of the table.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtraColumn {
+    /// Column name; must not clash with a built-in column.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    pub name: String,
+    /// Column type.
+    #[serde(rename = "type")]
+    pub column_type: ExtraColumnType,
+}
+
+/// Types an extra column may have. Each is stored with its type's default for existing rows.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ExtraColumnType {
+    String,
+    Int64,
+    Float64,
+    Bool,
+    DateTime,
+}
+
+/// What the operator does with external resources when the pipeline is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the topics and the table (the default: data outlives its pipeline).
+    #[default]
+    Retain,
+    /// Delete the topics and the table.
+    Delete,
+}
+
+/// Settings every workload has.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    /// Run this component. Switching it off deletes its Deployment and Service.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Container image. Empty means the operator's default for this component.
+    #[serde(default)]
+    #[schemars(length(max = 512))]
+    pub image: String,
+    /// Number of pods.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    /// CPU and memory requests and limits. Empty means the operator's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra environment variables for the container (name → value).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        Self { enabled: true, image: String::new(), replicas: default_replicas(), resources: None, env: BTreeMap::new() }
+    }
+}
+
+/// The ingest component.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestSpec {
+    #[serde(flatten)]
+    pub workload: WorkloadSpec,
+    /// Largest request body accepted, in bytes (larger bodies get 413).
+    #[serde(default = "default_max_body_bytes")]
+    #[schemars(range(min = 1024, max = 1073741824))]
+    pub max_body_bytes: i64,
+}
+
+/// The sink component.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkSpec {
+    #[serde(flatten)]
+    pub workload: WorkloadSpec,
+    /// Most records per ClickHouse insert.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub batch_size: i32,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[serde(default = "default_linger_ms")]
+    #[schemars(range(min = 0, max = 600000))]
+    pub linger_ms: i32,
+}
+
+/// The query component.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuerySpec {
+    #[serde(flatten)]
+    pub workload: WorkloadSpec,
+    /// Most rows one `GET /v1/flights` page returns.
+    #[serde(default = "default_max_rows")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_rows: i32,
+}
+
+/// The predict component.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictSpec {
+    #[serde(flatten)]
+    pub workload: WorkloadSpec,
+    /// Path of the model artifact inside the container. Empty means the model built into the image.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub model_path: String,
+}
+
+/// What the operator observed and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlightPipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `KafkaReady`, `ClickHouseReady` and `WorkloadsAvailable`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The topic in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The dead-letter topic in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
+    /// The table in use, as `database.table`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Partitions the topic has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// In-cluster URLs of the HTTP services, by component.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, String>,
+    /// Available replicas, by component.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub available_replicas: BTreeMap<String, i32>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_partitions() -> i32 {
+    3
+}
+fn default_replication_factor() -> i16 {
+    1
+}
+fn default_retention() -> String {
+    "7d".into()
+}
+fn default_dlq_retention() -> String {
+    "30d".into()
+}
+fn default_database() -> String {
+    "flightline".into()
+}
+fn default_table() -> String {
+    "flights".into()
+}
+fn default_username_key() -> String {
+    "username".into()
+}
+fn default_password_key() -> String {
+    "password".into()
+}
+fn default_replicas() -> i32 {
+    1
+}
+fn default_max_body_bytes() -> i64 {
+    16 * 1024 * 1024
+}
+fn default_batch_size() -> i32 {
+    10_000
+}
+fn default_linger_ms() -> i32 {
+    1_000
+}
+fn default_max_rows() -> i32 {
+    10_000
+}
+
+impl Default for KafkaSpec {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: String::new(),
+            topic: String::new(),
+            partitions: default_partitions(),
+            replication_factor: default_replication_factor(),
+            retention: default_retention(),
+            config: BTreeMap::new(),
+            dead_letter: DeadLetterSpec::default(),
+        }
+    }
+}
+
+impl Default for DeadLetterSpec {
+    fn default() -> Self {
+        Self { enabled: true, topic: String::new(), retention: default_dlq_retention() }
+    }
+}
+
+impl Default for ClickHouseSpec {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            database: default_database(),
+            table: default_table(),
+            credentials_secret: None,
+            ttl: String::new(),
+            partition_by: Partitioning::default(),
+            extra_columns: Vec::new(),
+        }
+    }
+}
+
+impl Default for IngestSpec {
+    fn default() -> Self {
+        Self { workload: WorkloadSpec::default(), max_body_bytes: default_max_body_bytes() }
+    }
+}
+
+impl Default for SinkSpec {
+    fn default() -> Self {
+        Self { workload: WorkloadSpec::default(), batch_size: default_batch_size(), linger_ms: default_linger_ms() }
+    }
+}
+
+impl Default for QuerySpec {
+    fn default() -> Self {
+        Self { workload: WorkloadSpec::default(), max_rows: default_max_rows() }
+    }
+}

@@ -1,0 +1,144 @@
+//! Lease-based leader election (`coordination.k8s.io/v1`), so that several operator replicas can
+//! run and exactly one reconciles. Writes use the Lease's resourceVersion: two replicas racing for
+//! an expired lease cannot both win.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
+
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    /// How long a lease stays valid without renewal.
+    pub duration: Duration,
+    /// How often the holder renews.
+    pub renew_every: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("lost the leader lease {0} to {1}")]
+    Lost(String, String),
+    #[error("could not renew the leader lease before it expired: {0}")]
+    RenewFailed(kube::Error),
+}
+
+/// Outcome of one attempt.
+enum Attempt {
+    Held,
+    HeldBy(String),
+}
+
+pub struct Elector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+}
+
+impl Elector {
+    pub fn new(client: kube::Client, config: LeaseConfig) -> Self {
+        Self { api: Api::namespaced(client, &config.namespace), config }
+    }
+
+    /// Waits until this replica holds the lease.
+    pub async fn acquire(&self) {
+        let mut last_holder = String::new();
+        loop {
+            match self.try_acquire().await {
+                Ok(Attempt::Held) => {
+                    tracing::info!(lease = %self.config.name, identity = %self.config.identity, "became leader");
+                    return;
+                }
+                Ok(Attempt::HeldBy(holder)) => {
+                    if holder != last_holder {
+                        tracing::info!(lease = %self.config.name, %holder, "standing by: another replica leads");
+                        last_holder = holder;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.config.renew_every).await;
+        }
+    }
+
+    /// Renews the lease until it is lost or cannot be renewed in time; returns why.
+    pub async fn hold(&self) -> LeaderError {
+        let mut last_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.config.renew_every).await;
+            match self.try_acquire().await {
+                Ok(Attempt::Held) => last_renewal = tokio::time::Instant::now(),
+                Ok(Attempt::HeldBy(holder)) => return LeaderError::Lost(self.config.name.clone(), holder),
+                Err(e) if last_renewal.elapsed() >= self.config.duration => return LeaderError::RenewFailed(e),
+                Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+            }
+        }
+    }
+
+    /// Gives the lease up (on shutdown) so a standby takes over without waiting for expiry.
+    pub async fn release(&self) {
+        if let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            if spec.holder_identity.as_deref() == Some(self.config.identity.as_str()) {
+                spec.holder_identity = None;
+                spec.renew_time = None;
+                match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
+                    Ok(_) => tracing::info!(lease = %self.config.name, "released leader lease"),
+                    Err(e) => tracing::warn!(error = %e, "could not release the leader lease"),
+                }
+            }
+        }
+    }
+
+    async fn try_acquire(&self) -> Result<Attempt, kube::Error> {
+        let now = Timestamp::now();
+        let duration_secs = self.config.duration.as_secs().max(1) as i32;
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(self.config.name.clone()), ..ObjectMeta::default() },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.config.identity.clone()),
+                    lease_duration_seconds: Some(duration_secs),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Attempt::Held),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::HeldBy("another replica".into())),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let mine = holder == self.config.identity;
+        if !mine && !holder.is_empty() && !expired(spec, now) {
+            return Ok(Attempt::HeldBy(holder));
+        }
+        if !mine {
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            spec.acquire_time = Some(MicroTime(now));
+        }
+        spec.holder_identity = Some(self.config.identity.clone());
+        spec.lease_duration_seconds = Some(duration_secs);
+        spec.renew_time = Some(MicroTime(now));
+        // `replace` carries the resourceVersion we read: a concurrent writer makes it fail with 409.
+        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(Attempt::Held),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::HeldBy("another replica".into())),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
+    let Some(renewed) = spec.renew_time.as_ref() else { return true };
+    let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
+    renewed.0 + duration < now
+}

@@ -1,0 +1,219 @@
+//! `flightline-operator`: runs the FlightPipeline controller, or prints the CRD.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+
+use flightline_operator::build::labels;
+use flightline_operator::build::resolve::{Defaults, Images};
+use flightline_operator::crd::FlightPipeline;
+use flightline_operator::leader::{Elector, LeaseConfig};
+use flightline_operator::reconcile::{Context, error_policy, reconcile};
+use flightline_operator::telemetry::{self, Health, Metrics};
+use flightline_operator::crdgen;
+
+#[derive(Parser)]
+#[command(name = "flightline-operator", version, about = "Reconciles FlightPipeline resources into Kafka topics, ClickHouse tables and workloads")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (the default).
+    Run,
+    /// Print the FlightPipeline CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kafka bootstrap servers for pipelines that do not name their own.
+    #[arg(long, env = "FLIGHTLINE_KAFKA_BOOTSTRAP_SERVERS")]
+    kafka_bootstrap_servers: Option<String>,
+    /// ClickHouse HTTP URL for pipelines that do not name their own.
+    #[arg(long, env = "FLIGHTLINE_CLICKHOUSE_URL")]
+    clickhouse_url: Option<String>,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "FLIGHTLINE_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "FLIGHTLINE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Seconds between re-reconciles of an unchanged pipeline (catches drift in Kafka and ClickHouse).
+    #[arg(long, env = "FLIGHTLINE_RESYNC_SECONDS", default_value_t = 120)]
+    resync_seconds: u64,
+    /// Timeout of each Kafka and ClickHouse call, in seconds.
+    #[arg(long, env = "FLIGHTLINE_IO_TIMEOUT_SECONDS", default_value_t = 10)]
+    io_timeout_seconds: u64,
+    /// Elect a leader through a Lease so that only one replica reconciles.
+    #[arg(long, env = "FLIGHTLINE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "FLIGHTLINE_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, env = "FLIGHTLINE_LEASE_NAME", default_value = "flightline-operator")]
+    lease_name: String,
+    /// Seconds a lease stays valid without renewal.
+    #[arg(long, env = "FLIGHTLINE_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// This replica's identity in the Lease (default: the pod name, else host name and PID).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Default image of the ingest and sink workloads.
+    #[arg(long, env = "FLIGHTLINE_INGEST_IMAGE")]
+    ingest_image: Option<String>,
+    /// Default image of the query workload.
+    #[arg(long, env = "FLIGHTLINE_QUERY_IMAGE")]
+    query_image: Option<String>,
+    /// Default image of the predict workload.
+    #[arg(long, env = "FLIGHTLINE_PREDICT_IMAGE")]
+    predict_image: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", crdgen::crd_yaml());
+            Ok(())
+        }
+        Some(Command::Run) | None => {
+            telemetry::init_logging();
+            run(cli.run).await
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health { metrics: metrics.clone(), ready: ready.clone() };
+    let server = tokio::spawn(telemetry::serve(args.metrics_addr, health));
+
+    let pipelines: Api<FlightPipeline> = match &args.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    wait_for_crd(&pipelines).await;
+    ready.store(true, Ordering::Relaxed);
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let elector = args.leader_elect.then(|| {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        let duration = Duration::from_secs(args.lease_duration_seconds.max(2));
+        Elector::new(
+            client.clone(),
+            LeaseConfig { namespace, name: args.lease_name.clone(), identity: identity.clone(), duration, renew_every: duration / 3 },
+        )
+    });
+    if let Some(elector) = &elector {
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = shutdown_signal() => return Ok(()),
+        }
+    }
+    metrics.leader.set(1);
+
+    let images = Images::default();
+    let defaults = Defaults {
+        kafka_bootstrap_servers: args.kafka_bootstrap_servers.clone(),
+        clickhouse_url: args.clickhouse_url.clone(),
+        images: Images {
+            ingest: args.ingest_image.clone().unwrap_or(images.ingest),
+            query: args.query_image.clone().unwrap_or(images.query),
+            predict: args.predict_image.clone().unwrap_or(images.predict),
+        },
+    };
+    let reporter = Reporter { controller: labels::MANAGER.into(), instance: Some(identity) };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        defaults,
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        io_timeout: Duration::from_secs(args.io_timeout_seconds.max(1)),
+        failures: Default::default(),
+    });
+
+    let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let (deployments, services, config_maps) = match &args.watch_namespace {
+        Some(ns) => (Api::<Deployment>::namespaced(client.clone(), ns), Api::<Service>::namespaced(client.clone(), ns), Api::<ConfigMap>::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let controller = Controller::new(pipelines, watcher::Config::default())
+        .owns(deployments, owned.clone())
+        .owns(services, owned.clone())
+        .owns(config_maps, owned)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(pipeline = %object.name, namespace = ?object.namespace, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+            }
+        });
+    tracing::info!(namespace = ?args.watch_namespace, "controller started");
+
+    match &elector {
+        Some(elector) => {
+            tokio::select! {
+                _ = controller => elector.release().await,
+                lost = elector.hold() => {
+                    // Another replica may be reconciling already: stop at once, let Kubernetes restart us.
+                    tracing::error!(error = %lost, "leadership lost; exiting");
+                    std::process::exit(1);
+                }
+            }
+        }
+        None => controller.await,
+    }
+    server.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Blocks until the FlightPipeline CRD is served, saying what is missing meanwhile.
+async fn wait_for_crd(pipelines: &Api<FlightPipeline>) {
+    loop {
+        match pipelines.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return,
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot list FlightPipelines; is the CRD installed? (kubectl apply -f crds/)"
+            ),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

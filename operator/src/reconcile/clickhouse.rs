@@ -1,0 +1,108 @@
+//! ClickHouse I/O: read a table back from `system.tables` / `system.columns`, run a `TablePlan`,
+//! drop the table.
+
+use std::time::Duration;
+
+use clickhouse::{Client, Row};
+use serde::Deserialize;
+
+use crate::build::table::{ObservedTable, TablePlan, TableSpec, ttl_from_engine_full};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClickHouseError {
+    #[error("cannot reach ClickHouse at {url}: {source}")]
+    Unreachable { url: String, source: clickhouse::error::Error },
+    #[error("ClickHouse at {url} refused {statement:?}: {source}")]
+    Refused { url: String, statement: String, source: clickhouse::error::Error },
+}
+
+impl ClickHouseError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
+}
+
+#[derive(Row, Deserialize)]
+struct TableRow {
+    partition_key: String,
+    engine_full: String,
+}
+
+#[derive(Row, Deserialize)]
+struct ColumnRow {
+    name: String,
+    #[serde(rename = "type")]
+    column_type: String,
+}
+
+pub struct ClickHouseAdmin {
+    client: Client,
+    url: String,
+}
+
+impl ClickHouseAdmin {
+    pub fn new(url: &str, credentials: Option<(String, String)>, timeout: Duration) -> Self {
+        let mut client = Client::default()
+            .with_url(url)
+            .with_setting("max_execution_time", timeout.as_secs().max(1).to_string());
+        if let Some((user, password)) = credentials {
+            client = client.with_user(user).with_password(password);
+        }
+        Self { client, url: url.into() }
+    }
+
+    fn classify(&self, statement: &str, source: clickhouse::error::Error) -> ClickHouseError {
+        match source {
+            clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => {
+                ClickHouseError::Unreachable { url: self.url.clone(), source }
+            }
+            _ => ClickHouseError::Refused { url: self.url.clone(), statement: statement.into(), source },
+        }
+    }
+
+    async fn execute(&self, statement: &str) -> Result<(), ClickHouseError> {
+        self.client.query(statement).execute().await.map_err(|e| self.classify(statement, e))
+    }
+
+    pub async fn describe(&self, want: &TableSpec) -> Result<Option<ObservedTable>, ClickHouseError> {
+        let tables_sql = "SELECT partition_key, engine_full FROM system.tables WHERE database = ? AND name = ?";
+        let tables = self
+            .client
+            .query(tables_sql)
+            .bind(&want.database)
+            .bind(&want.table)
+            .fetch_all::<TableRow>()
+            .await
+            .map_err(|e| self.classify(tables_sql, e))?;
+        let Some(table) = tables.into_iter().next() else { return Ok(None) };
+        let columns_sql = "SELECT name, type FROM system.columns WHERE database = ? AND table = ? ORDER BY position";
+        let columns = self
+            .client
+            .query(columns_sql)
+            .bind(&want.database)
+            .bind(&want.table)
+            .fetch_all::<ColumnRow>()
+            .await
+            .map_err(|e| self.classify(columns_sql, e))?;
+        Ok(Some(ObservedTable {
+            columns: columns.into_iter().map(|c| (c.name, c.column_type)).collect(),
+            partition_key: table.partition_key,
+            ttl: ttl_from_engine_full(&table.engine_full),
+        }))
+    }
+
+    pub async fn apply(&self, want: &TableSpec, plan: &TablePlan) -> Result<(), ClickHouseError> {
+        if plan.create {
+            self.execute(&want.create_database()).await?;
+        }
+        for statement in &plan.statements {
+            tracing::info!(table = %want.qualified(), %statement, "changing ClickHouse table");
+            self.execute(statement).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn drop(&self, want: &TableSpec) -> Result<(), ClickHouseError> {
+        self.execute(&want.drop_table()).await
+    }
+}

@@ -1,0 +1,306 @@
+//! Kafka I/O: read a topic back from the broker, carry out a `TopicPlan`, delete topics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kafka_protocol::messages::{
+    AlterConfigsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    IncrementalAlterConfigsRequest, MetadataRequest, MetadataResponse, TopicName, alter_configs_request,
+    create_partitions_request::CreatePartitionsTopic,
+    create_topics_request::{CreatableTopic, CreatableTopicConfig},
+    delete_topics_request::DeleteTopicState,
+    describe_configs_request::DescribeConfigsResource,
+    incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig},
+    metadata_request::MetadataRequestTopic,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::kafka_wire::{Connection, WireError, error_text};
+use crate::build::topic::{ObservedTopic, TopicPlan, TopicSpec};
+
+const TOPIC_RESOURCE: i8 = 2;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+const OPERATION_TIMEOUT_MS: i32 = 30_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("Kafka refused to {action} topic {topic}: {detail}")]
+    Refused { action: &'static str, topic: String, detail: String },
+}
+
+impl KafkaError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Wire(e) if e.is_transient())
+    }
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Self::Wire(WireError::Unsupported { .. }))
+    }
+}
+
+/// An admin session: a connection to a bootstrap server and, when it is another broker, to the
+/// controller (topic creation and deletion go to the controller on ZooKeeper-mode clusters).
+pub struct KafkaAdmin {
+    bootstrap: Connection,
+    controller: Option<Connection>,
+    timeout: Duration,
+}
+
+impl KafkaAdmin {
+    pub async fn connect(bootstrap_servers: &str, timeout: Duration) -> Result<Self, KafkaError> {
+        let mut last_error = None;
+        for server in bootstrap_servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match Connection::connect(server, timeout).await {
+                Ok(bootstrap) => return Ok(Self { bootstrap, controller: None, timeout }),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error
+            .unwrap_or(WireError::Protocol { addr: bootstrap_servers.into(), message: "no bootstrap servers".into() })
+            .into())
+    }
+
+    async fn metadata(&mut self, topics: &[&str]) -> Result<MetadataResponse, KafkaError> {
+        let mut request = MetadataRequest::default();
+        request.topics = Some(
+            topics
+                .iter()
+                .map(|t| {
+                    let mut topic = MetadataRequestTopic::default();
+                    topic.name = Some(topic_name(t));
+                    topic
+                })
+                .collect(),
+        );
+        request.allow_auto_topic_creation = false;
+        Ok(self.bootstrap.call(request, 12).await?.0)
+    }
+
+    /// The connection admin writes go to: the controller when metadata names another broker.
+    async fn controller(&mut self) -> Result<&mut Connection, KafkaError> {
+        if self.controller.is_none() {
+            let metadata = self.metadata(&[]).await?;
+            let address = metadata
+                .brokers
+                .iter()
+                .find(|b| b.node_id == metadata.controller_id)
+                .map(|b| format!("{}:{}", b.host.as_str(), b.port));
+            if let Some(address) = address.filter(|a| a != self.bootstrap.addr()) {
+                match Connection::connect(&address, self.timeout).await {
+                    Ok(conn) => self.controller = Some(conn),
+                    // An advertised address we cannot reach (e.g. outside the cluster): KRaft brokers
+                    // forward admin writes, so the bootstrap connection is the fallback.
+                    Err(e) => tracing::debug!(%address, error = %e, "controller unreachable; using bootstrap broker"),
+                }
+            }
+        }
+        Ok(self.controller.as_mut().unwrap_or(&mut self.bootstrap))
+    }
+
+    /// The topic as the broker has it, or `None` when it does not exist.
+    pub async fn describe(&mut self, name: &str) -> Result<Option<ObservedTopic>, KafkaError> {
+        let metadata = self.metadata(&[name]).await?;
+        let Some(topic) = metadata.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name)) else {
+            return Ok(None);
+        };
+        match topic.error_code {
+            0 => {}
+            UNKNOWN_TOPIC_OR_PARTITION => return Ok(None),
+            code => {
+                return Err(KafkaError::Refused { action: "describe", topic: name.into(), detail: error_text(code, None) });
+            }
+        }
+        let replication_factor = topic.partitions.iter().map(|p| p.replica_nodes.len()).max().unwrap_or(0) as i16;
+        Ok(Some(ObservedTopic {
+            partitions: topic.partitions.len() as i32,
+            replication_factor,
+            configs: self.describe_configs(name).await?,
+        }))
+    }
+
+    async fn describe_configs(&mut self, name: &str) -> Result<Option<BTreeMap<String, String>>, KafkaError> {
+        if !self.bootstrap.supports::<DescribeConfigsRequest>() {
+            return Ok(None);
+        }
+        let mut resource = DescribeConfigsResource::default();
+        resource.resource_type = TOPIC_RESOURCE;
+        resource.resource_name = StrBytes::from_string(name.into());
+        let mut request = DescribeConfigsRequest::default();
+        request.resources = vec![resource];
+        let (response, _) = self.bootstrap.call(request, 4).await?;
+        let Some(result) = response.results.first() else { return Ok(None) };
+        if result.error_code != 0 {
+            return Err(KafkaError::Refused {
+                action: "describe the configs of",
+                topic: name.into(),
+                detail: error_text(result.error_code, result.error_message.as_ref()),
+            });
+        }
+        Ok(Some(
+            result
+                .configs
+                .iter()
+                .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                .collect(),
+        ))
+    }
+
+    /// Carries out a plan. Partition growth on a broker without `CreatePartitions` comes back as
+    /// `Unsupported`; the caller reports it and does not retry.
+    pub async fn apply(&mut self, want: &TopicSpec, plan: &TopicPlan) -> Result<(), KafkaError> {
+        if plan.create {
+            self.create(want).await?;
+            return Ok(());
+        }
+        if !plan.set_configs.is_empty() {
+            self.set_configs(&want.name, &plan.set_configs).await?;
+        }
+        if let Some(count) = plan.grow_partitions_to {
+            self.grow(&want.name, count).await?;
+        }
+        Ok(())
+    }
+
+    async fn create(&mut self, want: &TopicSpec) -> Result<(), KafkaError> {
+        let mut topic = CreatableTopic::default();
+        topic.name = topic_name(&want.name);
+        topic.num_partitions = want.partitions;
+        topic.replication_factor = want.replication_factor;
+        topic.configs = want
+            .configs
+            .iter()
+            .map(|(k, v)| {
+                let mut config = CreatableTopicConfig::default();
+                config.name = StrBytes::from_string(k.clone());
+                config.value = Some(StrBytes::from_string(v.clone()));
+                config
+            })
+            .collect();
+        let mut request = CreateTopicsRequest::default();
+        request.topics = vec![topic];
+        request.timeout_ms = OPERATION_TIMEOUT_MS;
+        let (response, _) = self.controller().await?.call(request, 7).await?;
+        for result in &response.topics {
+            // Another writer won the race: adopt the topic, the next reconcile compares it.
+            if result.error_code != 0 && result.error_code != TOPIC_ALREADY_EXISTS {
+                return Err(KafkaError::Refused {
+                    action: "create",
+                    topic: want.name.clone(),
+                    detail: error_text(result.error_code, result.error_message.as_ref()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_configs(&mut self, topic: &str, configs: &BTreeMap<String, String>) -> Result<(), KafkaError> {
+        let controller = self.controller().await?;
+        let (code, message) = if controller.supports::<IncrementalAlterConfigsRequest>() {
+            let mut resource = AlterConfigsResource::default();
+            resource.resource_type = TOPIC_RESOURCE;
+            resource.resource_name = StrBytes::from_string(topic.into());
+            resource.configs = configs
+                .iter()
+                .map(|(k, v)| {
+                    let mut config = AlterableConfig::default();
+                    config.name = StrBytes::from_string(k.clone());
+                    config.config_operation = 0; // SET
+                    config.value = Some(StrBytes::from_string(v.clone()));
+                    config
+                })
+                .collect();
+            let mut request = IncrementalAlterConfigsRequest::default();
+            request.resources = vec![resource];
+            let (response, _) = controller.call(request, 1).await?;
+            response.responses.first().map(|r| (r.error_code, r.error_message.clone())).unwrap_or((0, None))
+        } else {
+            // Legacy AlterConfigs replaces the whole set: only reached for brokers older than 2.3.
+            let mut resource = alter_configs_request::AlterConfigsResource::default();
+            resource.resource_type = TOPIC_RESOURCE;
+            resource.resource_name = StrBytes::from_string(topic.into());
+            resource.configs = configs
+                .iter()
+                .map(|(k, v)| {
+                    let mut config = alter_configs_request::AlterableConfig::default();
+                    config.name = StrBytes::from_string(k.clone());
+                    config.value = Some(StrBytes::from_string(v.clone()));
+                    config
+                })
+                .collect();
+            let mut request = AlterConfigsRequest::default();
+            request.resources = vec![resource];
+            let (response, _) = controller.call(request, 2).await?;
+            response.responses.first().map(|r| (r.error_code, r.error_message.clone())).unwrap_or((0, None))
+        };
+        if code != 0 {
+            return Err(KafkaError::Refused {
+                action: "change the configs of",
+                topic: topic.into(),
+                detail: error_text(code, message.as_ref()),
+            });
+        }
+        Ok(())
+    }
+
+    async fn grow(&mut self, topic: &str, count: i32) -> Result<(), KafkaError> {
+        let mut entry = CreatePartitionsTopic::default();
+        entry.name = topic_name(topic);
+        entry.count = count;
+        entry.assignments = None;
+        let mut request = CreatePartitionsRequest::default();
+        request.topics = vec![entry];
+        request.timeout_ms = OPERATION_TIMEOUT_MS;
+        let (response, _) = self.controller().await?.call(request, 3).await?;
+        for result in &response.results {
+            if result.error_code != 0 {
+                return Err(KafkaError::Refused {
+                    action: "add partitions to",
+                    topic: topic.into(),
+                    detail: error_text(result.error_code, result.error_message.as_ref()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes topics; topics that do not exist count as deleted.
+    pub async fn delete(&mut self, topics: &[String]) -> Result<(), KafkaError> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let controller = self.controller().await?;
+        let version = controller.version::<DeleteTopicsRequest>(6)?;
+        let mut request = DeleteTopicsRequest::default();
+        request.timeout_ms = OPERATION_TIMEOUT_MS;
+        if version >= 6 {
+            request.topics = topics
+                .iter()
+                .map(|t| {
+                    let mut state = DeleteTopicState::default();
+                    state.name = Some(topic_name(t));
+                    state
+                })
+                .collect();
+        } else {
+            request.topic_names = topics.iter().map(|t| topic_name(t)).collect();
+        }
+        let (response, _) = controller.call(request, version).await?;
+        for result in &response.responses {
+            if result.error_code != 0 && result.error_code != UNKNOWN_TOPIC_OR_PARTITION {
+                let topic = result.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+                return Err(KafkaError::Refused {
+                    action: "delete",
+                    topic,
+                    detail: error_text(result.error_code, result.error_message.as_ref()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_string()))
+}

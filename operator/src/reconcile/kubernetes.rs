@@ -1,0 +1,89 @@
+//! Kubernetes I/O for child objects: server-side apply that skips objects already as wanted,
+//! deletion of switched-off components, and Deployment availability.
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::build::labels::MANAGER;
+
+/// Applies `desired` with server-side apply unless the live object already has every field it
+/// sets, so an unchanged pipeline writes nothing. Returns whether it wrote.
+pub async fn apply<K>(api: &Api<K>, desired: &K) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    if let Some(live) = api.get_opt(&name).await? {
+        let as_json = |o: &K| serde_json::to_value(o).map_err(kube::Error::SerdeError);
+        if is_subset(&as_json(desired)?, &as_json(&live)?) {
+            return Ok(false);
+        }
+    }
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired)).await?;
+    Ok(true)
+}
+
+/// Deletes an object if it exists and is controlled by `owner_uid` (never someone else's).
+pub async fn delete_owned<K>(api: &Api<K>, name: &str, owner_uid: &str) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    let Some(live) = api.get_opt(name).await? else { return Ok(false) };
+    if !live.owner_references().iter().any(|o| o.uid == owner_uid && o.controller == Some(true)) {
+        return Ok(false);
+    }
+    let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `(available, wanted)` replicas of a Deployment; available counts only once the Deployment
+/// controller has seen the latest spec.
+pub async fn availability(api: &Api<Deployment>, name: &str) -> Result<(i32, i32), kube::Error> {
+    let Some(deployment) = api.get_opt(name).await? else { return Ok((0, 0)) };
+    let wanted = deployment.spec.replicas.unwrap_or(1);
+    let status = deployment.status.unwrap_or_default();
+    let current = status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    let available = if current { status.available_replicas.unwrap_or(0).min(status.updated_replicas.unwrap_or(0)) } else { 0 };
+    Ok((available, wanted))
+}
+
+/// True when every field of `want` is present with the same value in `have`. Arrays must have the
+/// same length and match element by element; fields only `have` carries (defaults, status) are fine.
+pub fn is_subset(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w.iter().all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv))),
+        (Value::Array(w), Value::Array(h)) => w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b)),
+        _ => want == have,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_subset;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_on_the_live_object_do_not_count_as_drift() {
+        let want = json!({"spec": {"replicas": 1, "ports": [{"port": 80}]}});
+        let have = json!({"spec": {"replicas": 1, "ports": [{"port": 80, "protocol": "TCP"}], "clusterIP": "10.0.0.9"}});
+        assert!(is_subset(&want, &have));
+    }
+
+    #[test]
+    fn changed_values_and_list_lengths_are_drift() {
+        let have = json!({"spec": {"replicas": 1, "env": [{"name": "A"}, {"name": "B"}]}});
+        assert!(!is_subset(&json!({"spec": {"replicas": 2}}), &have));
+        assert!(!is_subset(&json!({"spec": {"env": [{"name": "A"}]}}), &have));
+        assert!(!is_subset(&json!({"spec": {"missing": true}}), &have));
+    }
+}

@@ -1,0 +1,96 @@
+//! The status subresource and Events: written only when something changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::build::conditions::{self, Finding};
+use crate::crd::{FlightPipeline, FlightPipelineStatus};
+
+/// A separate field manager for status: Kubernetes 1.20 tracks managed fields per object, not
+/// per subresource, so sharing the spec manager's name would fight the child applies.
+const STATUS_MANAGER: &str = "flightline-operator-status";
+
+/// Facts for the status beyond conditions; `None` keeps what is there.
+#[derive(Default)]
+pub struct Facts {
+    pub topic: Option<String>,
+    pub dead_letter_topic: Option<Option<String>>,
+    pub table: Option<String>,
+    pub partitions: Option<i32>,
+    pub endpoints: Option<std::collections::BTreeMap<String, String>>,
+    pub available_replicas: Option<std::collections::BTreeMap<String, i32>>,
+}
+
+/// Merges findings and facts into the status, patches it when it changed, and publishes an Event
+/// when `Ready` changes status or reason.
+pub async fn update(
+    api: &Api<FlightPipeline>,
+    recorder: &Recorder,
+    fp: &FlightPipeline,
+    findings: &[Finding],
+    facts: Facts,
+) -> Result<(), kube::Error> {
+    let old = fp.status.clone().unwrap_or_default();
+    let now = Time(Timestamp::now());
+    let mut new = FlightPipelineStatus {
+        observed_generation: fp.metadata.generation,
+        conditions: conditions::merge(&old.conditions, findings, fp.metadata.generation, &now),
+        ..old.clone()
+    };
+    if let Some(topic) = facts.topic {
+        new.topic = Some(topic);
+    }
+    if let Some(dlq) = facts.dead_letter_topic {
+        new.dead_letter_topic = dlq;
+    }
+    if let Some(table) = facts.table {
+        new.table = Some(table);
+    }
+    if facts.partitions.is_some() {
+        new.partitions = facts.partitions;
+    }
+    if let Some(endpoints) = facts.endpoints {
+        new.endpoints = endpoints;
+    }
+    if let Some(replicas) = facts.available_replicas {
+        new.available_replicas = replicas;
+    }
+    if new == old {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": FlightPipeline::api_version(&()),
+        "kind": FlightPipeline::kind(&()),
+        "status": new,
+    });
+    api.patch_status(&fp.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch)).await?;
+
+    let ready = |s: &FlightPipelineStatus| {
+        s.conditions.iter().find(|c| c.type_ == conditions::READY).map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    if ready(&old) != ready(&new) {
+        if let Some(c) = new.conditions.iter().find(|c| c.type_ == conditions::READY) {
+            let type_ = if c.status == "True" { EventType::Normal } else { EventType::Warning };
+            publish(recorder, fp, type_, &c.reason, &c.message).await;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes an Event; failures are logged, never fatal (Events are best effort).
+pub async fn publish(recorder: &Recorder, fp: &FlightPipeline, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &fp.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not publish event");
+    }
+}
