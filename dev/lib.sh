@@ -1,0 +1,101 @@
+# Shared settings and helpers for the dev/ scripts (sourced, not executed).
+#
+# Two places hold state:
+#   $FLIGHTLINE_CACHE  heavy, reusable builds: Kubernetes binaries, Tansu, the chDB venv, cargo's
+#                      target dir. Default /var/tmp/flightline, outside the clone, so fresh clones,
+#                      CI and later sessions reuse them.
+#   $STATE (.flightline/ at the repo root, git-ignored)  this checkout's running stack: certificates,
+#                      etcd/Kafka/ClickHouse data, logs, PID files and the sourceable `env`.
+# Every port is overridable from the environment.
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEV="$REPO/dev"
+FLIGHTLINE_CACHE="${FLIGHTLINE_CACHE:-/var/tmp/flightline}"
+STATE="${FLIGHTLINE_STATE:-$REPO/.flightline}"
+RUN="$STATE/run"
+LOGS="$STATE/logs"
+ENV_FILE="$STATE/env"
+
+K8S_BIN="$FLIGHTLINE_CACHE/k8s/bin"
+TANSU_BIN="$FLIGHTLINE_CACHE/tansu/bin/tansu"
+VENV="$FLIGHTLINE_CACHE/venv"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FLIGHTLINE_CACHE/target}"
+OPERATOR_BIN="$CARGO_TARGET_DIR/debug/flightline-operator"
+
+TANSU_VERSION=0.6.0
+CHDB_CORE_VERSION=26.9.0
+
+HOST=127.0.0.1
+API_PORT="${API_PORT:-16443}"
+KCM_PORT="${KCM_PORT:-16444}"
+SCHED_PORT="${SCHED_PORT:-16445}"
+ETCD_PORT="${ETCD_PORT:-12379}"
+ETCD_PEER_PORT="${ETCD_PEER_PORT:-12380}"
+KAFKA_PORT="${KAFKA_PORT:-19092}"
+CH_PORT="${CH_PORT:-18123}"
+OPERATOR_METRICS_PORT="${OPERATOR_METRICS_PORT:-18080}"
+KUBECONFIG_FILE="$STATE/k8s/kubeconfig"
+
+log() { printf '[%s %s] %s\n' "$(basename "$0")" "$(date +%T)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# port_free PORT: nothing listens on 127.0.0.1:PORT
+port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# spawn NAME CMD... : start detached, record "pid tag"; the tag (SPAWN_TAG, default the command)
+# must appear in the process's command line for stop/alive to touch it (guards against PID reuse)
+spawn() {
+  local name=$1; shift
+  mkdir -p "$RUN" "$LOGS"
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo "$! ${SPAWN_TAG:-$1}" >"$RUN/$name.pid"
+}
+
+# alive NAME: the recorded PID is running and is still the command we started
+alive() {
+  local f="$RUN/$1.pid" pid tag
+  [ -f "$f" ] || return 1
+  read -r pid tag <"$f" || return 1
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$tag"
+}
+
+# stop NAME: SIGTERM the recorded process (only if it is still ours), SIGKILL after 15 s
+stop() {
+  local name=$1 pid
+  if alive "$name"; then
+    read -r pid _ <"$RUN/$name.pid"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then log "$name ignored SIGTERM; killing"; kill -KILL "$pid" 2>/dev/null || true; fi
+    log "stopped $name (pid $pid)"
+  fi
+  rm -f "$RUN/$name.pid"
+}
+
+# wait_until SECONDS DESCRIPTION CMD... : poll CMD every 0.3 s
+wait_until() {
+  local timeout=$1 what=$2; shift 2
+  local end=$(( $(date +%s) + timeout ))
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$end" ] || return 1
+    sleep 0.3
+  done
+}
+
+kubectl_() { kubectl --kubeconfig="$KUBECONFIG_FILE" "$@"; }
+
+# apt_install PKG... : installs the missing ones (needs root, as on these machines)
+apt_install() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  mkdir -p "$LOGS"
+  if ! apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}" >"$LOGS/apt.log" 2>&1; then
+    apt-get -o DPkg::Lock::Timeout=600 update -q >>"$LOGS/apt.log" 2>&1
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}" >>"$LOGS/apt.log" 2>&1 \
+      || { tail -20 "$LOGS/apt.log" >&2; die "apt-get install ${missing[*]} failed"; }
+  fi
+}
