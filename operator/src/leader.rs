@@ -41,7 +41,10 @@ pub struct Elector {
 
 impl Elector {
     pub fn new(client: kube::Client, config: LeaseConfig) -> Self {
-        Self { api: Api::namespaced(client, &config.namespace), config }
+        Self {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+        }
     }
 
     /// Waits until this replica holds the lease.
@@ -72,8 +75,12 @@ impl Elector {
             tokio::time::sleep(self.config.renew_every).await;
             match self.try_acquire().await {
                 Ok(Attempt::Held) => last_renewal = tokio::time::Instant::now(),
-                Ok(Attempt::HeldBy(holder)) => return LeaderError::Lost(self.config.name.clone(), holder),
-                Err(e) if last_renewal.elapsed() >= self.config.duration => return LeaderError::RenewFailed(e),
+                Ok(Attempt::HeldBy(holder)) => {
+                    return LeaderError::Lost(self.config.name.clone(), holder);
+                }
+                Err(e) if last_renewal.elapsed() >= self.config.duration => {
+                    return LeaderError::RenewFailed(e);
+                }
                 Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
             }
         }
@@ -86,7 +93,11 @@ impl Elector {
             if spec.holder_identity.as_deref() == Some(self.config.identity.as_str()) {
                 spec.holder_identity = None;
                 spec.renew_time = None;
-                match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
+                match self
+                    .api
+                    .replace(&self.config.name, &PostParams::default(), &lease)
+                    .await
+                {
                     Ok(_) => tracing::info!(lease = %self.config.name, "released leader lease"),
                     Err(e) => tracing::warn!(error = %e, "could not release the leader lease"),
                 }
@@ -99,7 +110,10 @@ impl Elector {
         let duration_secs = self.config.duration.as_secs().max(1) as i32;
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.config.name.clone()), ..ObjectMeta::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.config.name.clone()),
+                    ..ObjectMeta::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.config.identity.clone()),
                     lease_duration_seconds: Some(duration_secs),
@@ -111,7 +125,9 @@ impl Elector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Attempt::Held),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::HeldBy("another replica".into())),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    Ok(Attempt::HeldBy("another replica".into()))
+                }
                 Err(e) => Err(e),
             };
         };
@@ -129,16 +145,24 @@ impl Elector {
         spec.lease_duration_seconds = Some(duration_secs);
         spec.renew_time = Some(MicroTime(now));
         // `replace` carries the resourceVersion we read: a concurrent writer makes it fail with 409.
-        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(Attempt::Held),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::HeldBy("another replica".into())),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                Ok(Attempt::HeldBy("another replica".into()))
+            }
             Err(e) => Err(e),
         }
     }
 }
 
 fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let Some(renewed) = spec.renew_time.as_ref() else { return true };
+    let Some(renewed) = spec.renew_time.as_ref() else {
+        return true;
+    };
     let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
     renewed.0 + duration < now
 }

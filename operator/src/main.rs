@@ -17,13 +17,17 @@ use kube::runtime::watcher;
 use flightline_operator::build::labels;
 use flightline_operator::build::resolve::{Defaults, Images};
 use flightline_operator::crd::FlightPipeline;
+use flightline_operator::crdgen;
 use flightline_operator::leader::{Elector, LeaseConfig};
 use flightline_operator::reconcile::{Context, error_policy, reconcile};
 use flightline_operator::telemetry::{self, Health, Metrics};
-use flightline_operator::crdgen;
 
 #[derive(Parser)]
-#[command(name = "flightline-operator", version, about = "Reconciles FlightPipeline resources into Kafka topics, ClickHouse tables and workloads")]
+#[command(
+    name = "flightline-operator",
+    version,
+    about = "Reconciles FlightPipeline resources into Kafka topics, ClickHouse tables and workloads"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -66,7 +70,11 @@ struct RunArgs {
     #[arg(long, env = "FLIGHTLINE_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
     /// Name of the leader Lease.
-    #[arg(long, env = "FLIGHTLINE_LEASE_NAME", default_value = "flightline-operator")]
+    #[arg(
+        long,
+        env = "FLIGHTLINE_LEASE_NAME",
+        default_value = "flightline-operator"
+    )]
     lease_name: String,
     /// Seconds a lease stays valid without renewal.
     #[arg(long, env = "FLIGHTLINE_LEASE_DURATION_SECONDS", default_value_t = 15)]
@@ -104,7 +112,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let health = Health { metrics: metrics.clone(), ready: ready.clone() };
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
     let server = tokio::spawn(telemetry::serve(args.metrics_addr, health));
 
     let pipelines: Api<FlightPipeline> = match &args.watch_namespace {
@@ -127,7 +138,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let duration = Duration::from_secs(args.lease_duration_seconds.max(2));
         Elector::new(
             client.clone(),
-            LeaseConfig { namespace, name: args.lease_name.clone(), identity: identity.clone(), duration, renew_every: duration / 3 },
+            LeaseConfig {
+                namespace,
+                name: args.lease_name.clone(),
+                identity: identity.clone(),
+                duration,
+                renew_every: duration / 3,
+            },
         )
     });
     if let Some(elector) = &elector {
@@ -148,7 +165,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             predict: args.predict_image.clone().unwrap_or(images.predict),
         },
     };
-    let reporter = Reporter { controller: labels::MANAGER.into(), instance: Some(identity) };
+    let reporter = Reporter {
+        controller: labels::MANAGER.into(),
+        instance: Some(identity),
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         defaults,
@@ -159,10 +179,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         failures: Default::default(),
     });
 
-    let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let owned =
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
     let (deployments, services, config_maps) = match &args.watch_namespace {
-        Some(ns) => (Api::<Deployment>::namespaced(client.clone(), ns), Api::<Service>::namespaced(client.clone(), ns), Api::<ConfigMap>::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+        Some(ns) => (
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
     let controller = Controller::new(pipelines, watcher::Config::default())
         .owns(deployments, owned.clone())
@@ -211,7 +240,8 @@ async fn wait_for_crd(pipelines: &Api<FlightPipeline>) {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

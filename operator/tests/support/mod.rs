@@ -1,0 +1,387 @@
+//! Harness for end-to-end tests against the local stack (`dev/test` starts it and exports
+//! KUBECONFIG, KAFKA_BOOTSTRAP_SERVERS and CLICKHOUSE_URL). Each test gets its own namespace,
+//! ClickHouse database and operator process (watching only that namespace, with its own Lease),
+//! so tests run in parallel without seeing each other.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clickhouse::Row;
+use flightline_operator::build::topic::ObservedTopic;
+use flightline_operator::crd::FlightPipeline;
+use flightline_operator::reconcile::kafka::KafkaAdmin;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+
+pub struct Stack {
+    pub client: Client,
+    pub bootstrap: String,
+    pub clickhouse_url: String,
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the end-to-end tests through dev/test"))
+}
+
+impl Stack {
+    pub async fn connect() -> Self {
+        let bootstrap = env("KAFKA_BOOTSTRAP_SERVERS");
+        let clickhouse_url = env("CLICKHOUSE_URL");
+        env("KUBECONFIG");
+        let client = Client::try_default()
+            .await
+            .expect("a client for the local apiserver");
+        Self {
+            client,
+            bootstrap,
+            clickhouse_url,
+        }
+    }
+
+    pub fn clickhouse(&self) -> clickhouse::Client {
+        clickhouse::Client::default().with_url(&self.clickhouse_url)
+    }
+
+    pub async fn topic(&self, name: &str) -> Option<ObservedTopic> {
+        let mut admin = KafkaAdmin::connect(&self.bootstrap, Duration::from_secs(10))
+            .await
+            .expect("broker reachable");
+        admin.describe(name).await.expect("describe topic")
+    }
+
+    pub async fn columns(&self, database: &str, table: &str) -> BTreeMap<String, String> {
+        #[derive(Row, Deserialize)]
+        struct Column {
+            name: String,
+            #[serde(rename = "type")]
+            column_type: String,
+        }
+        self.clickhouse()
+            .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
+            .bind(database)
+            .bind(table)
+            .fetch_all::<Column>()
+            .await
+            .expect("system.columns")
+            .into_iter()
+            .map(|c| (c.name, c.column_type))
+            .collect()
+    }
+
+    pub async fn engine_full(&self, database: &str, table: &str) -> Option<String> {
+        #[derive(Row, Deserialize)]
+        struct Engine {
+            engine_full: String,
+        }
+        self.clickhouse()
+            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+            .bind(database)
+            .bind(table)
+            .fetch_all::<Engine>()
+            .await
+            .expect("system.tables")
+            .into_iter()
+            .next()
+            .map(|e| e.engine_full)
+    }
+
+    /// Creates a namespace, deleted again when the guard drops.
+    pub async fn namespace(&self, prefix: &str) -> TestNamespace {
+        let name = format!("e2e-{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        TestNamespace {
+            database: name.replace('-', "_"),
+            name,
+        }
+    }
+}
+
+pub struct TestNamespace {
+    pub name: String,
+    /// A ClickHouse database of this test's own.
+    pub database: String,
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("kubectl")
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Options of a test's operator process.
+pub struct OperatorOptions {
+    pub namespace: String,
+    pub with_defaults: bool,
+    pub lease_name: String,
+    pub resync_seconds: u64,
+}
+
+impl OperatorOptions {
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            with_defaults: true,
+            lease_name: "flightline-operator".into(),
+            resync_seconds: 2,
+        }
+    }
+}
+
+/// An operator process; killed when dropped.
+pub struct Operator {
+    child: Child,
+    pub metrics_port: u16,
+    pub identity: String,
+}
+
+impl Operator {
+    pub fn start(stack: &Stack, options: &OperatorOptions) -> Self {
+        let metrics_port = free_port();
+        let identity = format!("op-{metrics_port}");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flightline-operator"));
+        command
+            .arg("run")
+            .env("FLIGHTLINE_WATCH_NAMESPACE", &options.namespace)
+            .env("FLIGHTLINE_LEASE_NAMESPACE", &options.namespace)
+            .env("FLIGHTLINE_LEASE_NAME", &options.lease_name)
+            .env("FLIGHTLINE_LEASE_DURATION_SECONDS", "4")
+            .env(
+                "FLIGHTLINE_RESYNC_SECONDS",
+                options.resync_seconds.to_string(),
+            )
+            .env("FLIGHTLINE_IO_TIMEOUT_SECONDS", "3")
+            .env(
+                "FLIGHTLINE_METRICS_ADDR",
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .env("POD_NAME", &identity)
+            .env("RUST_LOG", "info,kube=warn")
+            .env_remove("FLIGHTLINE_KAFKA_BOOTSTRAP_SERVERS")
+            .env_remove("FLIGHTLINE_CLICKHOUSE_URL")
+            .stdout(Stdio::null());
+        if options.with_defaults {
+            command
+                .env("FLIGHTLINE_KAFKA_BOOTSTRAP_SERVERS", &stack.bootstrap)
+                .env("FLIGHTLINE_CLICKHOUSE_URL", &stack.clickhouse_url);
+        }
+        // Operator logs go to a file per process, for reading when a test fails.
+        let log_dir = std::env::var("E2E_LOG_DIR")
+            .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
+        let log = std::fs::File::create(format!(
+            "{log_dir}/operator-{}-{identity}.log",
+            options.namespace
+        ))
+        .expect("log file");
+        command.stderr(log);
+        let child = command.spawn().expect("start the operator binary");
+        Self {
+            child,
+            metrics_port,
+            identity,
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// SIGKILL: a crash, with no chance to release the lease.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if !self.is_running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.metrics_port, "/metrics").await
+    }
+
+    /// Value of an unlabelled or labelled sample, e.g. `flightline_operator_leader`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A minimal HTTP/1.0 GET on loopback (no HTTP client dependency needed for the tests).
+pub async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// `examples/scl.yaml`, with this test's namespace and database.
+pub fn example_pipeline(ns: &TestNamespace) -> FlightPipeline {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/scl.yaml"))
+            .expect("example");
+    let mut fp: FlightPipeline =
+        serde_saphyr::from_str(&text).expect("the example parses as a FlightPipeline");
+    fp.metadata.namespace = Some(ns.name.clone());
+    fp.spec.clickhouse.database = ns.database.clone();
+    fp
+}
+
+pub fn pipelines(stack: &Stack, ns: &TestNamespace) -> Api<FlightPipeline> {
+    Api::namespaced(stack.client.clone(), &ns.name)
+}
+
+/// Server-side applies a pipeline as a user would (`kubectl apply --server-side`).
+pub async fn apply(
+    api: &Api<FlightPipeline>,
+    fp: &FlightPipeline,
+) -> Result<FlightPipeline, kube::Error> {
+    let mut fp = fp.clone();
+    fp.metadata.managed_fields = None;
+    fp.metadata.resource_version = None;
+    fp.status = None;
+    api.patch(
+        &fp.name_any(),
+        &PatchParams::apply("e2e-user").force(),
+        &Patch::Apply(&fp),
+    )
+    .await
+}
+
+pub fn condition<'a>(fp: &'a FlightPipeline, type_: &str) -> Option<&'a Condition> {
+    fp.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+/// Polls until `check` holds for the pipeline, or panics with its last state.
+pub async fn wait_for(
+    api: &Api<FlightPipeline>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&FlightPipeline) -> bool,
+) -> FlightPipeline {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let current = api.get_opt(name).await.expect("get pipeline");
+        if let Some(fp) = &current
+            && check(fp)
+        {
+            return fp.clone();
+        }
+        if tokio::time::Instant::now() > deadline {
+            let status = current
+                .and_then(|fp| fp.status)
+                .map(|s| serde_json::to_string_pretty(&s.conditions).unwrap());
+            panic!("timed out waiting for {name}: {what}; conditions: {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Waits for a condition with the given status and (optionally) reason, for the current generation.
+pub async fn wait_condition(
+    api: &Api<FlightPipeline>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> FlightPipeline {
+    let what = format!("{type_}={status} reason {reason:?}");
+    wait_for(api, name, &what, |fp| {
+        condition(fp, type_).is_some_and(|c| {
+            c.status == status
+                && reason.is_none_or(|r| c.reason == r)
+                && c.observed_generation == fp.metadata.generation
+        })
+    })
+    .await
+}
+
+pub async fn wait_gone(api: &Api<FlightPipeline>, name: &str) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while api.get_opt(name).await.expect("get").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} was not deleted in time"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Runs a dev/ script (e.g. `dev/stack stop-kafka`) from the repository root.
+pub fn dev(args: &[&str]) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let status = Command::new("bash")
+        .arg(format!("{root}/dev/{}", args[0]))
+        .args(&args[1..])
+        .status()
+        .expect("run dev script");
+    assert!(status.success(), "dev/{} failed", args.join(" "));
+}
