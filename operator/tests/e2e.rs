@@ -688,3 +688,74 @@ fn kubectl(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn drift_outside_kubernetes_is_repaired_and_paused_pipelines_are_left_alone() {
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("drift").await;
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+    let mut fp = example_pipeline(&ns);
+    apply(&api, &fp).await.unwrap();
+    wait_condition(&api, "scl", "Ready", "True", None).await;
+    let topic_name = format!("{}.scl.flights", ns.name);
+
+    // Someone drops the table and a Deployment behind the operator's back.
+    stack
+        .clickhouse()
+        .query(&format!("DROP TABLE `{}`.scl_flights", ns.database))
+        .execute()
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(stack.client.clone(), &ns.name);
+    deployments
+        .delete("scl-query", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while stack.columns(&ns.database, "scl_flights").await.len() != 25
+        || deployments.get_opt("scl-query").await.unwrap().is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "drift was not repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Paused: spec changes wait; the Paused condition says why.
+    fp.spec.paused = true;
+    fp.spec.kafka.retention = "2d".into();
+    fp.spec.query.workload.enabled = false;
+    apply(&api, &fp).await.unwrap();
+    wait_condition(&api, "scl", "Paused", "True", Some("ReconciliationPaused")).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        stack.topic(&topic_name).await.unwrap().configs.unwrap()["retention.ms"],
+        "604800000"
+    );
+    assert!(deployments.get_opt("scl-query").await.unwrap().is_some());
+
+    // Resumed: the changes land, the switched-off component's objects go, Paused is gone.
+    fp.spec.paused = false;
+    apply(&api, &fp).await.unwrap();
+    let resumed = wait_condition(&api, "scl", "Ready", "True", None).await;
+    assert!(condition(&resumed, "Paused").is_none());
+    assert_eq!(
+        stack.topic(&topic_name).await.unwrap().configs.unwrap()["retention.ms"],
+        "172800000"
+    );
+    let services: Api<Service> = Api::namespaced(stack.client.clone(), &ns.name);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while deployments.get_opt("scl-query").await.unwrap().is_some()
+        || services.get_opt("scl-query").await.unwrap().is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "switched-off query was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(!resumed.status.unwrap().endpoints.contains_key("query"));
+}
