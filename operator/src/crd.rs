@@ -32,23 +32,11 @@ pub const SKIP_CLEANUP_ANNOTATION: &str = "flightline.dev/skip-cleanup";
     category = "flightline",
     namespaced,
     status = "FlightPipelineStatus",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(
-        name = "Reason",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
-    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Topic", type_ = "string", json_path = ".status.topic"),
     printcolumn(name = "Table", type_ = "string", json_path = ".status.table"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FlightPipelineSpec {
@@ -144,17 +132,11 @@ pub struct ClickHouseSpec {
     pub url: String,
     /// Database, created if missing.
     #[serde(default = "default_database")]
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
     pub database: String,
     /// Table, created if missing.
     #[serde(default = "default_table")]
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
     pub table: String,
     /// Secret with the ClickHouse user and password (keys `username` and `password`).
     /// Without it the `default` user without a password is used.
@@ -410,11 +392,7 @@ impl Default for KafkaSpec {
 
 impl Default for DeadLetterSpec {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            topic: String::new(),
-            retention: default_dlq_retention(),
-        }
+        Self { enabled: true, topic: String::new(), retention: default_dlq_retention() }
     }
 }
 
@@ -434,28 +412,18 @@ impl Default for ClickHouseSpec {
 
 impl Default for IngestSpec {
     fn default() -> Self {
-        Self {
-            workload: WorkloadSpec::default(),
-            max_body_bytes: default_max_body_bytes(),
-        }
+        Self { workload: WorkloadSpec::default(), max_body_bytes: default_max_body_bytes() }
     }
 }
 
 impl Default for SinkSpec {
     fn default() -> Self {
-        Self {
-            workload: WorkloadSpec::default(),
-            batch_size: default_batch_size(),
-            linger_ms: default_linger_ms(),
-        }
+        Self { workload: WorkloadSpec::default(), batch_size: default_batch_size(), linger_ms: default_linger_ms() }
     }
 }
 
 impl Default for QuerySpec {
     fn default() -> Self {
-        Self {
-            workload: WorkloadSpec::default(),
-            max_rows: default_max_rows(),
-        }
+        Self { workload: WorkloadSpec::default(), max_rows: default_max_rows() }
     }
 }

@@ -41,10 +41,7 @@ pub struct Elector {
 
 impl Elector {
     pub fn new(client: kube::Client, config: LeaseConfig) -> Self {
-        Self {
-            api: Api::namespaced(client, &config.namespace),
-            config,
-        }
+        Self { api: Api::namespaced(client, &config.namespace), config }
     }
 
     /// Waits until this replica holds the lease.
@@ -93,11 +90,7 @@ impl Elector {
             if spec.holder_identity.as_deref() == Some(self.config.identity.as_str()) {
                 spec.holder_identity = None;
                 spec.renew_time = None;
-                match self
-                    .api
-                    .replace(&self.config.name, &PostParams::default(), &lease)
-                    .await
-                {
+                match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
                     Ok(_) => tracing::info!(lease = %self.config.name, "released leader lease"),
                     Err(e) => tracing::warn!(error = %e, "could not release the leader lease"),
                 }
@@ -110,10 +103,7 @@ impl Elector {
         let duration_secs = self.config.duration.as_secs().max(1) as i32;
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.config.name.clone()),
-                    ..ObjectMeta::default()
-                },
+                metadata: ObjectMeta { name: Some(self.config.name.clone()), ..ObjectMeta::default() },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.config.identity.clone()),
                     lease_duration_seconds: Some(duration_secs),
@@ -125,9 +115,7 @@ impl Elector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Attempt::Held),
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    Ok(Attempt::HeldBy("another replica".into()))
-                }
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::HeldBy("another replica".into())),
                 Err(e) => Err(e),
             };
         };
@@ -145,15 +133,9 @@ impl Elector {
         spec.lease_duration_seconds = Some(duration_secs);
         spec.renew_time = Some(MicroTime(now));
         // `replace` carries the resourceVersion we read: a concurrent writer makes it fail with 409.
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(Attempt::Held),
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                Ok(Attempt::HeldBy("another replica".into()))
-            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::HeldBy("another replica".into())),
             Err(e) => Err(e),
         }
     }

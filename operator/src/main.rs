@@ -70,11 +70,7 @@ struct RunArgs {
     #[arg(long, env = "FLIGHTLINE_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
     /// Name of the leader Lease.
-    #[arg(
-        long,
-        env = "FLIGHTLINE_LEASE_NAME",
-        default_value = "flightline-operator"
-    )]
+    #[arg(long, env = "FLIGHTLINE_LEASE_NAME", default_value = "flightline-operator")]
     lease_name: String,
     /// Seconds a lease stays valid without renewal.
     #[arg(long, env = "FLIGHTLINE_LEASE_DURATION_SECONDS", default_value_t = 15)]
@@ -112,10 +108,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let health = Health {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-    };
+    let health = Health { metrics: metrics.clone(), ready: ready.clone() };
     let server = tokio::spawn(telemetry::serve(args.metrics_addr, health));
 
     let pipelines: Api<FlightPipeline> = match &args.watch_namespace {
@@ -165,10 +158,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             predict: args.predict_image.clone().unwrap_or(images.predict),
         },
     };
-    let reporter = Reporter {
-        controller: labels::MANAGER.into(),
-        instance: Some(identity),
-    };
+    let reporter = Reporter { controller: labels::MANAGER.into(), instance: Some(identity) };
     let ctx = Arc::new(Context {
         client: client.clone(),
         defaults,
@@ -179,19 +169,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         failures: Default::default(),
     });
 
-    let owned =
-        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
     let (deployments, services, config_maps) = match &args.watch_namespace {
         Some(ns) => (
             Api::<Deployment>::namespaced(client.clone(), ns),
             Api::<Service>::namespaced(client.clone(), ns),
             Api::<ConfigMap>::namespaced(client.clone(), ns),
         ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
     };
     let controller = Controller::new(pipelines, watcher::Config::default())
         .owns(deployments, owned.clone())
@@ -201,7 +186,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
-                Ok((object, _)) => tracing::debug!(pipeline = %object.name, namespace = ?object.namespace, "reconciled"),
+                Ok((object, _)) => {
+                    tracing::debug!(pipeline = %object.name, namespace = ?object.namespace, "reconciled")
+                }
                 Err(e) => tracing::debug!(error = %e, "reconcile failed"),
             }
         });
@@ -240,8 +227,7 @@ async fn wait_for_crd(pipelines: &Api<FlightPipeline>) {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

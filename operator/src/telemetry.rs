@@ -19,8 +19,7 @@ use prometheus_client::registry::Registry;
 
 /// JSON logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -53,51 +52,26 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("flightline_operator");
         let reconciliations = Family::<ResultLabels, Counter>::default();
         let errors = Family::<ReasonLabels, Counter>::default();
-        let duration =
-            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        let duration = Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let leader = Gauge::default();
-        registry.register(
-            "reconciliations",
-            "Reconciles run, by result",
-            reconciliations.clone(),
-        );
-        registry.register(
-            "reconcile_errors",
-            "Failed reconciles, by reason",
-            errors.clone(),
-        );
+        registry.register("reconciliations", "Reconciles run, by result", reconciliations.clone());
+        registry.register("reconcile_errors", "Failed reconciles, by reason", errors.clone());
         registry.register_with_unit(
             "reconcile_duration",
             "Time a reconcile takes",
             prometheus_client::registry::Unit::Seconds,
             duration.clone(),
         );
-        registry.register(
-            "leader",
-            "1 while this replica holds the leader lease",
-            leader.clone(),
-        );
-        Self {
-            registry,
-            reconciliations,
-            errors,
-            duration,
-            leader,
-        }
+        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        Self { registry, reconciliations, errors, duration, leader }
     }
 }
 
 impl Metrics {
     pub fn observe_reconcile(&self, took: Duration, error_reason: Option<&'static str>) {
         self.duration.observe(took.as_secs_f64());
-        let result = if error_reason.is_some() {
-            "error"
-        } else {
-            "ok"
-        };
-        self.reconciliations
-            .get_or_create(&ResultLabels { result })
-            .inc();
+        let result = if error_reason.is_some() { "error" } else { "ok" };
+        self.reconciliations.get_or_create(&ResultLabels { result }).inc();
         if let Some(reason) = error_reason {
             self.errors.get_or_create(&ReasonLabels { reason }).inc();
         }
@@ -105,8 +79,7 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -131,22 +104,13 @@ pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<()> {
 }
 
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        health.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], health.metrics.encode())
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     if health.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok")
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the Kubernetes API yet",
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, "not connected to the Kubernetes API yet")
     }
 }

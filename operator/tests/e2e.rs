@@ -15,8 +15,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::json;
 use support::*;
 
-const LABELS: &str =
-    "app.kubernetes.io/instance=scl,app.kubernetes.io/managed-by=flightline-operator";
+const LABELS: &str = "app.kubernetes.io/instance=scl,app.kubernetes.io/managed-by=flightline-operator";
 
 #[tokio::test]
 #[ignore = "needs the local stack: run dev/test"]
@@ -25,15 +24,10 @@ async fn example_pipeline_becomes_ready_with_topic_table_and_workloads() {
     let ns = stack.namespace("example").await;
     let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
     let api = pipelines(&stack, &ns);
-    let fp = apply(&api, &example_pipeline(&ns))
-        .await
-        .expect("apply example");
+    let fp = apply(&api, &example_pipeline(&ns)).await.expect("apply example");
     let started = std::time::Instant::now();
     let ready = wait_condition(&api, "scl", "Ready", "True", Some("Ready")).await;
-    println!(
-        "example pipeline Ready {:.1}s after apply",
-        started.elapsed().as_secs_f64()
-    );
+    println!("example pipeline Ready {:.1}s after apply", started.elapsed().as_secs_f64());
 
     // Kafka, read back from the broker.
     let topic_name = format!("{}.scl.flights", ns.name);
@@ -46,14 +40,8 @@ async fn example_pipeline_becomes_ready_with_topic_table_and_workloads() {
     let configs = topic.configs.expect("broker describes configs");
     assert_eq!(configs["retention.ms"], "604800000");
     assert_eq!(configs["compression.type"], "producer");
-    let dlq = stack
-        .topic(&format!("{topic_name}.dlq"))
-        .await
-        .expect("dead-letter topic exists");
-    assert_eq!(
-        dlq.configs.unwrap()["retention.ms"],
-        (30 * 86_400_000i64).to_string()
-    );
+    let dlq = stack.topic(&format!("{topic_name}.dlq")).await.expect("dead-letter topic exists");
+    assert_eq!(dlq.configs.unwrap()["retention.ms"], (30 * 86_400_000i64).to_string());
 
     // ClickHouse, read back from system.columns.
     let columns = stack.columns(&ns.database, "scl_flights").await;
@@ -62,33 +50,18 @@ async fn example_pipeline_becomes_ready_with_topic_table_and_workloads() {
     assert_eq!(columns["flight_type"], "Enum8('I' = 1, 'N' = 2)");
     assert_eq!(columns["delay_minutes"], "Int32");
     assert_eq!(columns["delayed"], "Bool");
-    assert_eq!(
-        columns["period_day"],
-        "Enum8('morning' = 1, 'afternoon' = 2, 'night' = 3)"
-    );
+    assert_eq!(columns["period_day"], "Enum8('morning' = 1, 'afternoon' = 2, 'night' = 3)");
     assert_eq!(columns["high_season"], "Bool");
     assert_eq!(columns["source_offset"], "Int64");
-    assert!(
-        stack
-            .engine_full(&ns.database, "scl_flights")
-            .await
-            .unwrap()
-            .starts_with("ReplacingMergeTree")
-    );
+    assert!(stack.engine_full(&ns.database, "scl_flights").await.unwrap().starts_with("ReplacingMergeTree"));
 
     // Kubernetes children: owned by the pipeline, labelled, running the service commands.
     let uid = fp.uid().unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(stack.client.clone(), &ns.name);
-    let services: Api<Service> = Api::namespaced(stack.client.clone(), &ns.name);
     let config_maps: Api<ConfigMap> = Api::namespaced(stack.client.clone(), &ns.name);
-    let by_labels = ListParams::default().labels(LABELS);
-    let deployment_list = deployments.list(&by_labels).await.unwrap();
+    let deployment_list = children::<Deployment>(&stack, &ns).await;
     let mut names: Vec<_> = deployment_list.iter().map(|d| d.name_any()).collect();
     names.sort();
-    assert_eq!(
-        names,
-        ["scl-ingest", "scl-predict", "scl-query", "scl-sink"]
-    );
+    assert_eq!(names, ["scl-ingest", "scl-predict", "scl-query", "scl-sink"]);
     for d in &deployment_list {
         let owner = &d.owner_references()[0];
         assert_eq!(
@@ -99,7 +72,7 @@ async fn example_pipeline_becomes_ready_with_topic_table_and_workloads() {
         let container = &d.spec.template.spec.as_ref().unwrap().containers[0];
         assert!(container.command.as_ref().unwrap()[0].starts_with("flightline-"));
     }
-    assert_eq!(services.list(&by_labels).await.unwrap().items.len(), 4);
+    assert_eq!(children::<Service>(&stack, &ns).await.len(), 4);
     let cm = config_maps.get("scl-pipeline").await.unwrap();
     assert_eq!(cm.owner_references()[0].uid, uid);
     let settings = cm.data.unwrap();
@@ -109,15 +82,9 @@ async fn example_pipeline_becomes_ready_with_topic_table_and_workloads() {
 
     // The API is explainable and the printer columns show readiness.
     let explain = kubectl(&["explain", "flightpipeline.spec.kafka"]);
-    assert!(
-        explain.contains("bootstrapServers") && explain.contains("Kafka cannot shrink a topic"),
-        "{explain}"
-    );
+    assert!(explain.contains("bootstrapServers") && explain.contains("Kafka cannot shrink a topic"), "{explain}");
     let table = kubectl(&["get", "fp", "-n", &ns.name]);
-    assert!(
-        table.contains("READY") && table.contains("True") && table.contains(&topic_name),
-        "{table}"
-    );
+    assert!(table.contains("READY") && table.contains("True") && table.contains(&topic_name), "{table}");
 }
 
 #[tokio::test]
@@ -136,10 +103,7 @@ async fn retention_converges_and_partition_changes_report_not_supported() {
     fp.spec.kafka.retention = "36h".into();
     apply(&api, &fp).await.unwrap();
     wait_condition(&api, "scl", "Ready", "True", None).await;
-    assert_eq!(
-        stack.topic(&topic_name).await.unwrap().configs.unwrap()["retention.ms"],
-        "129600000"
-    );
+    assert_eq!(stack.topic(&topic_name).await.unwrap().configs.unwrap()["retention.ms"], "129600000");
 
     // 3 → 6: Tansu has no CreatePartitions, so the operator says so instead of pretending.
     fp.spec.kafka.partitions = 6;
@@ -150,25 +114,12 @@ async fn retention_converges_and_partition_changes_report_not_supported() {
     assert_eq!(condition(&grown, "Ready").unwrap().reason, "NotSupported");
 
     // No retry storm: with a 2 s resync, 10 s bring a handful of reconciles, not hundreds.
-    let before = operator
-        .metric("flightline_operator_reconciliations_total{result=\"ok\"}")
-        .await
-        .unwrap_or(0.0);
+    let before = operator.metric("flightline_operator_reconciliations_total{result=\"ok\"}").await.unwrap_or(0.0);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let after = operator
-        .metric("flightline_operator_reconciliations_total{result=\"ok\"}")
-        .await
-        .unwrap_or(0.0);
-    assert!(
-        after - before <= 15.0,
-        "{} reconciles in 10 s",
-        after - before
-    );
+    let after = operator.metric("flightline_operator_reconciliations_total{result=\"ok\"}").await.unwrap_or(0.0);
+    assert!(after - before <= 15.0, "{} reconciles in 10 s", after - before);
     assert_eq!(
-        operator
-            .metric("flightline_operator_reconciliations_total{result=\"error\"}")
-            .await
-            .unwrap_or(0.0),
+        operator.metric("flightline_operator_reconciliations_total{result=\"error\"}").await.unwrap_or(0.0),
         0.0
     );
 
@@ -179,36 +130,14 @@ async fn retention_converges_and_partition_changes_report_not_supported() {
     six.spec.clickhouse.table = "six".into();
     apply(&api, &six).await.unwrap();
     wait_condition(&api, "six", "Ready", "True", None).await;
-    assert_eq!(
-        stack
-            .topic(&format!("{}.six.flights", ns.name))
-            .await
-            .unwrap()
-            .partitions,
-        6
-    );
+    assert_eq!(stack.topic(&format!("{}.six.flights", ns.name)).await.unwrap().partitions, 6);
     six.spec.kafka.partitions = 3;
     apply(&api, &six).await.unwrap();
     let cut = wait_condition(&api, "six", "KafkaReady", "False", Some("NotSupported")).await;
-    assert!(
-        condition(&cut, "KafkaReady")
-            .unwrap()
-            .message
-            .contains("cannot remove partitions")
-    );
+    assert!(condition(&cut, "KafkaReady").unwrap().message.contains("cannot remove partitions"));
     assert_eq!(condition(&cut, "ClickHouseReady").unwrap().status, "True");
-    assert_eq!(
-        condition(&cut, "WorkloadsAvailable").unwrap().status,
-        "True"
-    );
-    assert_eq!(
-        stack
-            .topic(&format!("{}.six.flights", ns.name))
-            .await
-            .unwrap()
-            .partitions,
-        6
-    );
+    assert_eq!(condition(&cut, "WorkloadsAvailable").unwrap().status, "True");
+    assert_eq!(stack.topic(&format!("{}.six.flights", ns.name)).await.unwrap().partitions, 6);
 }
 
 #[tokio::test]
@@ -222,25 +151,13 @@ async fn columns_are_added_ttl_changes_and_type_changes_are_not_supported() {
     apply(&api, &fp).await.unwrap();
     wait_condition(&api, "scl", "Ready", "True", None).await;
 
-    fp.spec.clickhouse.extra_columns = vec![ExtraColumn {
-        name: "gate".into(),
-        column_type: ExtraColumnType::String,
-    }];
+    fp.spec.clickhouse.extra_columns = vec![ExtraColumn { name: "gate".into(), column_type: ExtraColumnType::String }];
     fp.spec.clickhouse.ttl = "365d".into();
     apply(&api, &fp).await.unwrap();
     wait_condition(&api, "scl", "Ready", "True", None).await;
-    assert_eq!(
-        stack.columns(&ns.database, "scl_flights").await["gate"],
-        "String"
-    );
-    let engine = stack
-        .engine_full(&ns.database, "scl_flights")
-        .await
-        .unwrap();
-    assert!(
-        engine.contains("TTL scheduled_at + toIntervalDay(365)"),
-        "{engine}"
-    );
+    assert_eq!(stack.columns(&ns.database, "scl_flights").await["gate"], "String");
+    let engine = stack.engine_full(&ns.database, "scl_flights").await.unwrap();
+    assert!(engine.contains("TTL scheduled_at + toIntervalDay(365)"), "{engine}");
 
     fp.spec.clickhouse.ttl = String::new();
     apply(&api, &fp).await.unwrap();
@@ -249,34 +166,13 @@ async fn columns_are_added_ttl_changes_and_type_changes_are_not_supported() {
     })
     .await;
     wait_condition(&api, "scl", "Ready", "True", None).await;
-    assert!(
-        !stack
-            .engine_full(&ns.database, "scl_flights")
-            .await
-            .unwrap()
-            .contains("TTL")
-    );
+    assert!(!stack.engine_full(&ns.database, "scl_flights").await.unwrap().contains("TTL"));
 
     fp.spec.clickhouse.extra_columns[0].column_type = ExtraColumnType::Int64;
     apply(&api, &fp).await.unwrap();
-    let changed = wait_condition(
-        &api,
-        "scl",
-        "ClickHouseReady",
-        "False",
-        Some("NotSupported"),
-    )
-    .await;
-    assert!(
-        condition(&changed, "ClickHouseReady")
-            .unwrap()
-            .message
-            .contains("column gate")
-    );
-    assert_eq!(
-        stack.columns(&ns.database, "scl_flights").await["gate"],
-        "String"
-    );
+    let changed = wait_condition(&api, "scl", "ClickHouseReady", "False", Some("NotSupported")).await;
+    assert!(condition(&changed, "ClickHouseReady").unwrap().message.contains("column gate"));
+    assert_eq!(stack.columns(&ns.database, "scl_flights").await["gate"], "String");
 }
 
 #[tokio::test]
@@ -286,10 +182,7 @@ async fn delete_policy_removes_topic_and_table_and_retain_keeps_them() {
     let ns = stack.namespace("delete").await;
     let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
     let api = pipelines(&stack, &ns);
-    for (name, policy) in [
-        ("gone", DeletionPolicy::Delete),
-        ("kept", DeletionPolicy::Retain),
-    ] {
+    for (name, policy) in [("gone", DeletionPolicy::Delete), ("kept", DeletionPolicy::Retain)] {
         let mut fp = example_pipeline(&ns);
         fp.metadata.name = Some(name.into());
         fp.spec.clickhouse.table = name.into();
@@ -303,25 +196,10 @@ async fn delete_policy_removes_topic_and_table_and_retain_keeps_them() {
     for name in ["gone", "kept"] {
         wait_gone(&api, name).await;
     }
-    assert!(
-        stack
-            .topic(&format!("{}.gone.flights", ns.name))
-            .await
-            .is_none()
-    );
-    assert!(
-        stack
-            .topic(&format!("{}.gone.flights.dlq", ns.name))
-            .await
-            .is_none()
-    );
+    assert!(stack.topic(&format!("{}.gone.flights", ns.name)).await.is_none());
+    assert!(stack.topic(&format!("{}.gone.flights.dlq", ns.name)).await.is_none());
     assert!(stack.columns(&ns.database, "gone").await.is_empty());
-    assert!(
-        stack
-            .topic(&format!("{}.kept.flights", ns.name))
-            .await
-            .is_some()
-    );
+    assert!(stack.topic(&format!("{}.kept.flights", ns.name)).await.is_some());
     assert_eq!(stack.columns(&ns.database, "kept").await.len(), 25);
 }
 
@@ -337,66 +215,40 @@ async fn unchanged_pipeline_is_not_written_across_resyncs() {
     // Let the Deployments' status settle, then take a snapshot of every resourceVersion.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let snapshot = versions(&stack, &ns).await;
-    let reconciles_before = operator
-        .metric("flightline_operator_reconciliations_total{result=\"ok\"}")
-        .await
-        .unwrap();
+    let reconciles_before = operator.metric("flightline_operator_reconciliations_total{result=\"ok\"}").await.unwrap();
     tokio::time::sleep(Duration::from_secs(9)).await; // several 2 s resyncs
-    let reconciles_after = operator
-        .metric("flightline_operator_reconciliations_total{result=\"ok\"}")
-        .await
-        .unwrap();
-    assert!(
-        reconciles_after - reconciles_before >= 3.0,
-        "the resyncs ran ({reconciles_before} → {reconciles_after})"
-    );
-    assert_eq!(
-        versions(&stack, &ns).await,
-        snapshot,
-        "a no-op reconcile wrote something"
-    );
+    let reconciles_after = operator.metric("flightline_operator_reconciliations_total{result=\"ok\"}").await.unwrap();
+    assert!(reconciles_after - reconciles_before >= 3.0, "the resyncs ran ({reconciles_before} → {reconciles_after})");
+    assert_eq!(versions(&stack, &ns).await, snapshot, "a no-op reconcile wrote something");
 }
 
 async fn versions(stack: &Stack, ns: &TestNamespace) -> BTreeMap<String, String> {
-    let mut all = BTreeMap::new();
     let fp = pipelines(stack, ns).get("scl").await.unwrap();
-    all.insert(
-        "flightpipeline/scl".to_string(),
-        fp.resource_version().unwrap(),
+    let mut all = BTreeMap::from([("flightpipeline/scl".to_string(), fp.resource_version().unwrap())]);
+    let named = |kind: &str, name: String, version: Option<String>| (format!("{kind}/{name}"), version.unwrap());
+    all.extend(
+        children::<Deployment>(stack, ns).await.iter().map(|o| named("deployment", o.name_any(), o.resource_version())),
     );
-    let lp = ListParams::default().labels(LABELS);
-    for d in Api::<Deployment>::namespaced(stack.client.clone(), &ns.name)
-        .list(&lp)
-        .await
-        .unwrap()
-    {
-        all.insert(
-            format!("deployment/{}", d.name_any()),
-            d.resource_version().unwrap(),
-        );
-    }
-    for s in Api::<Service>::namespaced(stack.client.clone(), &ns.name)
-        .list(&lp)
-        .await
-        .unwrap()
-    {
-        all.insert(
-            format!("service/{}", s.name_any()),
-            s.resource_version().unwrap(),
-        );
-    }
-    for c in Api::<ConfigMap>::namespaced(stack.client.clone(), &ns.name)
-        .list(&lp)
-        .await
-        .unwrap()
-    {
-        all.insert(
-            format!("configmap/{}", c.name_any()),
-            c.resource_version().unwrap(),
-        );
-    }
+    all.extend(
+        children::<Service>(stack, ns).await.iter().map(|o| named("service", o.name_any(), o.resource_version())),
+    );
+    all.extend(
+        children::<ConfigMap>(stack, ns).await.iter().map(|o| named("configmap", o.name_any(), o.resource_version())),
+    );
     assert_eq!(all.len(), 10, "{all:?}");
     all
+}
+
+/// The pipeline `scl`'s children of one kind, found by the operator's labels.
+async fn children<K>(stack: &Stack, ns: &TestNamespace) -> Vec<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(stack.client.clone(), &ns.name);
+    api.list(&ListParams::default().labels(LABELS)).await.unwrap().items
 }
 
 #[tokio::test]
@@ -409,49 +261,15 @@ async fn operator_restarted_mid_way_converges_without_duplicates() {
     let api = pipelines(&stack, &ns);
     apply(&api, &example_pipeline(&ns)).await.unwrap();
     // Crash as soon as the operator has started working on it.
-    wait_for(&api, "scl", "finalizer added", |fp| {
-        !fp.finalizers().is_empty()
-    })
-    .await;
+    wait_for(&api, "scl", "finalizer added", |fp| !fp.finalizers().is_empty()).await;
     first.kill();
     let _second = Operator::start(&stack, &options);
     wait_condition(&api, "scl", "Ready", "True", None).await;
-    let lp = ListParams::default().labels(LABELS);
-    assert_eq!(
-        Api::<Deployment>::namespaced(stack.client.clone(), &ns.name)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .len(),
-        4
-    );
-    assert_eq!(
-        Api::<Service>::namespaced(stack.client.clone(), &ns.name)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .len(),
-        4
-    );
-    assert_eq!(
-        Api::<ConfigMap>::namespaced(stack.client.clone(), &ns.name)
-            .list(&lp)
-            .await
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
+    assert_eq!(children::<Deployment>(&stack, &ns).await.len(), 4);
+    assert_eq!(children::<Service>(&stack, &ns).await.len(), 4);
+    assert_eq!(children::<ConfigMap>(&stack, &ns).await.len(), 1);
     let fp = api.get("scl").await.unwrap();
-    assert_eq!(
-        fp.finalizers()
-            .iter()
-            .filter(|f| *f == "flightline.dev/cleanup")
-            .count(),
-        1
-    );
+    assert_eq!(fp.finalizers().iter().filter(|f| *f == "flightline.dev/cleanup").count(), 1);
 }
 
 #[tokio::test]
@@ -463,41 +281,18 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
     let mut a = Operator::start(&stack, &options);
     let mut b = Operator::start(&stack, &options);
     let leases: Api<Lease> = Api::namespaced(stack.client.clone(), &ns.name);
-    let holder = async || {
-        leases
-            .get_opt("flightline-operator")
-            .await
-            .unwrap()
-            .and_then(|l| l.spec?.holder_identity)
-    };
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while holder().await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nobody took the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let holder = async || leases.get_opt("flightline-operator").await.unwrap().and_then(|l| l.spec?.holder_identity);
+    eventually("a replica takes the lease", async || holder().await.is_some()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let leader_flags = (
-        a.metric("flightline_operator_leader").await,
-        b.metric("flightline_operator_leader").await,
-    );
+    let leader_flags = (a.metric("flightline_operator_leader").await, b.metric("flightline_operator_leader").await);
     let first_holder = holder().await.unwrap();
-    let (leader, standby) = if first_holder == a.identity {
-        (&mut a, &mut b)
-    } else {
-        (&mut b, &mut a)
-    };
+    let (leader, standby) = if first_holder == a.identity { (&mut a, &mut b) } else { (&mut b, &mut a) };
     assert_eq!(
         (leader_flags.0.unwrap_or(0.0) + leader_flags.1.unwrap_or(0.0)) as i32,
         1,
         "exactly one replica reports leadership: {leader_flags:?}"
     );
-    assert_eq!(
-        standby.metric("flightline_operator_leader").await,
-        Some(0.0)
-    );
+    assert_eq!(standby.metric("flightline_operator_leader").await, Some(0.0));
 
     // The standby does not reconcile; after the leader crashes it takes over and does.
     let api = pipelines(&stack, &ns);
@@ -505,10 +300,7 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
     apply(&api, &example_pipeline(&ns)).await.unwrap();
     wait_condition(&api, "scl", "Ready", "True", None).await;
     assert_eq!(holder().await.as_deref(), Some(standby.identity.as_str()));
-    assert_eq!(
-        standby.metric("flightline_operator_leader").await,
-        Some(1.0)
-    );
+    assert_eq!(standby.metric("flightline_operator_leader").await, Some(1.0));
 
     // A graceful stop hands the lease back at once.
     standby.terminate();
@@ -537,31 +329,11 @@ async fn invalid_specs_are_rejected_or_reported_and_the_operator_keeps_going() {
 
     // Rejected by the CRD schema at the API server.
     let schema_cases = [
-        (
-            "negative-partitions",
-            json!({"spec": {"kafka": {"partitions": -3}}}),
-            "spec.kafka.partitions",
-        ),
-        (
-            "unknown-policy",
-            json!({"spec": {"deletionPolicy": "Purge"}}),
-            "spec.deletionPolicy",
-        ),
-        (
-            "too-many-replicas",
-            json!({"spec": {"query": {"replicas": 1000}}}),
-            "spec.query.replicas",
-        ),
-        (
-            "bad-retention",
-            json!({"spec": {"kafka": {"retention": "3 weeks"}}}),
-            "spec.kafka.retention",
-        ),
-        (
-            "bad-table",
-            json!({"spec": {"clickhouse": {"table": "flights; DROP TABLE x"}}}),
-            "spec.clickhouse.table",
-        ),
+        ("negative-partitions", json!({"spec": {"kafka": {"partitions": -3}}}), "spec.kafka.partitions"),
+        ("unknown-policy", json!({"spec": {"deletionPolicy": "Purge"}}), "spec.deletionPolicy"),
+        ("too-many-replicas", json!({"spec": {"query": {"replicas": 1000}}}), "spec.query.replicas"),
+        ("bad-retention", json!({"spec": {"kafka": {"retention": "3 weeks"}}}), "spec.kafka.retention"),
+        ("bad-table", json!({"spec": {"clickhouse": {"table": "flights; DROP TABLE x"}}}), "spec.clickhouse.table"),
         (
             "bad-column-type",
             json!({"spec": {"clickhouse": {"extraColumns": [{"name": "gate", "type": "Blob"}]}}}),
@@ -573,10 +345,7 @@ async fn invalid_specs_are_rejected_or_reported_and_the_operator_keeps_going() {
         merge(&mut body, &patch);
         let result = create_raw(&stack, &ns, &body).await;
         let error = result.expect_err(&format!("{name} should be rejected"));
-        assert!(
-            error.contains(field),
-            "{name}: expected an error naming {field}, got {error}"
-        );
+        assert!(error.contains(field), "{name}: expected an error naming {field}, got {error}");
     }
 
     // Accepted by the schema, reported by the operator as InvalidSpec naming the field.
@@ -603,36 +372,20 @@ async fn invalid_specs_are_rejected_or_reported_and_the_operator_keeps_going() {
             json!({"spec": {"kafka": {"topic": "t1", "deadLetter": {"topic": "t1"}}}}),
             "spec.kafka.deadLetter.topic",
         ),
-        (
-            "managed-config",
-            json!({"spec": {"kafka": {"config": {"retention.ms": "1"}}}}),
-            "managed by the operator",
-        ),
-        (
-            "missing-clickhouse",
-            json!({"spec": {"clickhouse": {"url": ""}}}),
-            "spec.clickhouse.url: missing",
-        ),
+        ("managed-config", json!({"spec": {"kafka": {"config": {"retention.ms": "1"}}}}), "managed by the operator"),
+        ("missing-clickhouse", json!({"spec": {"clickhouse": {"url": ""}}}), "spec.clickhouse.url: missing"),
     ];
     for (name, patch, _) in &operator_cases {
         let mut body = valid(name);
         merge(&mut body, patch);
-        create_raw(&stack, &ns, &body)
-            .await
-            .unwrap_or_else(|e| panic!("{name} should pass the schema: {e}"));
+        create_raw(&stack, &ns, &body).await.unwrap_or_else(|e| panic!("{name} should pass the schema: {e}"));
     }
     for (name, _, text) in &operator_cases {
         let fp = wait_condition(&api, name, "Ready", "False", Some("InvalidSpec")).await;
         let message = &condition(&fp, "Ready").unwrap().message;
-        assert!(
-            message.contains(text),
-            "{name}: expected {text:?} in {message:?}"
-        );
+        assert!(message.contains(text), "{name}: expected {text:?} in {message:?}");
     }
-    assert!(
-        operator.is_running(),
-        "the operator survived every invalid spec"
-    );
+    assert!(operator.is_running(), "the operator survived every invalid spec");
 
     // The watch keeps running: a valid pipeline still converges, and fixing an invalid one works.
     create_raw(&stack, &ns, &valid("good")).await.unwrap();
@@ -656,36 +409,19 @@ fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
 }
 
 /// Creates a pipeline from raw JSON (bypassing the Rust types, as `kubectl create` would).
-async fn create_raw(
-    stack: &Stack,
-    ns: &TestNamespace,
-    body: &serde_json::Value,
-) -> Result<(), String> {
-    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        stack.client.clone(),
-        &ns.name,
-        &kube::api::ApiResource::erase::<FlightPipeline>(&()),
-    );
+async fn create_raw(stack: &Stack, ns: &TestNamespace, body: &serde_json::Value) -> Result<(), String> {
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(stack.client.clone(), &ns.name, &kube::api::ApiResource::erase::<FlightPipeline>(&()));
     let mut body = body.clone();
     body["metadata"] = json!({"name": body["metadata"]["name"], "namespace": ns.name});
     body.as_object_mut().unwrap().remove("status");
     let object: kube::api::DynamicObject = serde_json::from_value(body).unwrap();
-    api.create(&Default::default(), &object)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    api.create(&Default::default(), &object).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
 fn kubectl(args: &[&str]) -> String {
-    let output = std::process::Command::new("kubectl")
-        .args(args)
-        .output()
-        .expect("kubectl");
-    assert!(
-        output.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = std::process::Command::new("kubectl").args(args).output().expect("kubectl");
+    assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -702,27 +438,14 @@ async fn drift_outside_kubernetes_is_repaired_and_paused_pipelines_are_left_alon
     let topic_name = format!("{}.scl.flights", ns.name);
 
     // Someone drops the table and a Deployment behind the operator's back.
-    stack
-        .clickhouse()
-        .query(&format!("DROP TABLE `{}`.scl_flights", ns.database))
-        .execute()
-        .await
-        .unwrap();
+    stack.clickhouse().query(&format!("DROP TABLE `{}`.scl_flights", ns.database)).execute().await.unwrap();
     let deployments: Api<Deployment> = Api::namespaced(stack.client.clone(), &ns.name);
-    deployments
-        .delete("scl-query", &DeleteParams::default())
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while stack.columns(&ns.database, "scl_flights").await.len() != 25
-        || deployments.get_opt("scl-query").await.unwrap().is_none()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "drift was not repaired"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    deployments.delete("scl-query", &DeleteParams::default()).await.unwrap();
+    eventually("the table and the Deployment are back", async || {
+        stack.columns(&ns.database, "scl_flights").await.len() == 25
+            && deployments.get_opt("scl-query").await.unwrap().is_some()
+    })
+    .await;
 
     // Paused: spec changes wait; the Paused condition says why.
     fp.spec.paused = true;
@@ -731,10 +454,7 @@ async fn drift_outside_kubernetes_is_repaired_and_paused_pipelines_are_left_alon
     apply(&api, &fp).await.unwrap();
     wait_condition(&api, "scl", "Paused", "True", Some("ReconciliationPaused")).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(
-        stack.topic(&topic_name).await.unwrap().configs.unwrap()["retention.ms"],
-        "604800000"
-    );
+    assert_eq!(stack.topic(&topic_name).await.unwrap().configs.unwrap()["retention.ms"], "604800000");
     assert!(deployments.get_opt("scl-query").await.unwrap().is_some());
 
     // Resumed: the changes land, the switched-off component's objects go, Paused is gone.
@@ -742,20 +462,12 @@ async fn drift_outside_kubernetes_is_repaired_and_paused_pipelines_are_left_alon
     apply(&api, &fp).await.unwrap();
     let resumed = wait_condition(&api, "scl", "Ready", "True", None).await;
     assert!(condition(&resumed, "Paused").is_none());
-    assert_eq!(
-        stack.topic(&topic_name).await.unwrap().configs.unwrap()["retention.ms"],
-        "172800000"
-    );
+    assert_eq!(stack.topic(&topic_name).await.unwrap().configs.unwrap()["retention.ms"], "172800000");
     let services: Api<Service> = Api::namespaced(stack.client.clone(), &ns.name);
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while deployments.get_opt("scl-query").await.unwrap().is_some()
-        || services.get_opt("scl-query").await.unwrap().is_some()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "switched-off query was not removed"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually("the switched-off query's objects are gone", async || {
+        deployments.get_opt("scl-query").await.unwrap().is_none()
+            && services.get_opt("scl-query").await.unwrap().is_none()
+    })
+    .await;
     assert!(!resumed.status.unwrap().endpoints.contains_key("query"));
 }

@@ -42,60 +42,28 @@ async fn kafka_gone_during_delete_blocks_until_let_go_and_never_wedges_the_names
 
     // Cleanup cannot reach Kafka: the finalizer stays and an Event says how to let go.
     let events: Api<Event> = Api::namespaced(stack.client.clone(), &ns.name);
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    let note = loop {
-        let found = events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("CleanupFailed"));
-        if let Some(event) = found {
-            break event.message.unwrap_or_default();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no CleanupFailed event"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let cleanup_failed = async || {
+        let events = events.list(&ListParams::default()).await.unwrap().items;
+        events.into_iter().find(|e| e.reason.as_deref() == Some("CleanupFailed")).and_then(|e| e.message)
     };
+    eventually("a CleanupFailed event", async || cleanup_failed().await.is_some()).await;
+    let note = cleanup_failed().await.unwrap();
     assert!(note.contains("flightline.dev/skip-cleanup=true"), "{note}");
-    assert!(
-        api.get_opt("scl").await.unwrap().is_some(),
-        "the finalizer holds the pipeline while cleanup fails"
-    );
+    assert!(api.get_opt("scl").await.unwrap().is_some(), "the finalizer holds the pipeline while cleanup fails");
 
     // The documented way out: annotate, and the pipeline goes without touching Kafka or ClickHouse.
     let patch = json!({"metadata": {"annotations": {"flightline.dev/skip-cleanup": "true"}}});
-    api.patch("scl", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    api.patch("scl", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     wait_gone(&api, "scl").await;
 
     // And the namespace can go while Kafka is still down.
     let namespaces: Api<Namespace> = Api::all(stack.client.clone());
-    namespaces
-        .delete(&ns.name, &DeleteParams::default())
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while namespaces.get_opt(&ns.name).await.unwrap().is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "namespace {} is wedged",
-            ns.name
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
+    namespaces.delete(&ns.name, &DeleteParams::default()).await.unwrap();
+    eventually("the namespace is gone (not wedged)", async || namespaces.get_opt(&ns.name).await.unwrap().is_none())
+        .await;
     drop(kafka);
     // The topic and table were let go, not deleted.
-    assert!(
-        stack
-            .topic(&format!("{}.scl.flights", ns.name))
-            .await
-            .is_some()
-    );
+    assert!(stack.topic(&format!("{}.scl.flights", ns.name)).await.is_some());
     assert_eq!(stack.columns(&ns.database, "scl_flights").await.len(), 25);
 }
 
@@ -109,25 +77,14 @@ async fn kafka_outage_is_reported_and_recovers_with_backoff() {
     let kafka = KafkaStopped::new();
     apply(&api, &example_pipeline(&ns)).await.unwrap();
     let down = wait_condition(&api, "scl", "KafkaReady", "False", Some("KafkaUnavailable")).await;
-    assert!(
-        condition(&down, "KafkaReady")
-            .unwrap()
-            .message
-            .contains("cannot reach Kafka broker")
-    );
-    assert_eq!(
-        condition(&down, "WorkloadsAvailable").unwrap().reason,
-        "WaitingForStorage"
-    );
+    assert!(condition(&down, "KafkaReady").unwrap().message.contains("cannot reach Kafka broker"));
+    assert_eq!(condition(&down, "WorkloadsAvailable").unwrap().reason, "WaitingForStorage");
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     let errors = operator
         .metric("flightline_operator_reconcile_errors_total{reason=\"kafka_unavailable\"}")
         .await
         .unwrap_or(0.0);
-    assert!(
-        (1.0..=8.0).contains(&errors),
-        "backoff keeps retries few: {errors} in ~6 s"
-    );
+    assert!((1.0..=8.0).contains(&errors), "backoff keeps retries few: {errors} in ~6 s");
     drop(kafka);
     wait_condition(&api, "scl", "Ready", "True", None).await;
 }

@@ -37,20 +37,10 @@ pub struct Finding {
 
 impl Finding {
     pub fn ok(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            type_,
-            ok: true,
-            reason,
-            message: message.into(),
-        }
+        Self { type_, ok: true, reason, message: message.into() }
     }
     pub fn failed(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            type_,
-            ok: false,
-            reason,
-            message: message.into(),
-        }
+        Self { type_, ok: false, reason, message: message.into() }
     }
 }
 
@@ -58,11 +48,7 @@ impl Finding {
 pub fn ready(parts: &[Finding]) -> Finding {
     match parts.iter().find(|p| !p.ok) {
         None => Finding::ok(READY, reason::READY, "topic, table and workloads are ready"),
-        Some(failed) => Finding::failed(
-            READY,
-            failed.reason,
-            format!("{}: {}", failed.type_, failed.message),
-        ),
+        Some(failed) => Finding::failed(READY, failed.reason, format!("{}: {}", failed.type_, failed.message)),
     }
 }
 
@@ -76,12 +62,7 @@ pub fn all_failed(reason: &'static str, message: &str) -> Vec<Finding> {
 
 /// New conditions from findings. Types not in `findings` are kept as they were, except `Paused`,
 /// which is dropped when absent (it is only there while paused).
-pub fn merge(
-    existing: &[Condition],
-    findings: &[Finding],
-    generation: Option<i64>,
-    now: &Time,
-) -> Vec<Condition> {
+pub fn merge(existing: &[Condition], findings: &[Finding], generation: Option<i64>, now: &Time) -> Vec<Condition> {
     let mut merged: Vec<Condition> = existing
         .iter()
         .filter(|c| !findings.iter().any(|f| f.type_ == c.type_))
@@ -104,19 +85,8 @@ pub fn merge(
             last_transition_time,
         });
     }
-    let order = [
-        READY,
-        KAFKA_READY,
-        CLICKHOUSE_READY,
-        WORKLOADS_AVAILABLE,
-        PAUSED,
-    ];
-    merged.sort_by_key(|c| {
-        order
-            .iter()
-            .position(|t| *t == c.type_)
-            .unwrap_or(order.len())
-    });
+    let order = [READY, KAFKA_READY, CLICKHOUSE_READY, WORKLOADS_AVAILABLE, PAUSED];
+    merged.sort_by_key(|c| order.iter().position(|t| *t == c.type_).unwrap_or(order.len()));
     merged
 }
 
@@ -146,27 +116,12 @@ mod tests {
     fn transition_time_moves_only_when_status_changes() {
         let t0 = time("2026-01-01T00:00:00Z");
         let t1 = time("2026-01-01T00:05:00Z");
-        let first = merge(
-            &[],
-            &[Finding::failed(READY, reason::PROGRESSING, "a")],
-            Some(1),
-            &t0,
-        );
-        let same = merge(
-            &first,
-            &[Finding::failed(READY, reason::WAITING, "b")],
-            Some(2),
-            &t1,
-        );
+        let first = merge(&[], &[Finding::failed(READY, reason::PROGRESSING, "a")], Some(1), &t0);
+        let same = merge(&first, &[Finding::failed(READY, reason::WAITING, "b")], Some(2), &t1);
         assert_eq!(same[0].last_transition_time, t0);
         assert_eq!(same[0].reason, reason::WAITING);
         assert_eq!(same[0].observed_generation, Some(2));
-        let flipped = merge(
-            &same,
-            &[Finding::ok(READY, reason::READY, "c")],
-            Some(2),
-            &t1,
-        );
+        let flipped = merge(&same, &[Finding::ok(READY, reason::READY, "c")], Some(2), &t1);
         assert_eq!(flipped[0].last_transition_time, t1);
         assert_eq!(flipped[0].status, "True");
     }
@@ -175,22 +130,9 @@ mod tests {
     fn paused_is_added_and_removed_and_keeps_the_rest() {
         let t = time("2026-01-01T00:00:00Z");
         let base = merge(&[], &[Finding::ok(READY, reason::READY, "ok")], Some(1), &t);
-        let paused = merge(
-            &base,
-            &[Finding::ok(PAUSED, reason::PAUSED, "paused")],
-            Some(2),
-            &t,
-        );
-        assert_eq!(
-            paused.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(),
-            vec![READY, PAUSED]
-        );
-        let resumed = merge(
-            &paused,
-            &[Finding::ok(READY, reason::READY, "ok")],
-            Some(3),
-            &t,
-        );
+        let paused = merge(&base, &[Finding::ok(PAUSED, reason::PAUSED, "paused")], Some(2), &t);
+        assert_eq!(paused.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), vec![READY, PAUSED]);
+        let resumed = merge(&paused, &[Finding::ok(READY, reason::READY, "ok")], Some(3), &t);
         assert_eq!(resumed.len(), 1);
     }
 }

@@ -53,12 +53,7 @@ pub enum Component {
 }
 
 impl Component {
-    pub const ALL: [Component; 4] = [
-        Component::Ingest,
-        Component::Sink,
-        Component::Query,
-        Component::Predict,
-    ];
+    pub const ALL: [Component; 4] = [Component::Ingest, Component::Sink, Component::Query, Component::Predict];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -99,10 +94,7 @@ pub struct Resolved {
 
 impl Resolved {
     pub fn workload(&self, component: Component) -> &Workload {
-        self.workloads
-            .iter()
-            .find(|w| w.component == component)
-            .expect("every component is resolved")
+        self.workloads.iter().find(|w| w.component == component).expect("every component is resolved")
     }
 }
 
@@ -115,10 +107,7 @@ pub fn resolve(
     let mut problems = Vec::new();
 
     if name.len() > MAX_NAME_LEN {
-        problems.push(format!(
-            "metadata.name: {} characters is too long; at most {MAX_NAME_LEN}",
-            name.len()
-        ));
+        problems.push(format!("metadata.name: {} characters is too long; at most {MAX_NAME_LEN}", name.len()));
     }
     if !is_dns_label(name) {
         problems.push(format!(
@@ -127,45 +116,31 @@ pub fn resolve(
     }
 
     let bootstrap_servers = non_empty(&spec.kafka.bootstrap_servers)
-        .or(defaults
-            .kafka_bootstrap_servers
-            .as_deref()
-            .and_then(non_empty))
+        .or(defaults.kafka_bootstrap_servers.as_deref().and_then(non_empty))
         .unwrap_or_default()
         .to_string();
     if bootstrap_servers.is_empty() {
-        problems.push("spec.kafka.bootstrapServers: missing, and the operator has no default (--kafka-bootstrap-servers)".into());
+        problems.push(
+            "spec.kafka.bootstrapServers: missing, and the operator has no default (--kafka-bootstrap-servers)".into(),
+        );
     }
-    for server in bootstrap_servers
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
+    for server in bootstrap_servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         if let Err(why) = check_host_port(server) {
             problems.push(format!("spec.kafka.bootstrapServers: {server:?} {why}"));
         }
     }
 
-    let topic_name = non_empty(&spec.kafka.topic)
-        .map(String::from)
-        .unwrap_or_else(|| format!("{namespace}.{name}.flights"));
+    let topic_name =
+        non_empty(&spec.kafka.topic).map(String::from).unwrap_or_else(|| format!("{namespace}.{name}.flights"));
     check_topic_name("spec.kafka.topic", &topic_name, &mut problems);
-    let retention = retention_ms(&spec.kafka.retention)
-        .map_err(|e| problems.push(format!("spec.kafka.retention: {e}")));
+    let retention =
+        retention_ms(&spec.kafka.retention).map_err(|e| problems.push(format!("spec.kafka.retention: {e}")));
     let mut configs = BTreeMap::new();
     for (key, value) in &spec.kafka.config {
         if MANAGED_TOPIC_CONFIGS.contains(&key.as_str()) {
-            problems.push(format!(
-                "spec.kafka.config: {key} is managed by the operator; use spec.kafka.retention"
-            ));
-        } else if key.is_empty()
-            || !key
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.')
-        {
-            problems.push(format!(
-                "spec.kafka.config: {key:?} is not a Kafka config name"
-            ));
+            problems.push(format!("spec.kafka.config: {key} is managed by the operator; use spec.kafka.retention"));
+        } else if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.') {
+            problems.push(format!("spec.kafka.config: {key:?} is not a Kafka config name"));
         } else {
             configs.insert(key.clone(), value.clone());
         }
@@ -177,22 +152,15 @@ pub fn resolve(
         configs: with_retention(&configs, retention.unwrap_or(0)),
     };
     if spec.kafka.partitions < 1 {
-        problems.push(format!(
-            "spec.kafka.partitions: {} must be at least 1",
-            spec.kafka.partitions
-        ));
+        problems.push(format!("spec.kafka.partitions: {} must be at least 1", spec.kafka.partitions));
     }
     if spec.kafka.replication_factor < 1 {
-        problems.push(format!(
-            "spec.kafka.replicationFactor: {} must be at least 1",
-            spec.kafka.replication_factor
-        ));
+        problems.push(format!("spec.kafka.replicationFactor: {} must be at least 1", spec.kafka.replication_factor));
     }
 
     let dead_letter = if spec.kafka.dead_letter.enabled {
-        let dlq_name = non_empty(&spec.kafka.dead_letter.topic)
-            .map(String::from)
-            .unwrap_or_else(|| format!("{topic_name}.dlq"));
+        let dlq_name =
+            non_empty(&spec.kafka.dead_letter.topic).map(String::from).unwrap_or_else(|| format!("{topic_name}.dlq"));
         check_topic_name("spec.kafka.deadLetter.topic", &dlq_name, &mut problems);
         if dlq_name == topic_name {
             problems.push("spec.kafka.deadLetter.topic: must differ from the topic".into());
@@ -216,31 +184,19 @@ pub fn resolve(
         .unwrap_or_default()
         .to_string();
     if clickhouse_url.is_empty() {
-        problems.push(
-            "spec.clickhouse.url: missing, and the operator has no default (--clickhouse-url)"
-                .into(),
-        );
+        problems.push("spec.clickhouse.url: missing, and the operator has no default (--clickhouse-url)".into());
     } else if !(clickhouse_url.starts_with("http://") || clickhouse_url.starts_with("https://")) {
-        problems.push(format!(
-            "spec.clickhouse.url: {clickhouse_url:?} must start with http:// or https://"
-        ));
+        problems.push(format!("spec.clickhouse.url: {clickhouse_url:?} must start with http:// or https://"));
     }
-    let ttl = ttl_days(&spec.clickhouse.ttl)
-        .map_err(|e| problems.push(format!("spec.clickhouse.ttl: {e}")))
-        .unwrap_or(None);
+    let ttl =
+        ttl_days(&spec.clickhouse.ttl).map_err(|e| problems.push(format!("spec.clickhouse.ttl: {e}"))).unwrap_or(None);
     let mut seen = std::collections::BTreeSet::new();
     for column in &spec.clickhouse.extra_columns {
         if BASE_COLUMNS.iter().any(|(n, _)| *n == column.name) {
-            problems.push(format!(
-                "spec.clickhouse.extraColumns: {:?} is a built-in column",
-                column.name
-            ));
+            problems.push(format!("spec.clickhouse.extraColumns: {:?} is a built-in column", column.name));
         }
         if !seen.insert(column.name.as_str()) {
-            problems.push(format!(
-                "spec.clickhouse.extraColumns: {:?} appears twice",
-                column.name
-            ));
+            problems.push(format!("spec.clickhouse.extraColumns: {:?} appears twice", column.name));
         }
     }
     let table = TableSpec {
@@ -248,49 +204,19 @@ pub fn resolve(
         table: spec.clickhouse.table.clone(),
         ttl_days: ttl,
         partitioning: spec.clickhouse.partition_by,
-        extra_columns: spec
-            .clickhouse
-            .extra_columns
-            .iter()
-            .map(|c| (c.name.clone(), c.column_type))
-            .collect(),
+        extra_columns: spec.clickhouse.extra_columns.iter().map(|c| (c.name.clone(), c.column_type)).collect(),
     };
-    for (field, ident) in [
-        ("spec.clickhouse.database", &table.database),
-        ("spec.clickhouse.table", &table.table),
-    ] {
+    for (field, ident) in [("spec.clickhouse.database", &table.database), ("spec.clickhouse.table", &table.table)] {
         if !is_identifier(ident) {
-            problems.push(format!(
-                "{field}: {ident:?} must be a letter or '_' followed by letters, digits or '_'"
-            ));
+            problems.push(format!("{field}: {ident:?} must be a letter or '_' followed by letters, digits or '_'"));
         }
     }
 
     let workloads = vec![
-        workload(
-            Component::Ingest,
-            &spec.ingest.workload,
-            &defaults.images.ingest,
-            &mut problems,
-        ),
-        workload(
-            Component::Sink,
-            &spec.sink.workload,
-            &defaults.images.ingest,
-            &mut problems,
-        ),
-        workload(
-            Component::Query,
-            &spec.query.workload,
-            &defaults.images.query,
-            &mut problems,
-        ),
-        workload(
-            Component::Predict,
-            &spec.predict.workload,
-            &defaults.images.predict,
-            &mut problems,
-        ),
+        workload(Component::Ingest, &spec.ingest.workload, &defaults.images.ingest, &mut problems),
+        workload(Component::Sink, &spec.sink.workload, &defaults.images.ingest, &mut problems),
+        workload(Component::Query, &spec.query.workload, &defaults.images.query, &mut problems),
+        workload(Component::Predict, &spec.predict.workload, &defaults.images.predict, &mut problems),
     ];
 
     if !problems.is_empty() {
@@ -298,30 +224,15 @@ pub fn resolve(
     }
 
     let settings = BTreeMap::from([
-        (
-            "FLIGHTLINE_PIPELINE".to_string(),
-            format!("{namespace}/{name}"),
-        ),
+        ("FLIGHTLINE_PIPELINE".to_string(), format!("{namespace}/{name}")),
         ("KAFKA_BOOTSTRAP_SERVERS".into(), bootstrap_servers.clone()),
         ("KAFKA_TOPIC".into(), topic.name.clone()),
-        (
-            "KAFKA_DLQ_TOPIC".into(),
-            dead_letter
-                .as_ref()
-                .map(|t| t.name.clone())
-                .unwrap_or_default(),
-        ),
-        (
-            "KAFKA_CONSUMER_GROUP".into(),
-            format!("flightline.{namespace}.{name}.sink"),
-        ),
+        ("KAFKA_DLQ_TOPIC".into(), dead_letter.as_ref().map(|t| t.name.clone()).unwrap_or_default()),
+        ("KAFKA_CONSUMER_GROUP".into(), format!("flightline.{namespace}.{name}.sink")),
         ("CLICKHOUSE_URL".into(), clickhouse_url.clone()),
         ("CLICKHOUSE_DATABASE".into(), table.database.clone()),
         ("CLICKHOUSE_TABLE".into(), table.table.clone()),
-        (
-            "INGEST_MAX_BODY_BYTES".into(),
-            spec.ingest.max_body_bytes.to_string(),
-        ),
+        ("INGEST_MAX_BODY_BYTES".into(), spec.ingest.max_body_bytes.to_string()),
         ("SINK_BATCH_SIZE".into(), spec.sink.batch_size.to_string()),
         ("SINK_LINGER_MS".into(), spec.sink.linger_ms.to_string()),
         ("QUERY_MAX_ROWS".into(), spec.query.max_rows.to_string()),
@@ -342,36 +253,20 @@ pub fn resolve(
     })
 }
 
-fn workload(
-    component: Component,
-    spec: &WorkloadSpec,
-    default_image: &str,
-    problems: &mut Vec<String>,
-) -> Workload {
+fn workload(component: Component, spec: &WorkloadSpec, default_image: &str, problems: &mut Vec<String>) -> Workload {
     let field = format!("spec.{}", component.as_str());
     if spec.replicas < 0 {
-        problems.push(format!(
-            "{field}.replicas: {} must not be negative",
-            spec.replicas
-        ));
+        problems.push(format!("{field}.replicas: {} must not be negative", spec.replicas));
     }
     for key in spec.env.keys() {
-        let valid = key
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            problems.push(format!(
-                "{field}.env: {key:?} is not a valid environment variable name"
-            ));
+            problems.push(format!("{field}.env: {key:?} is not a valid environment variable name"));
         }
     }
     if spec.image.chars().any(char::is_whitespace) {
-        problems.push(format!(
-            "{field}.image: {:?} must not contain spaces",
-            spec.image
-        ));
+        problems.push(format!("{field}.image: {:?} must not contain spaces", spec.image));
     }
     Workload {
         component,
@@ -383,10 +278,7 @@ fn workload(
     }
 }
 
-fn with_retention(
-    configs: &BTreeMap<String, String>,
-    retention_ms: i64,
-) -> BTreeMap<String, String> {
+fn with_retention(configs: &BTreeMap<String, String>, retention_ms: i64) -> BTreeMap<String, String> {
     let mut all = configs.clone();
     all.insert("cleanup.policy".into(), "delete".into());
     all.insert("retention.ms".into(), retention_ms.to_string());
@@ -400,20 +292,10 @@ fn non_empty(s: &str) -> Option<&str> {
 
 fn check_topic_name(field: &str, topic: &str, problems: &mut Vec<String>) {
     if topic.len() > MAX_TOPIC_LEN {
-        problems.push(format!(
-            "{field}: {topic:?} is {} characters; Kafka allows {MAX_TOPIC_LEN}",
-            topic.len()
-        ));
+        problems.push(format!("{field}: {topic:?} is {} characters; Kafka allows {MAX_TOPIC_LEN}", topic.len()));
     }
-    if topic == "."
-        || topic == ".."
-        || !topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
-        problems.push(format!(
-            "{field}: {topic:?} is not a legal Kafka topic name"
-        ));
+    if topic == "." || topic == ".." || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        problems.push(format!("{field}: {topic:?} is not a legal Kafka topic name"));
     }
 }
 
@@ -431,14 +313,11 @@ fn check_host_port(server: &str) -> Result<(), &'static str> {
 fn is_dns_label(s: &str) -> bool {
     s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
         && !s.ends_with('-')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn is_identifier(s: &str) -> bool {
-    s.chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -468,15 +347,8 @@ mod tests {
         assert_eq!(r.topic.partitions, 3);
         assert_eq!(r.bootstrap_servers, "127.0.0.1:19092");
         assert_eq!(r.table.qualified(), "flightline.flights");
-        assert_eq!(
-            r.settings["KAFKA_CONSUMER_GROUP"],
-            "flightline.air.scl.sink"
-        );
-        assert!(
-            r.workload(Component::Sink)
-                .image
-                .contains("flightline-ingest")
-        );
+        assert_eq!(r.settings["KAFKA_CONSUMER_GROUP"], "flightline.air.scl.sink");
+        assert!(r.workload(Component::Sink).image.contains("flightline-ingest"));
     }
 
     #[test]
@@ -495,99 +367,36 @@ mod tests {
     #[test]
     fn missing_endpoints_are_named() {
         let found = problems("scl", &FlightPipelineSpec::default(), &Defaults::default());
-        assert!(
-            found
-                .iter()
-                .any(|p| p.starts_with("spec.kafka.bootstrapServers: missing")),
-            "{found:?}"
-        );
-        assert!(
-            found
-                .iter()
-                .any(|p| p.starts_with("spec.clickhouse.url: missing")),
-            "{found:?}"
-        );
+        assert!(found.iter().any(|p| p.starts_with("spec.kafka.bootstrapServers: missing")), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("spec.clickhouse.url: missing")), "{found:?}");
     }
 
     #[test]
     fn each_bad_field_is_reported() {
         type Mutation = Box<dyn Fn(&mut FlightPipelineSpec)>;
         let cases: Vec<(&str, Mutation, &str)> = vec![
-            (
-                "scl",
-                Box::new(|s| s.kafka.bootstrap_servers = "no-port".into()),
-                "spec.kafka.bootstrapServers",
-            ),
-            (
-                "scl",
-                Box::new(|s| s.kafka.partitions = -1),
-                "spec.kafka.partitions",
-            ),
-            (
-                "scl",
-                Box::new(|s| s.kafka.retention = "3w".into()),
-                "spec.kafka.retention",
-            ),
-            (
-                "scl",
-                Box::new(|s| s.kafka.topic = "a".repeat(300)),
-                "spec.kafka.topic",
-            ),
-            (
-                "scl",
-                Box::new(|s| s.kafka.topic = "bad topic".into()),
-                "spec.kafka.topic",
-            ),
-            (
-                "scl",
-                Box::new(|s| s.kafka.dead_letter.topic = "t".into()),
-                "spec.kafka.deadLetter.topic",
-            ),
-            (
-                "scl",
-                Box::new(|s| drop(s.kafka.config.insert("retention.ms".into(), "1".into()))),
-                "spec.kafka.config",
-            ),
-            (
-                "scl",
-                Box::new(|s| s.clickhouse.url = "ftp://x".into()),
-                "spec.clickhouse.url",
-            ),
-            (
-                "scl",
-                Box::new(|s| s.clickhouse.ttl = "12h".into()),
-                "spec.clickhouse.ttl",
-            ),
-            (
-                "scl",
-                Box::new(|s| s.clickhouse.table = "drop table".into()),
-                "spec.clickhouse.table",
-            ),
+            ("scl", Box::new(|s| s.kafka.bootstrap_servers = "no-port".into()), "spec.kafka.bootstrapServers"),
+            ("scl", Box::new(|s| s.kafka.partitions = -1), "spec.kafka.partitions"),
+            ("scl", Box::new(|s| s.kafka.retention = "3w".into()), "spec.kafka.retention"),
+            ("scl", Box::new(|s| s.kafka.topic = "a".repeat(300)), "spec.kafka.topic"),
+            ("scl", Box::new(|s| s.kafka.topic = "bad topic".into()), "spec.kafka.topic"),
+            ("scl", Box::new(|s| s.kafka.dead_letter.topic = "t".into()), "spec.kafka.deadLetter.topic"),
+            ("scl", Box::new(|s| drop(s.kafka.config.insert("retention.ms".into(), "1".into()))), "spec.kafka.config"),
+            ("scl", Box::new(|s| s.clickhouse.url = "ftp://x".into()), "spec.clickhouse.url"),
+            ("scl", Box::new(|s| s.clickhouse.ttl = "12h".into()), "spec.clickhouse.ttl"),
+            ("scl", Box::new(|s| s.clickhouse.table = "drop table".into()), "spec.clickhouse.table"),
             (
                 "scl",
                 Box::new(|s| {
-                    s.clickhouse.extra_columns.push(ExtraColumn {
-                        name: "delayed".into(),
-                        column_type: ExtraColumnType::Bool,
-                    })
+                    s.clickhouse
+                        .extra_columns
+                        .push(ExtraColumn { name: "delayed".into(), column_type: ExtraColumnType::Bool })
                 }),
                 "spec.clickhouse.extraColumns",
             ),
-            (
-                "scl",
-                Box::new(|s| s.ingest.workload.replicas = -2),
-                "spec.ingest.replicas",
-            ),
-            (
-                "scl",
-                Box::new(|s| drop(s.query.workload.env.insert("1BAD".into(), "x".into()))),
-                "spec.query.env",
-            ),
-            (
-                "a-very-long-pipeline-name-that-goes-past-forty",
-                Box::new(|_| {}),
-                "metadata.name",
-            ),
+            ("scl", Box::new(|s| s.ingest.workload.replicas = -2), "spec.ingest.replicas"),
+            ("scl", Box::new(|s| drop(s.query.workload.env.insert("1BAD".into(), "x".into()))), "spec.query.env"),
+            ("a-very-long-pipeline-name-that-goes-past-forty", Box::new(|_| {}), "metadata.name"),
             ("Upper", Box::new(|_| {}), "metadata.name"),
         ];
         for (name, mutate, field) in cases {
@@ -595,10 +404,7 @@ mod tests {
             spec.kafka.topic = "t".into();
             mutate(&mut spec);
             let found = problems(name, &spec, &defaults());
-            assert!(
-                found.iter().any(|p| p.starts_with(field)),
-                "expected a problem on {field}, got {found:?}"
-            );
+            assert!(found.iter().any(|p| p.starts_with(field)), "expected a problem on {field}, got {found:?}");
         }
     }
 }

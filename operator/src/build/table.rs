@@ -32,10 +32,7 @@ pub const BASE_COLUMNS: &[(&str, &str)] = &[
     ("destination_city", "LowCardinality(String)"),      // SIGLADES
     ("delay_minutes", "Int32"),
     ("delayed", "Bool"),
-    (
-        "period_day",
-        "Enum8('morning' = 1, 'afternoon' = 2, 'night' = 3)",
-    ),
+    ("period_day", "Enum8('morning' = 1, 'afternoon' = 2, 'night' = 3)"),
     ("high_season", "Bool"),
     ("ingested_at", "DateTime64(3, 'UTC')"),
     ("source_partition", "Int32"),
@@ -79,13 +76,8 @@ impl TableSpec {
 
     /// Every column with its type, base columns first.
     pub fn columns(&self) -> Vec<(String, String)> {
-        let base = BASE_COLUMNS
-            .iter()
-            .map(|(n, t)| (n.to_string(), t.to_string()));
-        let extra = self
-            .extra_columns
-            .iter()
-            .map(|(n, t)| (n.clone(), extra_type(*t).to_string()));
+        let base = BASE_COLUMNS.iter().map(|(n, t)| (n.to_string(), t.to_string()));
+        let extra = self.extra_columns.iter().map(|(n, t)| (n.clone(), extra_type(*t).to_string()));
         base.chain(extra).collect()
     }
 
@@ -99,9 +91,7 @@ impl TableSpec {
 
     /// The TTL expression as ClickHouse prints it back.
     pub fn ttl_expression(&self) -> String {
-        self.ttl_days
-            .map(|d| format!("scheduled_at + toIntervalDay({d})"))
-            .unwrap_or_default()
+        self.ttl_days.map(|d| format!("scheduled_at + toIntervalDay({d})")).unwrap_or_default()
     }
 
     pub fn create_database(&self) -> String {
@@ -109,11 +99,7 @@ impl TableSpec {
     }
 
     pub fn create_table(&self) -> String {
-        let columns: Vec<String> = self
-            .columns()
-            .iter()
-            .map(|(n, t)| format!("    `{n}` {t}"))
-            .collect();
+        let columns: Vec<String> = self.columns().iter().map(|(n, t)| format!("    `{n}` {t}")).collect();
         let mut ddl = format!(
             "CREATE TABLE IF NOT EXISTS `{}`.`{}`\n(\n{}\n)\nENGINE = ReplacingMergeTree\n",
             self.database,
@@ -147,11 +133,7 @@ fn extra_type(t: ExtraColumnType) -> &'static str {
 
 pub fn plan_table(want: &TableSpec, have: Option<&ObservedTable>) -> TablePlan {
     let Some(have) = have else {
-        return TablePlan {
-            create: true,
-            statements: vec![want.create_table()],
-            not_supported: vec![],
-        };
+        return TablePlan { create: true, statements: vec![want.create_table()], not_supported: vec![] };
     };
     let mut plan = TablePlan::default();
     let target = format!("`{}`.`{}`", want.database, want.table);
@@ -199,13 +181,9 @@ pub fn ttl_days(text: &str) -> Result<Option<u32>, String> {
     if text.is_empty() {
         return Ok(None);
     }
-    let days = text
-        .strip_suffix('d')
-        .ok_or_else(|| format!("{text:?} must be a number of days like 365d"))?;
+    let days = text.strip_suffix('d').ok_or_else(|| format!("{text:?} must be a number of days like 365d"))?;
     match days.parse::<u32>() {
-        Ok(0) | Err(_) => Err(format!(
-            "{text:?} must be a positive number of days like 365d"
-        )),
+        Ok(0) | Err(_) => Err(format!("{text:?} must be a positive number of days like 365d")),
         Ok(d) => Ok(Some(d)),
     }
 }
@@ -237,10 +215,7 @@ mod tests {
         let ddl = spec().create_table();
         assert_eq!(BASE_COLUMNS.len(), 25);
         for (name, ty) in BASE_COLUMNS {
-            assert!(
-                ddl.contains(&format!("`{name}` {ty}")),
-                "{name} missing from {ddl}"
-            );
+            assert!(ddl.contains(&format!("`{name}` {ty}")), "{name} missing from {ddl}");
         }
         assert!(ddl.contains("ENGINE = ReplacingMergeTree"));
         assert!(ddl.contains("ORDER BY (scheduled_at, source_partition, source_offset)"));
@@ -259,21 +234,15 @@ mod tests {
     fn new_extra_column_is_added() {
         let before = spec();
         let mut after = spec();
-        after
-            .extra_columns
-            .push(("gate".into(), ExtraColumnType::String));
+        after.extra_columns.push(("gate".into(), ExtraColumnType::String));
         let plan = plan_table(&after, Some(&observed(&before)));
-        assert_eq!(
-            plan.statements,
-            vec!["ALTER TABLE `db`.`flights` ADD COLUMN IF NOT EXISTS `gate` String"]
-        );
+        assert_eq!(plan.statements, vec!["ALTER TABLE `db`.`flights` ADD COLUMN IF NOT EXISTS `gate` String"]);
     }
 
     #[test]
     fn type_change_and_partition_change_are_not_supported() {
         let mut have = observed(&spec());
-        have.columns
-            .insert("delay_minutes".into(), "Float64".into());
+        have.columns.insert("delay_minutes".into(), "Float64".into());
         have.partition_key = "toYYYYMMDD(scheduled_at)".into();
         let plan = plan_table(&spec(), Some(&have));
         assert!(plan.statements.is_empty());
@@ -285,28 +254,16 @@ mod tests {
         let mut want = spec();
         want.ttl_days = Some(30);
         let plan = plan_table(&want, Some(&observed(&spec())));
-        assert_eq!(
-            plan.statements,
-            vec!["ALTER TABLE `db`.`flights` MODIFY TTL scheduled_at + toIntervalDay(30)"]
-        );
+        assert_eq!(plan.statements, vec!["ALTER TABLE `db`.`flights` MODIFY TTL scheduled_at + toIntervalDay(30)"]);
         let plan = plan_table(&spec(), Some(&observed(&want)));
-        assert_eq!(
-            plan.statements,
-            vec!["ALTER TABLE `db`.`flights` REMOVE TTL"]
-        );
+        assert_eq!(plan.statements, vec!["ALTER TABLE `db`.`flights` REMOVE TTL"]);
     }
 
     #[test]
     fn ttl_is_read_from_engine_full() {
         let full = "ReplacingMergeTree PARTITION BY toYYYYMM(scheduled_at) ORDER BY (a, b) TTL scheduled_at + toIntervalDay(30) SETTINGS index_granularity = 8192";
-        assert_eq!(
-            ttl_from_engine_full(full),
-            "scheduled_at + toIntervalDay(30)"
-        );
-        assert_eq!(
-            ttl_from_engine_full("MergeTree ORDER BY a SETTINGS index_granularity = 8192"),
-            ""
-        );
+        assert_eq!(ttl_from_engine_full(full), "scheduled_at + toIntervalDay(30)");
+        assert_eq!(ttl_from_engine_full("MergeTree ORDER BY a SETTINGS index_granularity = 8192"), "");
     }
 
     #[test]

@@ -41,10 +41,7 @@ impl TopicPlan {
 
 pub fn plan_topic(want: &TopicSpec, have: Option<&ObservedTopic>) -> TopicPlan {
     let Some(have) = have else {
-        return TopicPlan {
-            create: true,
-            ..TopicPlan::default()
-        };
+        return TopicPlan { create: true, ..TopicPlan::default() };
     };
     let mut plan = TopicPlan::default();
     if want.partitions > have.partitions {
@@ -76,13 +73,9 @@ pub fn retention_ms(text: &str) -> Result<i64, String> {
     if text == "forever" {
         return Ok(-1);
     }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit"))?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("{text:?} has no unit"))?;
     let (digits, unit) = text.split_at(split);
-    let amount: i64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let amount: i64 = digits.parse().map_err(|_| format!("{text:?} does not start with a number"))?;
     let factor = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -90,15 +83,10 @@ pub fn retention_ms(text: &str) -> Result<i64, String> {
         "h" => 3_600_000,
         "d" => 86_400_000,
         _ => {
-            return Err(format!(
-                "{text:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
-            ));
+            return Err(format!("{text:?} has unknown unit {unit:?} (use ms, s, m, h or d)"));
         }
     };
-    amount
-        .checked_mul(factor)
-        .filter(|ms| *ms > 0)
-        .ok_or_else(|| format!("{text:?} is out of range"))
+    amount.checked_mul(factor).filter(|ms| *ms > 0).ok_or_else(|| format!("{text:?} is out of range"))
 }
 
 #[cfg(test)]
@@ -118,11 +106,7 @@ mod tests {
         ObservedTopic {
             partitions,
             replication_factor: 1,
-            configs: Some(
-                retention
-                    .map(|r| BTreeMap::from([("retention.ms".into(), r.into())]))
-                    .unwrap_or_default(),
-            ),
+            configs: Some(retention.map(|r| BTreeMap::from([("retention.ms".into(), r.into())])).unwrap_or_default()),
         }
     }
 
@@ -138,49 +122,29 @@ mod tests {
 
     #[test]
     fn partitions_grow_but_never_shrink() {
-        assert_eq!(
-            plan_topic(&spec(6), Some(&observed(3, Some("1000")))).grow_partitions_to,
-            Some(6)
-        );
+        assert_eq!(plan_topic(&spec(6), Some(&observed(3, Some("1000")))).grow_partitions_to, Some(6));
         let shrink = plan_topic(&spec(3), Some(&observed(6, Some("1000"))));
         assert!(shrink.is_noop());
-        assert!(
-            shrink.not_supported[0].contains("cannot remove partitions"),
-            "{shrink:?}"
-        );
+        assert!(shrink.not_supported[0].contains("cannot remove partitions"), "{shrink:?}");
     }
 
     #[test]
     fn replication_change_is_not_supported() {
         let mut have = observed(3, Some("1000"));
         have.replication_factor = 3;
-        assert!(
-            plan_topic(&spec(3), Some(&have)).not_supported[0].contains("replication factor 3")
-        );
+        assert!(plan_topic(&spec(3), Some(&have)).not_supported[0].contains("replication factor 3"));
     }
 
     #[test]
     fn changed_and_missing_configs_are_set() {
         let plan = plan_topic(&spec(3), Some(&observed(3, Some("5"))));
-        assert_eq!(
-            plan.set_configs.get("retention.ms").map(String::as_str),
-            Some("1000")
-        );
-        assert_eq!(
-            plan_topic(&spec(3), Some(&observed(3, None)))
-                .set_configs
-                .len(),
-            1
-        );
+        assert_eq!(plan.set_configs.get("retention.ms").map(String::as_str), Some("1000"));
+        assert_eq!(plan_topic(&spec(3), Some(&observed(3, None))).set_configs.len(), 1);
     }
 
     #[test]
     fn configs_are_left_alone_when_the_broker_cannot_describe_them() {
-        let have = ObservedTopic {
-            partitions: 3,
-            replication_factor: 1,
-            configs: None,
-        };
+        let have = ObservedTopic { partitions: 3, replication_factor: 1, configs: None };
         assert!(plan_topic(&spec(3), Some(&have)).is_noop());
     }
 

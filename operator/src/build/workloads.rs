@@ -3,14 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
+    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -33,11 +30,7 @@ pub fn workload_name(pipeline: &str, component: Component) -> String {
 
 /// In-cluster URL of a component's HTTP service.
 pub fn endpoint(resolved: &Resolved, component: Component) -> String {
-    format!(
-        "http://{}.{}.svc:{HTTP_PORT}",
-        workload_name(&resolved.name, component),
-        resolved.namespace
-    )
+    format!("http://{}.{}.svc:{HTTP_PORT}", workload_name(&resolved.name, component), resolved.namespace)
 }
 
 /// The command each component's container runs (the service binaries read the rest from env).
@@ -64,16 +57,12 @@ pub fn deployment(resolved: &Resolved, workload: &Workload, owner: &OwnerReferen
     let selector = labels::selector(&resolved.name, workload.component);
     let mut pod_labels = labels::common(&resolved.name, Some(workload.component));
     pod_labels.extend(selector.clone());
-    let annotations =
-        BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), settings_hash(resolved))]);
+    let annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), settings_hash(resolved))]);
     Deployment {
         metadata: metadata(name.clone(), resolved, Some(workload.component), owner),
         spec: DeploymentSpec {
             replicas: Some(workload.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                ..LabelSelector::default()
-            },
+            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -97,12 +86,7 @@ pub fn deployment(resolved: &Resolved, workload: &Workload, owner: &OwnerReferen
 
 pub fn service(resolved: &Resolved, component: Component, owner: &OwnerReference) -> Service {
     Service {
-        metadata: metadata(
-            workload_name(&resolved.name, component),
-            resolved,
-            Some(component),
-            owner,
-        ),
+        metadata: metadata(workload_name(&resolved.name, component), resolved, Some(component), owner),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(labels::selector(&resolved.name, component)),
@@ -158,10 +142,7 @@ fn pod_spec(resolved: &Resolved, workload: &Workload) -> PodSpec {
                 allow_privilege_escalation: Some(false),
                 read_only_root_filesystem: Some(true),
                 run_as_non_root: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    ..Capabilities::default()
-                }),
+                capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
                 ..SecurityContext::default()
             }),
             volume_mounts: Some(vec![VolumeMount {
@@ -175,28 +156,17 @@ fn pod_spec(resolved: &Resolved, workload: &Workload) -> PodSpec {
             run_as_non_root: Some(true),
             run_as_user: Some(65532),
             run_as_group: Some(65532),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
             ..PodSecurityContext::default()
         }),
         termination_grace_period_seconds: Some(30),
-        volumes: Some(vec![Volume {
-            name: "tmp".into(),
-            empty_dir: Some(Default::default()),
-            ..Volume::default()
-        }]),
+        volumes: Some(vec![Volume { name: "tmp".into(), empty_dir: Some(Default::default()), ..Volume::default() }]),
         ..PodSpec::default()
     }
 }
 
 fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
-    let value = |name: &str, value: String| EnvVar {
-        name: name.into(),
-        value: Some(value),
-        ..EnvVar::default()
-    };
+    let value = |name: &str, value: String| EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() };
     let mut env = vec![
         value("FLIGHTLINE_COMPONENT", workload.component.as_str().into()),
         value("LISTEN_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
@@ -229,20 +199,12 @@ fn default_resources() -> ResourceRequirements {
             ("cpu".into(), Quantity("100m".into())),
             ("memory".into(), Quantity("64Mi".into())),
         ])),
-        limits: Some(BTreeMap::from([(
-            "memory".into(),
-            Quantity("256Mi".into()),
-        )])),
+        limits: Some(BTreeMap::from([("memory".into(), Quantity("256Mi".into()))])),
         ..ResourceRequirements::default()
     }
 }
 
-fn metadata(
-    name: String,
-    resolved: &Resolved,
-    component: Option<Component>,
-    owner: &OwnerReference,
-) -> ObjectMeta {
+fn metadata(name: String, resolved: &Resolved, component: Option<Component>, owner: &OwnerReference) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(resolved.namespace.clone()),
@@ -295,50 +257,19 @@ mod tests {
         let r = resolved(&FlightPipelineSpec::default());
         let d = deployment(&r, r.workload(Component::Sink), &owner());
         assert_eq!(d.metadata.name.as_deref(), Some("scl-sink"));
-        assert_eq!(
-            d.metadata.owner_references.as_ref().unwrap()[0].uid,
-            "uid-1"
-        );
+        assert_eq!(d.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
         let labels = d.metadata.labels.as_ref().unwrap();
         assert_eq!(labels["app.kubernetes.io/instance"], "scl");
         assert_eq!(labels["app.kubernetes.io/component"], "sink");
         let pod = d.spec.template.spec.as_ref().unwrap();
         let container = &pod.containers[0];
-        assert_eq!(
-            container.command.as_ref().unwrap(),
-            &["flightline-ingest", "sink"]
-        );
-        assert_eq!(
-            container.env_from.as_ref().unwrap()[0]
-                .config_map_ref
-                .as_ref()
-                .unwrap()
-                .name,
-            "scl-pipeline"
-        );
+        assert_eq!(container.command.as_ref().unwrap(), &["flightline-ingest", "sink"]);
+        assert_eq!(container.env_from.as_ref().unwrap()[0].config_map_ref.as_ref().unwrap().name, "scl-pipeline");
         let env = container.env.as_ref().unwrap();
-        assert!(
-            env.iter()
-                .any(|e| e.name == "FLIGHTLINE_COMPONENT" && e.value.as_deref() == Some("sink"))
-        );
+        assert!(env.iter().any(|e| e.name == "FLIGHTLINE_COMPONENT" && e.value.as_deref() == Some("sink")));
+        assert_eq!(container.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
         assert_eq!(
-            container
-                .security_context
-                .as_ref()
-                .unwrap()
-                .read_only_root_filesystem,
-            Some(true)
-        );
-        assert_eq!(
-            container
-                .readiness_probe
-                .as_ref()
-                .unwrap()
-                .http_get
-                .as_ref()
-                .unwrap()
-                .path
-                .as_deref(),
+            container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
             Some("/readyz")
         );
     }
@@ -369,31 +300,12 @@ mod tests {
     #[test]
     fn credentials_come_from_the_secret() {
         let mut spec = FlightPipelineSpec::default();
-        spec.clickhouse.credentials_secret = Some(crate::crd::SecretKeyRefs {
-            name: "ch".into(),
-            username_key: "u".into(),
-            password_key: "p".into(),
-        });
+        spec.clickhouse.credentials_secret =
+            Some(crate::crd::SecretKeyRefs { name: "ch".into(), username_key: "u".into(), password_key: "p".into() });
         let r = resolved(&spec);
         let d = deployment(&r, r.workload(Component::Query), &owner());
-        let env = d.spec.template.spec.unwrap().containers[0]
-            .env
-            .clone()
-            .unwrap();
-        let password = env
-            .iter()
-            .find(|e| e.name == "CLICKHOUSE_PASSWORD")
-            .unwrap();
-        assert_eq!(
-            password
-                .value_from
-                .as_ref()
-                .unwrap()
-                .secret_key_ref
-                .as_ref()
-                .unwrap()
-                .key,
-            "p"
-        );
+        let env = d.spec.template.spec.unwrap().containers[0].env.clone().unwrap();
+        let password = env.iter().find(|e| e.name == "CLICKHOUSE_PASSWORD").unwrap();
+        assert_eq!(password.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().key, "p");
     }
 }

@@ -11,16 +11,9 @@ use crate::build::table::{ObservedTable, TablePlan, TableSpec, ttl_from_engine_f
 #[derive(Debug, thiserror::Error)]
 pub enum ClickHouseError {
     #[error("cannot reach ClickHouse at {url}: {source}")]
-    Unreachable {
-        url: String,
-        source: clickhouse::error::Error,
-    },
+    Unreachable { url: String, source: clickhouse::error::Error },
     #[error("ClickHouse at {url} refused {statement:?}: {source}")]
-    Refused {
-        url: String,
-        statement: String,
-        source: clickhouse::error::Error,
-    },
+    Refused { url: String, statement: String, source: clickhouse::error::Error },
 }
 
 impl ClickHouseError {
@@ -49,48 +42,29 @@ pub struct ClickHouseAdmin {
 
 impl ClickHouseAdmin {
     pub fn new(url: &str, credentials: Option<(String, String)>, timeout: Duration) -> Self {
-        let mut client = Client::default()
-            .with_url(url)
-            .with_setting("max_execution_time", timeout.as_secs().max(1).to_string());
+        let mut client =
+            Client::default().with_url(url).with_setting("max_execution_time", timeout.as_secs().max(1).to_string());
         if let Some((user, password)) = credentials {
             client = client.with_user(user).with_password(password);
         }
-        Self {
-            client,
-            url: url.into(),
-        }
+        Self { client, url: url.into() }
     }
 
     fn classify(&self, statement: &str, source: clickhouse::error::Error) -> ClickHouseError {
         match source {
             clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => {
-                ClickHouseError::Unreachable {
-                    url: self.url.clone(),
-                    source,
-                }
+                ClickHouseError::Unreachable { url: self.url.clone(), source }
             }
-            _ => ClickHouseError::Refused {
-                url: self.url.clone(),
-                statement: statement.into(),
-                source,
-            },
+            _ => ClickHouseError::Refused { url: self.url.clone(), statement: statement.into(), source },
         }
     }
 
     async fn execute(&self, statement: &str) -> Result<(), ClickHouseError> {
-        self.client
-            .query(statement)
-            .execute()
-            .await
-            .map_err(|e| self.classify(statement, e))
+        self.client.query(statement).execute().await.map_err(|e| self.classify(statement, e))
     }
 
-    pub async fn describe(
-        &self,
-        want: &TableSpec,
-    ) -> Result<Option<ObservedTable>, ClickHouseError> {
-        let tables_sql =
-            "SELECT partition_key, engine_full FROM system.tables WHERE database = ? AND name = ?";
+    pub async fn describe(&self, want: &TableSpec) -> Result<Option<ObservedTable>, ClickHouseError> {
+        let tables_sql = "SELECT partition_key, engine_full FROM system.tables WHERE database = ? AND name = ?";
         let tables = self
             .client
             .query(tables_sql)
@@ -112,10 +86,7 @@ impl ClickHouseAdmin {
             .await
             .map_err(|e| self.classify(columns_sql, e))?;
         Ok(Some(ObservedTable {
-            columns: columns
-                .into_iter()
-                .map(|c| (c.name, c.column_type))
-                .collect(),
+            columns: columns.into_iter().map(|c| (c.name, c.column_type)).collect(),
             partition_key: table.partition_key,
             ttl: ttl_from_engine_full(&table.engine_full),
         }))

@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafka_protocol::messages::{
-    AlterConfigsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, IncrementalAlterConfigsRequest, MetadataRequest, MetadataResponse,
-    TopicName, alter_configs_request,
+    AlterConfigsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    IncrementalAlterConfigsRequest, MetadataRequest, MetadataResponse, TopicName, alter_configs_request,
     create_partitions_request::CreatePartitionsTopic,
     create_topics_request::{CreatableTopic, CreatableTopicConfig},
     delete_topics_request::DeleteTopicState,
@@ -29,11 +28,7 @@ pub enum KafkaError {
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("Kafka refused to {action} topic {topic}: {detail}")]
-    Refused {
-        action: &'static str,
-        topic: String,
-        detail: String,
-    },
+    Refused { action: &'static str, topic: String, detail: String },
 }
 
 impl KafkaError {
@@ -56,27 +51,16 @@ pub struct KafkaAdmin {
 impl KafkaAdmin {
     pub async fn connect(bootstrap_servers: &str, timeout: Duration) -> Result<Self, KafkaError> {
         let mut last_error = None;
-        for server in bootstrap_servers
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
+        for server in bootstrap_servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match Connection::connect(server, timeout).await {
                 Ok(bootstrap) => {
-                    return Ok(Self {
-                        bootstrap,
-                        controller: None,
-                        timeout,
-                    });
+                    return Ok(Self { bootstrap, controller: None, timeout });
                 }
                 Err(e) => last_error = Some(e),
             }
         }
         Err(last_error
-            .unwrap_or(WireError::Protocol {
-                addr: bootstrap_servers.into(),
-                message: "no bootstrap servers".into(),
-            })
+            .unwrap_or(WireError::Protocol { addr: bootstrap_servers.into(), message: "no bootstrap servers".into() })
             .into())
     }
 
@@ -122,11 +106,7 @@ impl KafkaAdmin {
     /// The topic as the broker has it, or `None` when it does not exist.
     pub async fn describe(&mut self, name: &str) -> Result<Option<ObservedTopic>, KafkaError> {
         let metadata = self.metadata(&[name]).await?;
-        let Some(topic) = metadata
-            .topics
-            .iter()
-            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name))
-        else {
+        let Some(topic) = metadata.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name)) else {
             return Ok(None);
         };
         match topic.error_code {
@@ -140,12 +120,7 @@ impl KafkaAdmin {
                 });
             }
         }
-        let replication_factor = topic
-            .partitions
-            .iter()
-            .map(|p| p.replica_nodes.len())
-            .max()
-            .unwrap_or(0) as i16;
+        let replication_factor = topic.partitions.iter().map(|p| p.replica_nodes.len()).max().unwrap_or(0) as i16;
         Ok(Some(ObservedTopic {
             partitions: topic.partitions.len() as i32,
             replication_factor,
@@ -153,10 +128,7 @@ impl KafkaAdmin {
         }))
     }
 
-    async fn describe_configs(
-        &mut self,
-        name: &str,
-    ) -> Result<Option<BTreeMap<String, String>>, KafkaError> {
+    async fn describe_configs(&mut self, name: &str) -> Result<Option<BTreeMap<String, String>>, KafkaError> {
         if !self.bootstrap.supports::<DescribeConfigsRequest>() {
             return Ok(None);
         }
@@ -180,11 +152,7 @@ impl KafkaAdmin {
             result
                 .configs
                 .iter()
-                .filter_map(|c| {
-                    c.value
-                        .as_ref()
-                        .map(|v| (c.name.to_string(), v.to_string()))
-                })
+                .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
                 .collect(),
         ))
     }
@@ -237,11 +205,7 @@ impl KafkaAdmin {
         Ok(())
     }
 
-    async fn set_configs(
-        &mut self,
-        topic: &str,
-        configs: &BTreeMap<String, String>,
-    ) -> Result<(), KafkaError> {
+    async fn set_configs(&mut self, topic: &str, configs: &BTreeMap<String, String>) -> Result<(), KafkaError> {
         let controller = self.controller().await?;
         let (code, message) = if controller.supports::<IncrementalAlterConfigsRequest>() {
             let mut resource = AlterConfigsResource::default();
@@ -260,11 +224,7 @@ impl KafkaAdmin {
             let mut request = IncrementalAlterConfigsRequest::default();
             request.resources = vec![resource];
             let (response, _) = controller.call(request, 1).await?;
-            response
-                .responses
-                .first()
-                .map(|r| (r.error_code, r.error_message.clone()))
-                .unwrap_or((0, None))
+            response.responses.first().map(|r| (r.error_code, r.error_message.clone())).unwrap_or((0, None))
         } else {
             // Legacy AlterConfigs replaces the whole set: only reached for brokers older than 2.3.
             let mut resource = alter_configs_request::AlterConfigsResource::default();
@@ -282,11 +242,7 @@ impl KafkaAdmin {
             let mut request = AlterConfigsRequest::default();
             request.resources = vec![resource];
             let (response, _) = controller.call(request, 2).await?;
-            response
-                .responses
-                .first()
-                .map(|r| (r.error_code, r.error_message.clone()))
-                .unwrap_or((0, None))
+            response.responses.first().map(|r| (r.error_code, r.error_message.clone())).unwrap_or((0, None))
         };
         if code != 0 {
             return Err(KafkaError::Refused {
@@ -343,11 +299,7 @@ impl KafkaAdmin {
         let (response, _) = controller.call(request, version).await?;
         for result in &response.responses {
             if result.error_code != 0 && result.error_code != UNKNOWN_TOPIC_OR_PARTITION {
-                let topic = result
-                    .name
-                    .as_ref()
-                    .map(|n| n.0.to_string())
-                    .unwrap_or_default();
+                let topic = result.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
                 return Err(KafkaError::Refused {
                     action: "delete",
                     topic,

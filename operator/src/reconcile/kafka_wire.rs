@@ -19,17 +19,11 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("cannot reach Kafka broker {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    Connect { addr: String, source: std::io::Error },
     #[error("Kafka broker {addr} timed out")]
     Timeout { addr: String },
     #[error("Kafka connection to {addr} failed: {source}")]
-    Io {
-        addr: String,
-        source: std::io::Error,
-    },
+    Io { addr: String, source: std::io::Error },
     #[error("Kafka protocol error talking to {addr}: {message}")]
     Protocol { addr: String, message: String },
     #[error("the Kafka broker does not support {api} (API key {key})")]
@@ -39,10 +33,7 @@ pub enum WireError {
 impl WireError {
     /// Whether retrying later may succeed (the broker was unreachable or slow).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect { .. } | Self::Timeout { .. } | Self::Io { .. }
-        )
+        matches!(self, Self::Connect { .. } | Self::Timeout { .. } | Self::Io { .. })
     }
 }
 
@@ -60,31 +51,15 @@ impl Connection {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| WireError::Timeout { addr: addr.into() })?
-            .map_err(|source| WireError::Connect {
-                addr: addr.into(),
-                source,
-            })?;
+            .map_err(|source| WireError::Connect { addr: addr.into(), source })?;
         stream.set_nodelay(true).ok();
-        let mut conn = Self {
-            addr: addr.into(),
-            stream,
-            correlation_id: 0,
-            versions: HashMap::new(),
-            timeout,
-        };
+        let mut conn = Self { addr: addr.into(), stream, correlation_id: 0, versions: HashMap::new(), timeout };
         // ApiVersions v0 is understood by every broker; it tells us what else is.
         let response = conn.send(ApiVersionsRequest::default(), 0).await?;
         if response.error_code != 0 {
-            return Err(conn.protocol_error(format!(
-                "ApiVersions failed with error code {}",
-                response.error_code
-            )));
+            return Err(conn.protocol_error(format!("ApiVersions failed with error code {}", response.error_code)));
         }
-        conn.versions = response
-            .api_keys
-            .iter()
-            .map(|k| (k.api_key, (k.min_version, k.max_version)))
-            .collect();
+        conn.versions = response.api_keys.iter().map(|k| (k.api_key, (k.min_version, k.max_version))).collect();
         Ok(conn)
     }
 
@@ -95,10 +70,7 @@ impl Connection {
     /// The highest version both sides speak, capped at `max`, or `Unsupported`.
     pub fn version<R: Request>(&self, max: i16) -> Result<i16, WireError> {
         let ours = R::VERSIONS;
-        let unsupported = || WireError::Unsupported {
-            api: api_name(R::KEY),
-            key: R::KEY,
-        };
+        let unsupported = || WireError::Unsupported { api: api_name(R::KEY), key: R::KEY };
         let (broker_min, broker_max) = *self.versions.get(&R::KEY).ok_or_else(unsupported)?;
         let top = broker_max.min(ours.max).min(max);
         if top < broker_min.max(ours.min) {
@@ -112,20 +84,12 @@ impl Connection {
     }
 
     /// Sends a request at the highest common version (capped at `max`) and decodes the answer.
-    pub async fn call<R: Request>(
-        &mut self,
-        request: R,
-        max: i16,
-    ) -> Result<(R::Response, i16), WireError> {
+    pub async fn call<R: Request>(&mut self, request: R, max: i16) -> Result<(R::Response, i16), WireError> {
         let version = self.version::<R>(max)?;
         Ok((self.send(request, version).await?, version))
     }
 
-    async fn send<R: Request>(
-        &mut self,
-        request: R,
-        version: i16,
-    ) -> Result<R::Response, WireError> {
+    async fn send<R: Request>(&mut self, request: R, version: i16) -> Result<R::Response, WireError> {
         self.correlation_id = self.correlation_id.wrapping_add(1);
         let mut header = RequestHeader::default();
         header.request_api_key = R::KEY;
@@ -135,12 +99,8 @@ impl Connection {
 
         let mut frame = BytesMut::new();
         frame.put_i32(0); // length, patched below
-        header
-            .encode(&mut frame, R::header_version(version))
-            .map_err(|e| self.protocol_error(e.to_string()))?;
-        request
-            .encode(&mut frame, version)
-            .map_err(|e| self.protocol_error(e.to_string()))?;
+        header.encode(&mut frame, R::header_version(version)).map_err(|e| self.protocol_error(e.to_string()))?;
+        request.encode(&mut frame, version).map_err(|e| self.protocol_error(e.to_string()))?;
         let length = (frame.len() - 4) as i32;
         frame[..4].copy_from_slice(&length.to_be_bytes());
 
@@ -150,10 +110,7 @@ impl Connection {
             self.stream.write_all(&frame).await?;
             let size = self.stream.read_i32().await?;
             if size < 0 || size as usize > MAX_RESPONSE_BYTES {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("response size {size}"),
-                ));
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("response size {size}")));
             }
             let mut body = vec![0u8; size as usize];
             self.stream.read_exact(&mut body).await?;
@@ -162,37 +119,23 @@ impl Connection {
         let body = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| WireError::Timeout { addr: addr.clone() })?
-            .map_err(|source| WireError::Io {
-                addr: addr.clone(),
-                source,
-            })?;
+            .map_err(|source| WireError::Io { addr: addr.clone(), source })?;
 
         let mut buf = bytes::Bytes::from(body);
-        let response_header =
-            ResponseHeader::decode(&mut buf, R::Response::header_version(version))
-                .map_err(|e| self.protocol_error(e.to_string()))?;
-        if response_header.correlation_id != self.correlation_id {
-            return Err(
-                self.protocol_error("response correlation id does not match the request".into())
-            );
-        }
-        let response = R::Response::decode(&mut buf, version)
+        let response_header = ResponseHeader::decode(&mut buf, R::Response::header_version(version))
             .map_err(|e| self.protocol_error(e.to_string()))?;
+        if response_header.correlation_id != self.correlation_id {
+            return Err(self.protocol_error("response correlation id does not match the request".into()));
+        }
+        let response = R::Response::decode(&mut buf, version).map_err(|e| self.protocol_error(e.to_string()))?;
         if buf.has_remaining() {
-            tracing::debug!(
-                api = api_name(R::KEY),
-                left = buf.remaining(),
-                "response had trailing bytes"
-            );
+            tracing::debug!(api = api_name(R::KEY), left = buf.remaining(), "response had trailing bytes");
         }
         Ok(response)
     }
 
     fn protocol_error(&self, message: String) -> WireError {
-        WireError::Protocol {
-            addr: self.addr.clone(),
-            message,
-        }
+        WireError::Protocol { addr: self.addr.clone(), message }
     }
 }
 

@@ -25,12 +25,7 @@ where
             return Ok(false);
         }
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(desired),
-    )
-    .await?;
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired)).await?;
     Ok(true)
 }
 
@@ -42,17 +37,10 @@ where
     let Some(live) = api.get_opt(name).await? else {
         return Ok(false);
     };
-    if !live
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == owner_uid && o.controller == Some(true))
-    {
+    if !live.owner_references().iter().any(|o| o.uid == owner_uid && o.controller == Some(true)) {
         return Ok(false);
     }
-    let params = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..DeleteParams::default()
-    };
+    let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
     match api.delete(name, &params).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
@@ -68,16 +56,9 @@ pub async fn availability(api: &Api<Deployment>, name: &str) -> Result<(i32, i32
     };
     let wanted = deployment.spec.replicas.unwrap_or(1);
     let status = deployment.status.unwrap_or_default();
-    let current =
-        status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
-    let available = if current {
-        status
-            .available_replicas
-            .unwrap_or(0)
-            .min(status.updated_replicas.unwrap_or(0))
-    } else {
-        0
-    };
+    let current = status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+    let available =
+        if current { status.available_replicas.unwrap_or(0).min(status.updated_replicas.unwrap_or(0)) } else { 0 };
     Ok((available, wanted))
 }
 
@@ -85,12 +66,8 @@ pub async fn availability(api: &Api<Deployment>, name: &str) -> Result<(i32, i32
 /// same length and match element by element; fields only `have` carries (defaults, status) are fine.
 pub fn is_subset(want: &Value, have: &Value) -> bool {
     match (want, have) {
-        (Value::Object(w), Value::Object(h)) => w
-            .iter()
-            .all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv))),
-        (Value::Array(w), Value::Array(h)) => {
-            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b))
-        }
+        (Value::Object(w), Value::Object(h)) => w.iter().all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv))),
+        (Value::Array(w), Value::Array(h)) => w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b)),
         _ => want == have,
     }
 }
@@ -103,7 +80,8 @@ mod tests {
     #[test]
     fn defaults_on_the_live_object_do_not_count_as_drift() {
         let want = json!({"spec": {"replicas": 1, "ports": [{"port": 80}]}});
-        let have = json!({"spec": {"replicas": 1, "ports": [{"port": 80, "protocol": "TCP"}], "clusterIP": "10.0.0.9"}});
+        let have =
+            json!({"spec": {"replicas": 1, "ports": [{"port": 80, "protocol": "TCP"}], "clusterIP": "10.0.0.9"}});
         assert!(is_subset(&want, &have));
     }
 
@@ -111,10 +89,7 @@ mod tests {
     fn changed_values_and_list_lengths_are_drift() {
         let have = json!({"spec": {"replicas": 1, "env": [{"name": "A"}, {"name": "B"}]}});
         assert!(!is_subset(&json!({"spec": {"replicas": 2}}), &have));
-        assert!(!is_subset(
-            &json!({"spec": {"env": [{"name": "A"}]}}),
-            &have
-        ));
+        assert!(!is_subset(&json!({"spec": {"env": [{"name": "A"}]}}), &have));
         assert!(!is_subset(&json!({"spec": {"missing": true}}), &have));
     }
 }

@@ -54,8 +54,9 @@ impl Error {
             Error::ClickHouse(_) => "clickhouse",
             Error::Credentials(_) => "credentials",
             Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.reason()
+                }
                 _ => "finalizer",
             },
         }
@@ -89,8 +90,7 @@ pub async fn reconcile(fp: Arc<FlightPipeline>, ctx: Arc<Context>) -> Result<Act
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics
-        .observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::reason));
+    ctx.metrics.observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::reason));
     if result.is_ok() {
         ctx.failures.lock().expect("failures lock").remove(&key);
     }
@@ -124,11 +124,8 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
     let api: Api<FlightPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
 
     if fp.spec.paused {
-        let paused = Finding::ok(
-            conditions::PAUSED,
-            reason::PAUSED,
-            "spec.paused is true: the operator changes nothing",
-        );
+        let paused =
+            Finding::ok(conditions::PAUSED, reason::PAUSED, "spec.paused is true: the operator changes nothing");
         status::update(&api, &ctx.recorder, fp, &[paused], Facts::default()).await?;
         return Ok(Action::await_change());
     }
@@ -144,9 +141,7 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::await_change());
         }
     };
-    let owner = fp
-        .controller_owner_ref(&())
-        .expect("FlightPipeline has a name and uid");
+    let owner = fp.controller_owner_ref(&()).expect("FlightPipeline has a name and uid");
 
     // Storage first: the topic and table exist before the services that need them start.
     let kafka = ensure_kafka(&resolved, ctx).await;
@@ -214,31 +209,15 @@ impl StorageOutcome {
         unavailable: &'static str,
         other: &'static str,
     ) -> Self {
-        let finding = Finding::failed(
-            type_,
-            if transient { unavailable } else { other },
-            error.to_string(),
-        );
-        Self {
-            finding,
-            usable: false,
-            changed: false,
-            partitions: None,
-            error: transient.then(|| error.into()),
-        }
+        let finding = Finding::failed(type_, if transient { unavailable } else { other }, error.to_string());
+        Self { finding, usable: false, changed: false, partitions: None, error: transient.then(|| error.into()) }
     }
 }
 
 async fn ensure_kafka(resolved: &Resolved, ctx: &Context) -> StorageOutcome {
     let fail = |e: KafkaError| {
         let transient = e.is_transient();
-        StorageOutcome::failed(
-            conditions::KAFKA_READY,
-            e,
-            transient,
-            reason::KAFKA_UNAVAILABLE,
-            reason::KAFKA_ERROR,
-        )
+        StorageOutcome::failed(conditions::KAFKA_READY, e, transient, reason::KAFKA_UNAVAILABLE, reason::KAFKA_ERROR)
     };
     let mut admin = match KafkaAdmin::connect(&resolved.bootstrap_servers, ctx.io_timeout).await {
         Ok(admin) => admin,
@@ -254,10 +233,7 @@ async fn ensure_kafka(resolved: &Resolved, ctx: &Context) -> StorageOutcome {
         };
         let plan = plan_topic(topic, observed.as_ref());
         not_supported.extend(plan.not_supported.iter().cloned());
-        let mut now_has = observed
-            .as_ref()
-            .map(|o| o.partitions)
-            .unwrap_or(topic.partitions);
+        let mut now_has = observed.as_ref().map(|o| o.partitions).unwrap_or(topic.partitions);
         if !plan.is_noop() {
             tracing::info!(topic = %topic.name, ?plan, "changing Kafka topic");
             match admin.apply(topic, &plan).await {
@@ -277,34 +253,17 @@ async fn ensure_kafka(resolved: &Resolved, ctx: &Context) -> StorageOutcome {
         }
     }
     let finding = if not_supported.is_empty() {
-        let dlq = resolved
-            .dead_letter
-            .as_ref()
-            .map(|t| format!(" and dead-letter topic {}", t.name))
-            .unwrap_or_default();
+        let dlq =
+            resolved.dead_letter.as_ref().map(|t| format!(" and dead-letter topic {}", t.name)).unwrap_or_default();
         Finding::ok(
             conditions::KAFKA_READY,
             reason::TOPIC_READY,
-            format!(
-                "topic {} ({} partitions){dlq} ready",
-                resolved.topic.name,
-                partitions.unwrap_or_default()
-            ),
+            format!("topic {} ({} partitions){dlq} ready", resolved.topic.name, partitions.unwrap_or_default()),
         )
     } else {
-        Finding::failed(
-            conditions::KAFKA_READY,
-            reason::NOT_SUPPORTED,
-            not_supported.join("; "),
-        )
+        Finding::failed(conditions::KAFKA_READY, reason::NOT_SUPPORTED, not_supported.join("; "))
     };
-    StorageOutcome {
-        finding,
-        usable: true,
-        changed,
-        partitions,
-        error: None,
-    }
+    StorageOutcome { finding, usable: true, changed, partitions, error: None }
 }
 
 async fn ensure_clickhouse(resolved: &Resolved, ctx: &Context) -> StorageOutcome {
@@ -338,19 +297,9 @@ async fn ensure_clickhouse(resolved: &Resolved, ctx: &Context) -> StorageOutcome
             format!("table {} ready", resolved.table.qualified()),
         )
     } else {
-        Finding::failed(
-            conditions::CLICKHOUSE_READY,
-            reason::NOT_SUPPORTED,
-            plan.not_supported.join("; "),
-        )
+        Finding::failed(conditions::CLICKHOUSE_READY, reason::NOT_SUPPORTED, plan.not_supported.join("; "))
     };
-    StorageOutcome {
-        finding,
-        usable: true,
-        changed,
-        partitions: None,
-        error: None,
-    }
+    StorageOutcome { finding, usable: true, changed, partitions: None, error: None }
 }
 
 async fn clickhouse_admin(resolved: &Resolved, ctx: &Context) -> Result<ClickHouseAdmin, Error> {
@@ -368,18 +317,12 @@ async fn clickhouse_admin(resolved: &Resolved, ctx: &Context) -> Result<ClickHou
                     .as_ref()
                     .and_then(|d| d.get(key))
                     .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-                    .ok_or_else(|| {
-                        Error::Credentials(format!("Secret {} has no key {key}", refs.name))
-                    })
+                    .ok_or_else(|| Error::Credentials(format!("Secret {} has no key {key}", refs.name)))
             };
             Some((read(&refs.username_key)?, read(&refs.password_key)?))
         }
     };
-    Ok(ClickHouseAdmin::new(
-        &resolved.clickhouse_url,
-        credentials,
-        ctx.io_timeout,
-    ))
+    Ok(ClickHouseAdmin::new(&resolved.clickhouse_url, credentials, ctx.io_timeout))
 }
 
 async fn apply_workloads(
@@ -403,37 +346,20 @@ async fn apply_workloads(
             kubernetes::delete_owned(&services, &name, &owner.uid).await?;
             continue;
         }
-        kubernetes::apply(
-            &services,
-            &workloads::service(resolved, workload.component, owner),
-        )
-        .await?;
-        kubernetes::apply(
-            &deployments,
-            &workloads::deployment(resolved, workload, owner),
-        )
-        .await?;
+        kubernetes::apply(&services, &workloads::service(resolved, workload.component, owner)).await?;
+        kubernetes::apply(&deployments, &workloads::deployment(resolved, workload, owner)).await?;
         if workload.component != Component::Sink {
-            endpoints.insert(
-                workload.component.as_str().to_string(),
-                workloads::endpoint(resolved, workload.component),
-            );
+            endpoints
+                .insert(workload.component.as_str().to_string(), workloads::endpoint(resolved, workload.component));
         }
         let (available, wanted) = kubernetes::availability(&deployments, &name).await?;
         replicas.insert(workload.component.as_str().to_string(), available);
         if available < wanted {
-            waiting.push(format!(
-                "{} {available}/{wanted}",
-                workload.component.as_str()
-            ));
+            waiting.push(format!("{} {available}/{wanted}", workload.component.as_str()));
         }
     }
     let finding = if waiting.is_empty() {
-        Finding::ok(
-            conditions::WORKLOADS_AVAILABLE,
-            reason::AVAILABLE,
-            "every enabled workload is available",
-        )
+        Finding::ok(conditions::WORKLOADS_AVAILABLE, reason::AVAILABLE, "every enabled workload is available")
     } else {
         Finding::failed(
             conditions::WORKLOADS_AVAILABLE,
@@ -448,10 +374,7 @@ async fn apply_workloads(
 /// outside Kubernetes; `Delete` removes the topics and the table. A failure here keeps the
 /// finalizer and retries with backoff; the Warning event says how to let go.
 async fn cleanup(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
-    let skip = fp
-        .annotations()
-        .get(SKIP_CLEANUP_ANNOTATION)
-        .is_some_and(|v| v == "true");
+    let skip = fp.annotations().get(SKIP_CLEANUP_ANNOTATION).is_some_and(|v| v == "true");
     if skip || fp.spec.deletion_policy == DeletionPolicy::Retain {
         tracing::info!(pipeline = %fp.name_any(), skip, "deleted; external resources retained");
         return Ok(Action::await_change());
@@ -464,14 +387,7 @@ async fn cleanup(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
              kubectl annotate flightpipeline {} -n {namespace} {SKIP_CLEANUP_ANNOTATION}=true",
             fp.name_any()
         );
-        status::publish(
-            &ctx.recorder,
-            fp,
-            EventType::Warning,
-            "CleanupFailed",
-            &note,
-        )
-        .await;
+        status::publish(&ctx.recorder, fp, EventType::Warning, "CleanupFailed", &note).await;
     }
     result.map(|_| Action::await_change())
 }
@@ -492,10 +408,7 @@ async fn delete_external(fp: &FlightPipeline, namespace: &str, ctx: &Context) ->
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    KafkaAdmin::connect(&resolved.bootstrap_servers, ctx.io_timeout)
-        .await?
-        .delete(&topics)
-        .await?;
+    KafkaAdmin::connect(&resolved.bootstrap_servers, ctx.io_timeout).await?.delete(&topics).await?;
     let table: &TableSpec = &resolved.table;
     clickhouse_admin(&resolved, ctx).await?.drop(table).await?;
     status::publish(
@@ -503,11 +416,7 @@ async fn delete_external(fp: &FlightPipeline, namespace: &str, ctx: &Context) ->
         fp,
         EventType::Normal,
         "Deleted",
-        &format!(
-            "deleted topics {} and table {}",
-            topics.join(", "),
-            table.qualified()
-        ),
+        &format!("deleted topics {} and table {}", topics.join(", "), table.qualified()),
     )
     .await;
     Ok(())

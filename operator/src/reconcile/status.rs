@@ -67,40 +67,22 @@ pub async fn update(
         "kind": FlightPipeline::kind(&()),
         "status": new,
     });
-    api.patch_status(
-        &fp.name_any(),
-        &PatchParams::apply(STATUS_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    api.patch_status(&fp.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch)).await?;
 
     let ready = |s: &FlightPipelineStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == conditions::READY)
-            .map(|c| (c.status.clone(), c.reason.clone()))
+        s.conditions.iter().find(|c| c.type_ == conditions::READY).map(|c| (c.status.clone(), c.reason.clone()))
     };
     if ready(&old) != ready(&new)
         && let Some(c) = new.conditions.iter().find(|c| c.type_ == conditions::READY)
     {
-        let type_ = if c.status == "True" {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
+        let type_ = if c.status == "True" { EventType::Normal } else { EventType::Warning };
         publish(recorder, fp, type_, &c.reason, &c.message).await;
     }
     Ok(())
 }
 
 /// Publishes an Event; failures are logged, never fatal (Events are best effort).
-pub async fn publish(
-    recorder: &Recorder,
-    fp: &FlightPipeline,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
+pub async fn publish(recorder: &Recorder, fp: &FlightPipeline, type_: EventType, reason: &str, note: &str) {
     let event = Event {
         type_,
         reason: reason.into(),

@@ -27,8 +27,7 @@ pub struct Stack {
 }
 
 fn env(name: &str) -> String {
-    std::env::var(name)
-        .unwrap_or_else(|_| panic!("{name} is not set: run the end-to-end tests through dev/test"))
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the end-to-end tests through dev/test"))
 }
 
 impl Stack {
@@ -36,14 +35,8 @@ impl Stack {
         let bootstrap = env("KAFKA_BOOTSTRAP_SERVERS");
         let clickhouse_url = env("CLICKHOUSE_URL");
         env("KUBECONFIG");
-        let client = Client::try_default()
-            .await
-            .expect("a client for the local apiserver");
-        Self {
-            client,
-            bootstrap,
-            clickhouse_url,
-        }
+        let client = Client::try_default().await.expect("a client for the local apiserver");
+        Self { client, bootstrap, clickhouse_url }
     }
 
     pub fn clickhouse(&self) -> clickhouse::Client {
@@ -51,9 +44,7 @@ impl Stack {
     }
 
     pub async fn topic(&self, name: &str) -> Option<ObservedTopic> {
-        let mut admin = KafkaAdmin::connect(&self.bootstrap, Duration::from_secs(10))
-            .await
-            .expect("broker reachable");
+        let mut admin = KafkaAdmin::connect(&self.bootstrap, Duration::from_secs(10)).await.expect("broker reachable");
         admin.describe(name).await.expect("describe topic")
     }
 
@@ -97,20 +88,11 @@ impl Stack {
     pub async fn namespace(&self, prefix: &str) -> TestNamespace {
         let name = format!("e2e-{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
         let ns = Namespace {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.clone()),
-                ..Default::default()
-            },
+            metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
             ..Default::default()
         };
-        Api::<Namespace>::all(self.client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
-        TestNamespace {
-            database: name.replace('-', "_"),
-            name,
-        }
+        Api::<Namespace>::all(self.client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+        TestNamespace { database: name.replace('-', "_"), name }
     }
 }
 
@@ -123,13 +105,7 @@ pub struct TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let _ = Command::new("kubectl")
-            .args([
-                "delete",
-                "namespace",
-                &self.name,
-                "--wait=false",
-                "--ignore-not-found",
-            ])
+            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -173,15 +149,9 @@ impl Operator {
             .env("FLIGHTLINE_LEASE_NAMESPACE", &options.namespace)
             .env("FLIGHTLINE_LEASE_NAME", &options.lease_name)
             .env("FLIGHTLINE_LEASE_DURATION_SECONDS", "4")
-            .env(
-                "FLIGHTLINE_RESYNC_SECONDS",
-                options.resync_seconds.to_string(),
-            )
+            .env("FLIGHTLINE_RESYNC_SECONDS", options.resync_seconds.to_string())
             .env("FLIGHTLINE_IO_TIMEOUT_SECONDS", "3")
-            .env(
-                "FLIGHTLINE_METRICS_ADDR",
-                format!("127.0.0.1:{metrics_port}"),
-            )
+            .env("FLIGHTLINE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("POD_NAME", &identity)
             .env("RUST_LOG", "info,kube=warn")
             .env_remove("FLIGHTLINE_KAFKA_BOOTSTRAP_SERVERS")
@@ -193,20 +163,12 @@ impl Operator {
                 .env("FLIGHTLINE_CLICKHOUSE_URL", &stack.clickhouse_url);
         }
         // Operator logs go to a file per process, for reading when a test fails.
-        let log_dir = std::env::var("E2E_LOG_DIR")
-            .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
-        let log = std::fs::File::create(format!(
-            "{log_dir}/operator-{}-{identity}.log",
-            options.namespace
-        ))
-        .expect("log file");
+        let log_dir = std::env::var("E2E_LOG_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string());
+        let log = std::fs::File::create(format!("{log_dir}/operator-{}-{identity}.log", options.namespace))
+            .expect("log file");
         command.stderr(log);
         let child = command.spawn().expect("start the operator binary");
-        Self {
-            child,
-            metrics_port,
-            identity,
-        }
+        Self { child, metrics_port, identity }
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -221,9 +183,7 @@ impl Operator {
 
     /// SIGTERM and wait: a graceful stop.
     pub fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         for _ in 0..100 {
             if !self.is_running() {
                 return;
@@ -254,11 +214,7 @@ impl Drop for Operator {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// A minimal HTTP/1.0 GET on loopback (no HTTP client dependency needed for the tests).
@@ -273,19 +229,13 @@ pub async fn http_get(port: u16, path: &str) -> String {
     }
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response).await;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
 }
 
 /// `examples/scl.yaml`, with this test's namespace and database.
 pub fn example_pipeline(ns: &TestNamespace) -> FlightPipeline {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/scl.yaml"))
-            .expect("example");
-    let mut fp: FlightPipeline =
-        serde_saphyr::from_str(&text).expect("the example parses as a FlightPipeline");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/scl.yaml")).expect("example");
+    let mut fp: FlightPipeline = serde_saphyr::from_str(&text).expect("the example parses as a FlightPipeline");
     fp.metadata.namespace = Some(ns.name.clone());
     fp.spec.clickhouse.database = ns.database.clone();
     fp
@@ -296,28 +246,16 @@ pub fn pipelines(stack: &Stack, ns: &TestNamespace) -> Api<FlightPipeline> {
 }
 
 /// Server-side applies a pipeline as a user would (`kubectl apply --server-side`).
-pub async fn apply(
-    api: &Api<FlightPipeline>,
-    fp: &FlightPipeline,
-) -> Result<FlightPipeline, kube::Error> {
+pub async fn apply(api: &Api<FlightPipeline>, fp: &FlightPipeline) -> Result<FlightPipeline, kube::Error> {
     let mut fp = fp.clone();
     fp.metadata.managed_fields = None;
     fp.metadata.resource_version = None;
     fp.status = None;
-    api.patch(
-        &fp.name_any(),
-        &PatchParams::apply("e2e-user").force(),
-        &Patch::Apply(&fp),
-    )
-    .await
+    api.patch(&fp.name_any(), &PatchParams::apply("e2e-user").force(), &Patch::Apply(&fp)).await
 }
 
 pub fn condition<'a>(fp: &'a FlightPipeline, type_: &str) -> Option<&'a Condition> {
-    fp.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
+    fp.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// Polls until `check` holds for the pipeline, or panics with its last state.
@@ -336,9 +274,7 @@ pub async fn wait_for(
             return fp.clone();
         }
         if tokio::time::Instant::now() > deadline {
-            let status = current
-                .and_then(|fp| fp.status)
-                .map(|s| serde_json::to_string_pretty(&s.conditions).unwrap());
+            let status = current.and_then(|fp| fp.status).map(|s| serde_json::to_string_pretty(&s.conditions).unwrap());
             panic!("timed out waiting for {name}: {what}; conditions: {status:?}");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -365,12 +301,14 @@ pub async fn wait_condition(
 }
 
 pub async fn wait_gone(api: &Api<FlightPipeline>, name: &str) {
+    eventually(&format!("{name} deleted"), async || api.get_opt(name).await.expect("get").is_none()).await;
+}
+
+/// Polls `check` every 300 ms until it holds; panics naming `what` after `TIMEOUT`.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while api.get_opt(name).await.expect("get").is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} was not deleted in time"
-        );
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -378,10 +316,7 @@ pub async fn wait_gone(api: &Api<FlightPipeline>, name: &str) {
 /// Runs a dev/ script (e.g. `dev/stack stop-kafka`) from the repository root.
 pub fn dev(args: &[&str]) {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let status = Command::new("bash")
-        .arg(format!("{root}/dev/{}", args[0]))
-        .args(&args[1..])
-        .status()
-        .expect("run dev script");
+    let status =
+        Command::new("bash").arg(format!("{root}/dev/{}", args[0])).args(&args[1..]).status().expect("run dev script");
     assert!(status.success(), "dev/{} failed", args.join(" "));
 }
