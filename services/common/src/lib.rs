@@ -1,0 +1,7 @@
+//! What the Flightline services share: the HTTP server with health, readiness and metrics
+//! endpoints, JSON errors, API-key auth, configuration from the environment, and flight records.
+
+pub mod auth;
+pub mod config;
+pub mod flight;
+pub mod server;

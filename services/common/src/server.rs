@@ -1,0 +1,204 @@
+//! What every service's HTTP side shares: JSON logs, `/healthz`, `/readyz`, `/metrics` (request
+//! count by route, method and status, and a latency histogram), JSON errors, graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+/// JSON logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A readiness check: `Ok` when the service can do its job (its dependencies answer).
+pub type ReadyCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    method: String,
+}
+
+/// The registry a service registers its own metrics in, plus the HTTP metrics.
+pub struct Telemetry {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+}
+
+impl Telemetry {
+    /// `service` becomes the metric prefix: `flightline_<service>_...`.
+    pub fn new(service: &str) -> Arc<Self> {
+        let mut registry = Registry::with_prefix(format!("flightline_{service}"));
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        registry.register("http_requests", "HTTP requests, by route, method and status", requests.clone());
+        registry.register_with_unit(
+            "http_request_duration",
+            "HTTP request latency, by route and method",
+            prometheus_client::registry::Unit::Seconds,
+            latency.clone(),
+        );
+        Arc::new(Self { registry: Mutex::new(registry), requests, latency })
+    }
+
+    /// Registers a service metric (name without prefix).
+    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.registry.lock().expect("registry lock").register(name, help, metric);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().expect("registry lock"))
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+async fn record(State(telemetry): State<Arc<Telemetry>>, request: Request, next: Next) -> Response {
+    let route =
+        request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    telemetry
+        .latency
+        .get_or_create(&RouteLabels { route: route.clone(), method: method.clone() })
+        .observe(started.elapsed().as_secs_f64());
+    telemetry.requests.get_or_create(&RequestLabels { route, method, status }).inc();
+    response
+}
+
+/// Adds `/healthz`, `/readyz` and `/metrics` to a service's routes and wraps them all in the
+/// request metrics.
+pub fn app(routes: Router, telemetry: Arc<Telemetry>, ready: ReadyCheck) -> Router {
+    let metrics = {
+        let telemetry = telemetry.clone();
+        move || async move {
+            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], telemetry.encode())
+        }
+    };
+    let readyz = move || {
+        let ready = ready.clone();
+        async move {
+            match ready().await {
+                Ok(()) => (StatusCode::OK, "ok".to_string()),
+                Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+            }
+        }
+    };
+    routes
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::from_fn_with_state(telemetry, record))
+}
+
+/// Serves until SIGTERM or Ctrl-C, then finishes in-flight requests.
+pub async fn serve(addr: SocketAddr, app: Router) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// A JSON error body: `{"error": "...", "message": "...", "field": "...", "details": [...]}`.
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    #[serde(skip)]
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+        Self { status, error, message: message.into(), field: None, details: None, retry_after: None }
+    }
+
+    /// 400 naming the parameter or field at fault.
+    pub fn bad_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = format!("{field}: {}", message.into());
+        Self { field: Some(field), ..Self::new(StatusCode::BAD_REQUEST, "invalid_request", message) }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(&self)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+}
+
+/// Turns axum's body-limit and JSON rejections into `ApiError`s.
+pub fn body_error(error: axum::extract::rejection::BytesRejection) -> ApiError {
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is larger than the limit")
+    } else {
+        ApiError::new(error.status(), "invalid_body", error.body_text())
+    }
+}
+
+/// An empty 204/202 body helper for handlers that only set a status.
+pub fn empty(status: StatusCode) -> Response {
+    Response::builder().status(status).body(Body::empty()).expect("static response")
+}
