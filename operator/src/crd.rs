@@ -134,9 +134,10 @@ pub struct ClickHouseSpec {
     #[serde(default = "default_database")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
     pub database: String,
-    /// Table, created if missing.
-    #[serde(default = "default_table")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
+    /// Table, created if missing. Empty means `<namespace>_<name>_flights` (with `-` as `_`), so
+    /// two pipelines never share a table by accident.
+    #[serde(default)]
+    #[schemars(length(max = 63), regex(pattern = r"^([a-zA-Z_][a-zA-Z0-9_]*)?$"))]
     pub table: String,
     /// Secret with the ClickHouse user and password (keys `username` and `password`).
     /// Without it the `default` user without a password is used.
@@ -151,7 +152,8 @@ pub struct ClickHouseSpec {
     #[serde(default)]
     pub partition_by: Partitioning,
     /// Extra columns beyond the data set's, added to the table with `ALTER TABLE ADD COLUMN`.
-    /// Columns can be added; removing one or changing its type is reported as `NotSupported`.
+    /// Columns can be added; changing one's type is reported as `NotSupported`, and a column
+    /// removed from the spec stays in the table (no data is dropped).
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub extra_columns: Vec<ExtraColumn>,
@@ -351,9 +353,6 @@ fn default_dlq_retention() -> String {
 fn default_database() -> String {
     "flightline".into()
 }
-fn default_table() -> String {
-    "flights".into()
-}
 fn default_username_key() -> String {
     "username".into()
 }
@@ -401,7 +400,7 @@ impl Default for ClickHouseSpec {
         Self {
             url: String::new(),
             database: default_database(),
-            table: default_table(),
+            table: String::new(),
             credentials_secret: None,
             ttl: String::new(),
             partition_by: Partitioning::default(),

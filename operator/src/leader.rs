@@ -24,8 +24,8 @@ pub struct LeaseConfig {
 pub enum LeaderError {
     #[error("lost the leader lease {0} to {1}")]
     Lost(String, String),
-    #[error("could not renew the leader lease before it expired: {0}")]
-    RenewFailed(kube::Error),
+    #[error("could not renew the leader lease within its renew deadline: {0}")]
+    RenewFailed(String),
 }
 
 /// Outcome of one attempt.
@@ -48,7 +48,7 @@ impl Elector {
     pub async fn acquire(&self) {
         let mut last_holder = String::new();
         loop {
-            match self.try_acquire().await {
+            match self.attempt().await {
                 Ok(Attempt::Held) => {
                     tracing::info!(lease = %self.config.name, identity = %self.config.identity, "became leader");
                     return;
@@ -65,21 +65,29 @@ impl Elector {
         }
     }
 
-    /// Renews the lease until it is lost or cannot be renewed in time; returns why.
+    /// Renews the lease until it is lost or cannot be renewed in time; returns why. The renew
+    /// deadline (2/3 of the lease duration, counted from before the last successful request was
+    /// sent) ends leadership before a standby can see the lease expire.
     pub async fn hold(&self) -> LeaderError {
+        let deadline = self.config.duration * 2 / 3;
         let mut last_renewal = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.config.renew_every).await;
-            match self.try_acquire().await {
-                Ok(Attempt::Held) => last_renewal = tokio::time::Instant::now(),
-                Ok(Attempt::HeldBy(holder)) => {
-                    return LeaderError::Lost(self.config.name.clone(), holder);
-                }
-                Err(e) if last_renewal.elapsed() >= self.config.duration => {
-                    return LeaderError::RenewFailed(e);
-                }
+            let sent = tokio::time::Instant::now();
+            match self.attempt().await {
+                Ok(Attempt::Held) => last_renewal = sent,
+                Ok(Attempt::HeldBy(holder)) => return LeaderError::Lost(self.config.name.clone(), holder),
+                Err(e) if last_renewal.elapsed() >= deadline => return LeaderError::RenewFailed(e),
                 Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
             }
+        }
+    }
+
+    /// One acquire-or-renew, bounded by the renew period so a hung connection cannot outlive the lease.
+    async fn attempt(&self) -> Result<Attempt, String> {
+        match tokio::time::timeout(self.config.renew_every, self.try_acquire()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("timed out talking to the API server".into()),
         }
     }
 

@@ -199,9 +199,15 @@ pub fn resolve(
             problems.push(format!("spec.clickhouse.extraColumns: {:?} appears twice", column.name));
         }
     }
+    let table_name = non_empty(&spec.clickhouse.table)
+        .map(String::from)
+        .unwrap_or_else(|| format!("{namespace}_{name}_flights").replace(['-', '.'], "_"));
+    if table_name.len() > 63 {
+        problems.push(format!("spec.clickhouse.table: {table_name:?} is longer than 63 characters; name one"));
+    }
     let table = TableSpec {
         database: spec.clickhouse.database.clone(),
-        table: spec.clickhouse.table.clone(),
+        table: table_name,
         ttl_days: ttl,
         partitioning: spec.clickhouse.partition_by,
         extra_columns: spec.clickhouse.extra_columns.iter().map(|c| (c.name.clone(), c.column_type)).collect(),
@@ -346,7 +352,7 @@ mod tests {
         assert_eq!(r.topic.configs["retention.ms"], "604800000");
         assert_eq!(r.topic.partitions, 3);
         assert_eq!(r.bootstrap_servers, "127.0.0.1:19092");
-        assert_eq!(r.table.qualified(), "flightline.flights");
+        assert_eq!(r.table.qualified(), "flightline.air_scl_flights");
         assert_eq!(r.settings["KAFKA_CONSUMER_GROUP"], "flightline.air.scl.sink");
         assert!(r.workload(Component::Sink).image.contains("flightline-ingest"));
     }

@@ -188,7 +188,8 @@ fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
         env.push(from_secret("CLICKHOUSE_USER", &secret.username_key));
         env.push(from_secret("CLICKHOUSE_PASSWORD", &secret.password_key));
     }
-    // The user's variables come last so they win over ours.
+    // The user's variables win over ours (a list with a name twice would fail to apply).
+    env.retain(|e| !workload.env.contains_key(&e.name));
     env.extend(workload.env.iter().map(|(k, v)| value(k, v.clone())));
     env
 }
@@ -295,6 +296,18 @@ mod tests {
         let c = resolved(&spec);
         assert_eq!(settings_hash(&a), settings_hash(&b));
         assert_ne!(settings_hash(&a), settings_hash(&c));
+    }
+
+    #[test]
+    fn user_env_replaces_the_operators_own() {
+        let mut spec = FlightPipelineSpec::default();
+        spec.query.workload.env.insert("RUST_LOG".into(), "debug".into());
+        let r = resolved(&spec);
+        let d = deployment(&r, r.workload(Component::Query), &owner());
+        let env = d.spec.template.spec.unwrap().containers[0].env.clone().unwrap();
+        let rust_log: Vec<_> = env.iter().filter(|e| e.name == "RUST_LOG").collect();
+        assert_eq!(rust_log.len(), 1);
+        assert_eq!(rust_log[0].value.as_deref(), Some("debug"));
     }
 
     #[test]

@@ -38,6 +38,9 @@ struct ColumnRow {
 pub struct ClickHouseAdmin {
     client: Client,
     url: String,
+    /// Client-side bound on each call: the HTTP client has none, and a stalled server must not
+    /// hang a reconcile.
+    timeout: Duration,
 }
 
 impl ClickHouseAdmin {
@@ -47,7 +50,7 @@ impl ClickHouseAdmin {
         if let Some((user, password)) = credentials {
             client = client.with_user(user).with_password(password);
         }
-        Self { client, url: url.into() }
+        Self { client, url: url.into(), timeout }
     }
 
     fn classify(&self, statement: &str, source: clickhouse::error::Error) -> ClickHouseError {
@@ -59,32 +62,31 @@ impl ClickHouseAdmin {
         }
     }
 
+    async fn bounded<T>(
+        &self,
+        statement: &str,
+        call: impl Future<Output = Result<T, clickhouse::error::Error>>,
+    ) -> Result<T, ClickHouseError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(|e| self.classify(statement, e)),
+            Err(_) => Err(self.classify(statement, clickhouse::error::Error::TimedOut)),
+        }
+    }
+
     async fn execute(&self, statement: &str) -> Result<(), ClickHouseError> {
-        self.client.query(statement).execute().await.map_err(|e| self.classify(statement, e))
+        self.bounded(statement, self.client.query(statement).execute()).await
     }
 
     pub async fn describe(&self, want: &TableSpec) -> Result<Option<ObservedTable>, ClickHouseError> {
         let tables_sql = "SELECT partition_key, engine_full FROM system.tables WHERE database = ? AND name = ?";
-        let tables = self
-            .client
-            .query(tables_sql)
-            .bind(&want.database)
-            .bind(&want.table)
-            .fetch_all::<TableRow>()
-            .await
-            .map_err(|e| self.classify(tables_sql, e))?;
+        let query = self.client.query(tables_sql).bind(&want.database).bind(&want.table);
+        let tables = self.bounded(tables_sql, query.fetch_all::<TableRow>()).await?;
         let Some(table) = tables.into_iter().next() else {
             return Ok(None);
         };
         let columns_sql = "SELECT name, type FROM system.columns WHERE database = ? AND table = ? ORDER BY position";
-        let columns = self
-            .client
-            .query(columns_sql)
-            .bind(&want.database)
-            .bind(&want.table)
-            .fetch_all::<ColumnRow>()
-            .await
-            .map_err(|e| self.classify(columns_sql, e))?;
+        let query = self.client.query(columns_sql).bind(&want.database).bind(&want.table);
+        let columns = self.bounded(columns_sql, query.fetch_all::<ColumnRow>()).await?;
         Ok(Some(ObservedTable {
             columns: columns.into_iter().map(|c| (c.name, c.column_type)).collect(),
             partition_key: table.partition_key,

@@ -28,12 +28,24 @@ pub enum KafkaError {
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("Kafka refused to {action} topic {topic}: {detail}")]
-    Refused { action: &'static str, topic: String, detail: String },
+    Refused { action: &'static str, topic: String, code: i16, detail: String },
 }
+
+/// Error codes a retry can cure: leadership moving, a controller change, a slow broker.
+const RETRIABLE_CODES: [i16; 5] = [
+    5,  /* LEADER_NOT_AVAILABLE */
+    6,  /* NOT_LEADER */
+    7,  /* REQUEST_TIMED_OUT */
+    15, /* COORDINATOR_NOT_AVAILABLE */
+    41, /* NOT_CONTROLLER */
+];
 
 impl KafkaError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Wire(e) if e.is_transient())
+        match self {
+            Self::Wire(e) => e.is_transient(),
+            Self::Refused { code, .. } => RETRIABLE_CODES.contains(code),
+        }
     }
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Self::Wire(WireError::Unsupported { .. }))
@@ -116,6 +128,7 @@ impl KafkaAdmin {
                 return Err(KafkaError::Refused {
                     action: "describe",
                     topic: name.into(),
+                    code,
                     detail: error_text(code, None),
                 });
             }
@@ -145,6 +158,7 @@ impl KafkaAdmin {
             return Err(KafkaError::Refused {
                 action: "describe the configs of",
                 topic: name.into(),
+                code: result.error_code,
                 detail: error_text(result.error_code, result.error_message.as_ref()),
             });
         }
@@ -165,7 +179,7 @@ impl KafkaAdmin {
             return Ok(());
         }
         if !plan.set_configs.is_empty() {
-            self.set_configs(&want.name, &plan.set_configs).await?;
+            self.set_configs(&want.name, &plan.set_configs, &want.configs).await?;
         }
         if let Some(count) = plan.grow_partitions_to {
             self.grow(&want.name, count).await?;
@@ -198,6 +212,7 @@ impl KafkaAdmin {
                 return Err(KafkaError::Refused {
                     action: "create",
                     topic: want.name.clone(),
+                    code: result.error_code,
                     detail: error_text(result.error_code, result.error_message.as_ref()),
                 });
             }
@@ -205,13 +220,20 @@ impl KafkaAdmin {
         Ok(())
     }
 
-    async fn set_configs(&mut self, topic: &str, configs: &BTreeMap<String, String>) -> Result<(), KafkaError> {
+    /// Sets `changed` with IncrementalAlterConfigs; brokers older than 2.3 only have AlterConfigs,
+    /// which replaces the whole set, so they get every managed config (`all`).
+    async fn set_configs(
+        &mut self,
+        topic: &str,
+        changed: &BTreeMap<String, String>,
+        all: &BTreeMap<String, String>,
+    ) -> Result<(), KafkaError> {
         let controller = self.controller().await?;
         let (code, message) = if controller.supports::<IncrementalAlterConfigsRequest>() {
             let mut resource = AlterConfigsResource::default();
             resource.resource_type = TOPIC_RESOURCE;
             resource.resource_name = StrBytes::from_string(topic.into());
-            resource.configs = configs
+            resource.configs = changed
                 .iter()
                 .map(|(k, v)| {
                     let mut config = AlterableConfig::default();
@@ -226,11 +248,10 @@ impl KafkaAdmin {
             let (response, _) = controller.call(request, 1).await?;
             response.responses.first().map(|r| (r.error_code, r.error_message.clone())).unwrap_or((0, None))
         } else {
-            // Legacy AlterConfigs replaces the whole set: only reached for brokers older than 2.3.
             let mut resource = alter_configs_request::AlterConfigsResource::default();
             resource.resource_type = TOPIC_RESOURCE;
             resource.resource_name = StrBytes::from_string(topic.into());
-            resource.configs = configs
+            resource.configs = all
                 .iter()
                 .map(|(k, v)| {
                     let mut config = alter_configs_request::AlterableConfig::default();
@@ -248,6 +269,7 @@ impl KafkaAdmin {
             return Err(KafkaError::Refused {
                 action: "change the configs of",
                 topic: topic.into(),
+                code,
                 detail: error_text(code, message.as_ref()),
             });
         }
@@ -268,6 +290,7 @@ impl KafkaAdmin {
                 return Err(KafkaError::Refused {
                     action: "add partitions to",
                     topic: topic.into(),
+                    code: result.error_code,
                     detail: error_text(result.error_code, result.error_message.as_ref()),
                 });
             }
@@ -303,6 +326,7 @@ impl KafkaAdmin {
                 return Err(KafkaError::Refused {
                     action: "delete",
                     topic,
+                    code: result.error_code,
                     detail: error_text(result.error_code, result.error_message.as_ref()),
                 });
             }

@@ -126,7 +126,8 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
     if fp.spec.paused {
         let paused =
             Finding::ok(conditions::PAUSED, reason::PAUSED, "spec.paused is true: the operator changes nothing");
-        status::update(&api, &ctx.recorder, fp, &[paused], Facts::default()).await?;
+        let facts = Facts { spec_not_acted_on: true, ..Facts::default() };
+        status::update(&api, &ctx.recorder, fp, &[paused], facts).await?;
         return Ok(Action::await_change());
     }
 
@@ -241,7 +242,13 @@ async fn ensure_kafka(resolved: &Resolved, ctx: &Context) -> StorageOutcome {
                     changed = true;
                     now_has = plan.grow_partitions_to.unwrap_or(now_has);
                 }
-                // A broker without CreatePartitions (or config APIs): report, do not retry.
+                // A broker without CreatePartitions (or config APIs): report, do not retry. Without
+                // CreateTopics there is no topic, so the workloads cannot start either.
+                Err(e) if e.is_unsupported() && plan.create => {
+                    let mut outcome = fail(e);
+                    outcome.finding.reason = reason::NOT_SUPPORTED;
+                    return outcome;
+                }
                 Err(e) if e.is_unsupported() => {
                     not_supported.push(format!("{e}; topic {} was left as it is", topic.name))
                 }
@@ -408,9 +415,11 @@ async fn delete_external(fp: &FlightPipeline, namespace: &str, ctx: &Context) ->
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
+    // Credentials first: if their Secret is gone, fail before deleting anything.
+    let clickhouse = clickhouse_admin(&resolved, ctx).await?;
     KafkaAdmin::connect(&resolved.bootstrap_servers, ctx.io_timeout).await?.delete(&topics).await?;
     let table: &TableSpec = &resolved.table;
-    clickhouse_admin(&resolved, ctx).await?.drop(table).await?;
+    clickhouse.drop(table).await?;
     status::publish(
         &ctx.recorder,
         fp,

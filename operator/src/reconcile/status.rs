@@ -10,8 +10,9 @@ use serde_json::json;
 use crate::build::conditions::{self, Finding};
 use crate::crd::{FlightPipeline, FlightPipelineStatus};
 
-/// A separate field manager for status: Kubernetes 1.20 tracks managed fields per object, not
-/// per subresource, so sharing the spec manager's name would fight the child applies.
+/// A separate field manager for status: Kubernetes 1.20 tracks managed fields per object, not per
+/// subresource, so a status apply under the spec's manager name would claim (and could drop) the
+/// fields that manager owns in the spec.
 const STATUS_MANAGER: &str = "flightline-operator-status";
 
 /// Facts for the status beyond conditions; `None` keeps what is there.
@@ -23,6 +24,8 @@ pub struct Facts {
     pub partitions: Option<i32>,
     pub endpoints: Option<std::collections::BTreeMap<String, String>>,
     pub available_replicas: Option<std::collections::BTreeMap<String, i32>>,
+    /// Keep `observedGeneration` as it is: the spec was not acted on (paused).
+    pub spec_not_acted_on: bool,
 }
 
 /// Merges findings and facts into the status, patches it when it changed, and publishes an Event
@@ -37,7 +40,7 @@ pub async fn update(
     let old = fp.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
     let mut new = FlightPipelineStatus {
-        observed_generation: fp.metadata.generation,
+        observed_generation: if facts.spec_not_acted_on { old.observed_generation } else { fp.metadata.generation },
         conditions: conditions::merge(&old.conditions, findings, fp.metadata.generation, &now),
         ..old.clone()
     };

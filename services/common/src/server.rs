@@ -79,6 +79,16 @@ impl Telemetry {
         self.registry.lock().expect("registry lock").register(name, help, metric);
     }
 
+    /// Registers a service metric measured in seconds (name without prefix or unit).
+    pub fn register_with_unit(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.registry.lock().expect("registry lock").register_with_unit(
+            name,
+            help,
+            prometheus_client::registry::Unit::Seconds,
+            metric,
+        );
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().expect("registry lock"))

@@ -159,6 +159,7 @@ pub fn train(examples: &[Example], seed: u64) -> Model {
 }
 
 /// Weighted logistic regression by Newton's method (IRLS) with a tiny L2 term for stability.
+#[allow(clippy::needless_range_loop)] // index loops read like the matrix algebra they implement
 fn fit(examples: &[Example], weight_delayed: f64) -> (f64, [f64; 10]) {
     const N: usize = 11; // intercept + 10 features
     const L2: f64 = 1e-6;
@@ -205,6 +206,7 @@ fn fit(examples: &[Example], weight_delayed: f64) -> (f64, [f64; 10]) {
 }
 
 /// Gaussian elimination with partial pivoting on a small dense system.
+#[allow(clippy::needless_range_loop)] // index loops read like the matrix algebra they implement
 fn solve<const N: usize>(mut a: [[f64; N]; N], mut b: [f64; N]) -> [f64; N] {
     for col in 0..N {
         let pivot = (col..N).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs())).unwrap_or(col);
