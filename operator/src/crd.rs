@@ -58,6 +58,9 @@ pub struct FlightPipelineSpec {
     /// HTTP flight-delay predictions.
     #[serde(default)]
     pub predict: PredictSpec,
+    /// Who may call the ingest, query and predict APIs. Without it they are open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
     /// What happens to the topics and the table when the pipeline is deleted. `Retain` keeps
     /// them; `Delete` removes them.
     #[serde(default)]
@@ -157,6 +160,31 @@ pub struct ClickHouseSpec {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub extra_columns: Vec<ExtraColumn>,
+}
+
+/// API authentication.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Secret holding the allowed API keys, hashed: one SHA-256 hex digest per line
+    /// (`printf %s "$KEY" | sha256sum`). Callers send `Authorization: Bearer <key>` or `X-API-Key`.
+    pub api_keys_secret: SecretKeyRef,
+}
+
+/// One key of a Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name, in the pipeline's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[serde(default = "default_api_keys_key")]
+    pub key: String,
+}
+
+fn default_api_keys_key() -> String {
+    "api-key-hashes".into()
 }
 
 /// A reference to a Secret holding credentials.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::build::table::{BASE_COLUMNS, TableSpec, ttl_days};
 use crate::build::topic::{TopicSpec, retention_ms};
-use crate::crd::{FlightPipelineSpec, SecretKeyRefs, WorkloadSpec};
+use crate::crd::{FlightPipelineSpec, SecretKeyRef, SecretKeyRefs, WorkloadSpec};
 
 /// Longest pipeline name: `<name>-predict` must stay a valid Service name with room for pod suffixes.
 pub const MAX_NAME_LEN: usize = 40;
@@ -86,6 +86,8 @@ pub struct Resolved {
     pub dead_letter: Option<TopicSpec>,
     pub clickhouse_url: String,
     pub credentials: Option<SecretKeyRefs>,
+    /// Secret key with the hashed API keys the HTTP services accept.
+    pub api_keys: Option<SecretKeyRef>,
     pub table: TableSpec,
     pub workloads: Vec<Workload>,
     /// Settings the services read from the pipeline's ConfigMap.
@@ -253,6 +255,7 @@ pub fn resolve(
         dead_letter,
         clickhouse_url,
         credentials: spec.clickhouse.credentials_secret.clone(),
+        api_keys: spec.auth.as_ref().map(|a| a.api_keys_secret.clone()),
         table,
         workloads,
         settings,

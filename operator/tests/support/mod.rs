@@ -217,6 +217,52 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// A minimal HTTP/1.0 request to `host:port` (no HTTP client dependency needed for the tests).
+/// Returns the status and the body.
+pub async fn http(method: &str, addr: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head += &format!("{name}: {value}\r\n");
+    }
+    head += "\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// `host:port` of a ready pod of one component of a pipeline (the local node gives each pod an IP).
+pub async fn service_addr(stack: &Stack, ns: &TestNamespace, pipeline: &str, component: &str) -> String {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(stack.client.clone(), &ns.name);
+    let selector = format!("app.kubernetes.io/instance={pipeline},app.kubernetes.io/component={component}");
+    let ready_ip = async || {
+        let list = pods.list(&kube::api::ListParams::default().labels(&selector)).await.unwrap();
+        list.items.into_iter().find_map(|p| {
+            let status = p.status?;
+            let ready = status.conditions?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready && p.metadata.deletion_timestamp.is_none() { status.pod_ip } else { None }
+        })
+    };
+    eventually(&format!("a ready {component} pod"), async || ready_ip().await.is_some()).await;
+    format!("{}:8080", ready_ip().await.unwrap())
+}
+
+/// The data set, uncompressed.
+pub fn data_set_csv() -> Vec<u8> {
+    use std::io::Read;
+    let gz = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/scl-flights-2017.csv.gz")).unwrap();
+    let mut csv = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut csv).unwrap();
+    csv
+}
+
 /// A minimal HTTP/1.0 GET on loopback (no HTTP client dependency needed for the tests).
 pub async fn http_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,6 +1,7 @@
-//! API-key authentication. Keys are stored hashed (SHA-256, hex), one per line, in the file named
-//! by `API_KEYS_FILE` (a mounted Secret); a request shows its key in `Authorization: Bearer <key>`
-//! or `X-API-Key`. Hashes are compared in constant time. Without `API_KEYS_FILE`, auth is off.
+//! API-key authentication. Keys are stored hashed (SHA-256, hex), one per line, in
+//! `API_KEY_HASHES` (the operator sets it from the pipeline's Secret) or in the file named by
+//! `API_KEYS_FILE`; a request shows its key in `Authorization: Bearer <key>` or `X-API-Key`.
+//! Hashes are compared in constant time. With neither variable set, auth is off.
 //!
 //! 401 = no credentials (with `WWW-Authenticate`); 403 = a key that is not on the list.
 
@@ -34,12 +35,18 @@ impl ApiKeys {
         Ok(Self { hashes })
     }
 
-    /// From `API_KEYS_FILE`, or `None` (auth off) when it is unset.
+    /// From `API_KEY_HASHES` or `API_KEYS_FILE`, or `None` (auth off) when neither is set.
     pub fn from_env() -> anyhow::Result<Option<Arc<Self>>> {
-        let Ok(path) = std::env::var("API_KEYS_FILE") else { return Ok(None) };
-        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("API_KEYS_FILE {path}: {e}"))?;
-        let keys = Self::parse(&text).map_err(|e| anyhow::anyhow!("API_KEYS_FILE {path}: {e}"))?;
-        anyhow::ensure!(!keys.hashes.is_empty(), "API_KEYS_FILE {path} holds no keys");
+        let (source, text) = match (std::env::var("API_KEY_HASHES"), std::env::var("API_KEYS_FILE")) {
+            (Ok(hashes), _) => ("API_KEY_HASHES".to_string(), hashes),
+            (_, Ok(path)) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("API_KEYS_FILE {path}: {e}"))?;
+                (format!("API_KEYS_FILE {path}"), text)
+            }
+            _ => return Ok(None),
+        };
+        let keys = Self::parse(&text).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        anyhow::ensure!(!keys.hashes.is_empty(), "{source} holds no keys");
         Ok(Some(Arc::new(keys)))
     }
 

@@ -127,10 +127,10 @@ impl Filters {
                 _ => {}
             }
         }
-        if let (Some(from), Some(to)) = (f.from, f.to) {
-            if from > to {
-                return Err(ApiError::bad_field("from", "must not be after `to`"));
-            }
+        if let (Some(from), Some(to)) = (f.from, f.to)
+            && from > to
+        {
+            return Err(ApiError::bad_field("from", "must not be after `to`"));
         }
         Ok(f)
     }
