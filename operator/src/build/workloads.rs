@@ -172,21 +172,21 @@ fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
         value("LISTEN_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
         value("RUST_LOG", "info".into()),
     ];
+    let from_secret = |name: &str, secret: &str, key: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(false) }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
     if let Some(secret) = &resolved.credentials {
-        let from_secret = |name: &str, key: &str| EnvVar {
-            name: name.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.name.clone(),
-                    key: key.into(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        };
-        env.push(from_secret("CLICKHOUSE_USER", &secret.username_key));
-        env.push(from_secret("CLICKHOUSE_PASSWORD", &secret.password_key));
+        env.push(from_secret("CLICKHOUSE_USER", &secret.name, &secret.username_key));
+        env.push(from_secret("CLICKHOUSE_PASSWORD", &secret.name, &secret.password_key));
+    }
+    // The HTTP APIs check callers' keys; the sink has no API.
+    if let (Some(keys), true) = (&resolved.api_keys, workload.component != Component::Sink) {
+        env.push(from_secret("API_KEY_HASHES", &keys.name, &keys.key));
     }
     // The user's variables win over ours (a list with a name twice would fail to apply).
     env.retain(|e| !workload.env.contains_key(&e.name));
