@@ -3,7 +3,7 @@
 //! (idempotent producer, acks=all); a full producer queue or a broker that does not answer in
 //! time gets 503 with Retry-After.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -28,7 +28,9 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 struct AppState {
-    producer: FutureProducer,
+    /// Replaced after a failed batch: see `publish`.
+    producer: Arc<RwLock<FutureProducer>>,
+    bootstrap: Arc<str>,
     topic: Arc<str>,
     accepted: Counter,
     rejected: Counter,
@@ -65,7 +67,8 @@ pub async fn serve() -> anyhow::Result<()> {
     let topic: Arc<str> = config::required("KAFKA_TOPIC")?.into();
     let max_body: usize = config::parsed("INGEST_MAX_BODY_BYTES", 16 * 1024 * 1024)?;
     let state = AppState {
-        producer: producer(&bootstrap)?,
+        producer: Arc::new(RwLock::new(producer(&bootstrap)?)),
+        bootstrap: bootstrap.clone().into(),
         topic: topic.clone(),
         accepted: Counter::default(),
         rejected: Counter::default(),
@@ -80,9 +83,9 @@ pub async fn serve() -> anyhow::Result<()> {
     );
 
     let ready: ReadyCheck = {
-        let producer = state.producer.clone();
+        let shared = state.producer.clone();
         Arc::new(move || {
-            let producer = producer.clone();
+            let producer = shared.read().expect("producer lock").clone();
             let topic = topic.clone();
             Box::pin(async move {
                 tokio::task::spawn_blocking(move || {
@@ -104,7 +107,8 @@ pub async fn serve() -> anyhow::Result<()> {
         .with_state(state.clone());
     let result = server::serve(config::listen_addr()?, server::app(routes, telemetry, ready)).await;
     // Whatever is still queued gets its chance before we exit.
-    let _ = tokio::task::spawn_blocking(move || state.producer.flush(Duration::from_secs(10))).await;
+    let producer = state.producer.read().expect("producer lock").clone();
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
     result
 }
 
@@ -159,14 +163,32 @@ async fn ingest(
     Ok((StatusCode::ACCEPTED, Json(Accepted { accepted: flights.len(), rejected, errors })))
 }
 
-/// Sends every flight and waits for every acknowledgement.
+/// Sends every flight and waits for every acknowledgement. After a batch Kafka did not fully
+/// acknowledge, the producer is replaced by a fresh one: a broker that lost or cannot resume the
+/// idempotent producer's session (Tansu after a restart) then gets a new producer id instead of
+/// failing every later batch.
 async fn publish(state: &AppState, flights: &[Flight]) -> Result<(), ApiError> {
+    let producer = state.producer.read().expect("producer lock").clone();
+    let result = send_all(state, &producer, flights).await;
+    if result.is_err() {
+        match self::producer(&state.bootstrap) {
+            Ok(fresh) => {
+                tracing::warn!("replacing the Kafka producer after a failed batch");
+                *state.producer.write().expect("producer lock") = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "could not create a new Kafka producer"),
+        }
+    }
+    result
+}
+
+async fn send_all(state: &AppState, producer: &FutureProducer, flights: &[Flight]) -> Result<(), ApiError> {
     let mut deliveries = Vec::with_capacity(flights.len());
     for flight in flights {
         let payload = serde_json::to_vec(flight).expect("a flight serializes");
         let key = flight.key();
         let record = FutureRecord::to(&state.topic).key(&key).payload(&payload);
-        match state.producer.send_result(record) {
+        match producer.send_result(record) {
             Ok(delivery) => deliveries.push(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 state.produce_errors.inc();

@@ -235,19 +235,29 @@ impl Sink {
         }
     }
 
-    /// Up to `batch_size` messages, waiting at most `linger` after the first.
+    /// Up to `batch_size` messages, waiting at most `linger` after the first. Consumer errors
+    /// (a broker away, a rebalance) end the batch early and are retried by the next poll.
     async fn next_batch(&self) -> anyhow::Result<Vec<BorrowedMessage<'_>>> {
         let mut batch = Vec::new();
         let first = tokio::time::timeout(Duration::from_secs(5), self.consumer.recv()).await;
         match first {
             Err(_) => return Ok(batch),
-            Ok(message) => batch.push(message?),
+            Ok(Ok(message)) => batch.push(message),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Kafka consumer error; polling again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Ok(batch);
+            }
         }
         let deadline = tokio::time::Instant::now() + self.settings.linger;
         while batch.len() < self.settings.batch_size {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
-                Ok(message) => batch.push(message?),
+                Ok(Ok(message)) => batch.push(message),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error; committing what this batch holds");
+                    break;
+                }
             }
         }
         Ok(batch)
