@@ -24,4 +24,4 @@ run_bg() {
 wait_http() { wait_until 30 "$1" curl -fsS "$1" || die "$1 did not answer (logs in $BENCH_LOGS)"; }
 
 # hey's summary lines: requests/sec and the latency percentiles
-hey_summary() { grep -E "Requests/sec|Average:|  (50|90|99)%|Status code|\[[0-9]+\]" | sed 's/^ */    /'; }
+hey_summary() { grep -E "Requests/sec|Average:|  (50|90|99)% in|\] +[0-9]+ responses" | sed 's/^ */    /'; }

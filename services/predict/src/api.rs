@@ -243,6 +243,38 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[tokio::test]
+    async fn a_changed_artifact_is_reloaded_and_a_broken_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!("flightline-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.json");
+        let mut model = model();
+        std::fs::write(&path, serde_json::to_string(&model).unwrap()).unwrap();
+        let telemetry = Telemetry::new("predict_test");
+        let state = AppState::new(load(path.to_str().unwrap()).unwrap(), &telemetry);
+        tokio::spawn(watch(path.to_str().unwrap().to_string(), state.clone()));
+
+        // Same modification time granularity: wait a moment before rewriting.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        model.version = "v1-retrained".into();
+        model.threshold = 0.9;
+        std::fs::write(&path, serde_json::to_string(&model).unwrap()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while state.current().version != "v1-retrained" {
+            assert!(tokio::time::Instant::now() < deadline, "the new model was not loaded");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(state.current().threshold, 0.9);
+        assert!(telemetry.encode().contains(r#"model_info{version="v1-retrained"} 1"#));
+
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        std::fs::write(&path, "{ not a model").unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(state.current().version, "v1-retrained", "a broken artifact does not replace a good one");
+        assert!(telemetry.encode().contains(r#"model_reloads_total{result="error"} 1"#));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     fn model() -> Model {
         crate::built_in_model()
     }
