@@ -162,13 +162,58 @@ pub struct ClickHouseSpec {
     pub extra_columns: Vec<ExtraColumn>,
 }
 
-/// API authentication.
+/// API authentication: API keys, JWTs, or both (a caller needs one that passes).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
     /// Secret holding the allowed API keys, hashed: one SHA-256 hex digest per line
     /// (`printf %s "$KEY" | sha256sum`). Callers send `Authorization: Bearer <key>` or `X-API-Key`.
-    pub api_keys_secret: SecretKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys_secret: Option<SecretKeyRef>,
+    /// JSON Web Tokens: callers send `Authorization: Bearer <token>`; the token needs an `exp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
+}
+
+/// How JWTs are verified.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSpec {
+    /// `HS256` (a shared secret of at least 32 bytes) or `RS256` (an RSA public key in PEM).
+    pub algorithm: JwtAlgorithm,
+    /// Secret holding the shared secret (HS256) or the PEM public key (RS256), under `key`.
+    pub key_secret: JwtKeySecret,
+    /// Accept only tokens with this `iss` claim. Empty: any issuer.
+    #[serde(default)]
+    #[schemars(length(max = 512))]
+    pub issuer: String,
+    /// Accept only tokens with this `aud` claim. Empty: any audience.
+    #[serde(default)]
+    #[schemars(length(max = 512))]
+    pub audience: String,
+}
+
+/// JWT signature algorithms.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+}
+
+/// The Secret key holding the JWT verification key.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtKeySecret {
+    /// Secret name, in the pipeline's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[serde(default = "default_jwt_key")]
+    pub key: String,
+}
+
+fn default_jwt_key() -> String {
+    "jwt-key".into()
 }
 
 /// One key of a Secret.

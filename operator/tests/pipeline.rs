@@ -265,14 +265,19 @@ async fn api_keys_guard_every_api() {
     let ns = stack.namespace("auth").await;
     let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
     let secrets: Api<Secret> = Api::namespaced(stack.client.clone(), &ns.name);
+    let jwt_secret = "a-shared-secret-of-at-least-32-bytes!";
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "api-keys"},
-        "stringData": {"api-key-hashes": format!("# team-a\n{}\n", hash_key("s3cret"))},
+        "stringData": {"api-key-hashes": format!("# team-a\n{}\n", hash_key("s3cret")), "jwt-key": jwt_secret},
     }))
     .unwrap();
     secrets.create(&PostParams::default(), &secret).await.unwrap();
     let mut fp = example_pipeline(&ns);
-    fp.spec.auth = serde_json::from_value(json!({"apiKeysSecret": {"name": "api-keys"}})).unwrap();
+    fp.spec.auth = serde_json::from_value(json!({
+        "apiKeysSecret": {"name": "api-keys"},
+        "jwt": {"algorithm": "HS256", "keySecret": {"name": "api-keys"}, "issuer": "flightline-tests", "audience": "scl"},
+    }))
+    .unwrap();
     let [ingest, query, predict] = running_pipeline(&stack, &ns, &fp).await;
 
     let sample = json!({"flights": [{"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3}]}).to_string();
@@ -284,13 +289,32 @@ async fn api_keys_guard_every_api() {
     for (method, addr, path, body) in calls {
         let (status, text) = http(method, addr, path, &[JSON], body.as_bytes()).await;
         assert_eq!(status, 401, "{path} without a key: {text}");
-        assert!(text.contains("API key is required"), "{text}");
+        assert!(text.contains("API key or a bearer token is required"), "{text}");
         let (status, text) =
             http(method, addr, path, &[JSON, ("Authorization", "Bearer wrong")], body.as_bytes()).await;
         assert_eq!(status, 403, "{path} with a wrong key: {text}");
         let (status, text) = http(method, addr, path, &[JSON, ("X-API-Key", "s3cret")], body.as_bytes()).await;
         assert!(status != 401 && status != 403, "{path} with the key: {status} {text}");
     }
+    // JWTs: a valid token passes; expired → 401; another audience → 403; a forged one → 401.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mint = |claims: Value, secret: &str| {
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+        format!("Bearer {}", jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap())
+    };
+    let claims = json!({"sub": "analyst", "iss": "flightline-tests", "aud": "scl", "exp": now + 600});
+    let cases = [
+        (mint(claims.clone(), jwt_secret), 200, ""),
+        (mint(json!({"iss": "flightline-tests", "aud": "scl", "exp": now - 600}), jwt_secret), 401, "expired"),
+        (mint(json!({"iss": "flightline-tests", "aud": "other", "exp": now + 600}), jwt_secret), 403, "audience"),
+        (mint(claims, "a-forged-secret-of-at-least-32-bytes!!"), 401, "signature"),
+    ];
+    for (bearer, want, says) in cases {
+        let (status, text) = http("GET", &query, "/v1/stats/delays?by=month", &[("Authorization", &bearer)], b"").await;
+        assert_eq!(status, want, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+
     // Health and metrics stay open for probes and Prometheus.
     let (status, _) = http("GET", &query, "/healthz", &[], b"").await;
     assert_eq!(status, 200);

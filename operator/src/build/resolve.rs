@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::build::table::{BASE_COLUMNS, TableSpec, ttl_days};
 use crate::build::topic::{TopicSpec, retention_ms};
-use crate::crd::{FlightPipelineSpec, SecretKeyRef, SecretKeyRefs, WorkloadSpec};
+use crate::crd::{FlightPipelineSpec, JwtSpec, SecretKeyRef, SecretKeyRefs, WorkloadSpec};
 
 /// Longest pipeline name: `<name>-predict` must stay a valid Service name with room for pod suffixes.
 pub const MAX_NAME_LEN: usize = 40;
@@ -88,6 +88,8 @@ pub struct Resolved {
     pub credentials: Option<SecretKeyRefs>,
     /// Secret key with the hashed API keys the HTTP services accept.
     pub api_keys: Option<SecretKeyRef>,
+    /// How the HTTP services verify JWTs.
+    pub jwt: Option<JwtSpec>,
     pub table: TableSpec,
     pub workloads: Vec<Workload>,
     /// Settings the services read from the pipeline's ConfigMap.
@@ -220,6 +222,10 @@ pub fn resolve(
         }
     }
 
+    if spec.auth.as_ref().is_some_and(|a| a.api_keys_secret.is_none() && a.jwt.is_none()) {
+        problems.push("spec.auth: set apiKeysSecret, jwt or both (or remove spec.auth for open APIs)".into());
+    }
+
     let workloads = vec![
         workload(Component::Ingest, &spec.ingest.workload, &defaults.images.ingest, &mut problems),
         workload(Component::Sink, &spec.sink.workload, &defaults.images.ingest, &mut problems),
@@ -255,7 +261,8 @@ pub fn resolve(
         dead_letter,
         clickhouse_url,
         credentials: spec.clickhouse.credentials_secret.clone(),
-        api_keys: spec.auth.as_ref().map(|a| a.api_keys_secret.clone()),
+        api_keys: spec.auth.as_ref().and_then(|a| a.api_keys_secret.clone()),
+        jwt: spec.auth.as_ref().and_then(|a| a.jwt.clone()),
         table,
         workloads,
         settings,

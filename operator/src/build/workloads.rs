@@ -184,9 +184,21 @@ fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
         env.push(from_secret("CLICKHOUSE_USER", &secret.name, &secret.username_key));
         env.push(from_secret("CLICKHOUSE_PASSWORD", &secret.name, &secret.password_key));
     }
-    // The HTTP APIs check callers' keys; the sink has no API.
-    if let (Some(keys), true) = (&resolved.api_keys, workload.component != Component::Sink) {
-        env.push(from_secret("API_KEY_HASHES", &keys.name, &keys.key));
+    // The HTTP APIs check callers; the sink has no API.
+    if workload.component != Component::Sink {
+        if let Some(keys) = &resolved.api_keys {
+            env.push(from_secret("API_KEY_HASHES", &keys.name, &keys.key));
+        }
+        if let Some(jwt) = &resolved.jwt {
+            env.push(value("JWT_ALGORITHM", format!("{:?}", jwt.algorithm)));
+            env.push(from_secret("JWT_KEY", &jwt.key_secret.name, &jwt.key_secret.key));
+            // Empty values are left out: the API server drops them, and the no-op check would see drift.
+            for (name, v) in [("JWT_ISSUER", &jwt.issuer), ("JWT_AUDIENCE", &jwt.audience)] {
+                if !v.is_empty() {
+                    env.push(value(name, v.clone()));
+                }
+            }
+        }
     }
     // The user's variables win over ours (a list with a name twice would fail to apply).
     env.retain(|e| !workload.env.contains_key(&e.name));

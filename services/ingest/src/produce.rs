@@ -11,7 +11,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use axum::{Json, Router, middleware};
-use flightline_service::auth::{ApiKeys, require_key};
+use flightline_service::auth::{Auth, require_auth};
 use flightline_service::config;
 use flightline_service::flight::{FieldError, Flight, read_csv, read_json};
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
@@ -103,7 +103,7 @@ pub async fn serve() -> anyhow::Result<()> {
     let routes = Router::new()
         .route("/v1/flights", post(ingest))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(ApiKeys::from_env()?, require_key))
+        .layer(middleware::from_fn_with_state(Auth::from_env()?, require_auth))
         .with_state(state.clone());
     let result = server::serve(config::listen_addr()?, server::app(routes, telemetry, ready)).await;
     // Whatever is still queued gets its chance before we exit.

@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router, middleware};
-use flightline_service::auth::{ApiKeys, require_key};
+use flightline_service::auth::{Auth, require_auth};
 use flightline_service::config;
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -91,12 +91,12 @@ impl AppState {
     }
 }
 
-pub fn routes(state: AppState, keys: Option<Arc<ApiKeys>>) -> Router {
+pub fn routes(state: AppState, auth: Option<Arc<Auth>>) -> Router {
     Router::new()
         .route("/predict", post(predict_challenge))
         .route("/v1/predict", post(predict_v1))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(keys, require_key))
+        .layer(middleware::from_fn_with_state(auth, require_auth))
         .with_state(state)
 }
 
@@ -111,7 +111,7 @@ pub async fn serve() -> anyhow::Result<()> {
         tokio::spawn(watch(model_path, state.clone()));
     }
     let ready: ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
-    let app = server::app(routes(state, ApiKeys::from_env()?), telemetry, ready);
+    let app = server::app(routes(state, Auth::from_env()?), telemetry, ready);
     server::serve(config::listen_addr()?, app).await
 }
 

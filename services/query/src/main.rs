@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router, middleware};
 use clap::Parser;
 use clickhouse::Row;
-use flightline_service::auth::{ApiKeys, require_key};
+use flightline_service::auth::{Auth, require_auth};
 use flightline_service::config;
 use flightline_service::flight::parse_datetime;
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
     let routes = Router::new()
         .route("/v1/flights", get(flights))
         .route("/v1/stats/delays", get(delays))
-        .layer(middleware::from_fn_with_state(ApiKeys::from_env()?, require_key))
+        .layer(middleware::from_fn_with_state(Auth::from_env()?, require_auth))
         .with_state(state);
     server::serve(config::listen_addr()?, server::app(routes, telemetry, ready)).await
 }
