@@ -22,6 +22,13 @@ VENV="$FLIGHTLINE_CACHE/venv"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FLIGHTLINE_CACHE/target}"
 OPERATOR_BIN="$CARGO_TARGET_DIR/debug/flightline-operator"
 
+# Prometheus and Alertmanager from Debian's packages (dev/install monitoring); overridable to run
+# other builds (Debian's Prometheus lacks Kubernetes service discovery: see dev/stack).
+PROMETHEUS_BIN="${PROMETHEUS_BIN:-/usr/bin/prometheus}"
+PROMTOOL_BIN="${PROMTOOL_BIN:-/usr/bin/promtool}"
+ALERTMANAGER_BIN="${ALERTMANAGER_BIN:-/usr/bin/prometheus-alertmanager}"
+AMTOOL_BIN="${AMTOOL_BIN:-/usr/bin/amtool}"
+
 TANSU_VERSION=0.6.0
 CHDB_CORE_VERSION=26.9.0
 
@@ -34,6 +41,8 @@ ETCD_PEER_PORT="${ETCD_PEER_PORT:-12380}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 CH_PORT="${CH_PORT:-18123}"
 OPERATOR_METRICS_PORT="${OPERATOR_METRICS_PORT:-18080}"
+PROM_PORT="${PROM_PORT:-19090}"
+AM_PORT="${AM_PORT:-19093}"
 KUBECONFIG_FILE="$STATE/k8s/kubeconfig"
 
 log() { printf '[%s %s] %s\n' "$(basename "$0")" "$(date +%T)" "$*" >&2; }

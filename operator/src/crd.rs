@@ -61,6 +61,13 @@ pub struct FlightPipelineSpec {
     /// Who may call the ingest, query and predict APIs. Without it they are open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+    /// Service-level objectives of the HTTP services; the alert rules page when their error
+    /// budget burns too fast.
+    #[serde(default)]
+    pub slo: SloSpec,
+    /// Scraping, alert rules and Grafana dashboards for the pipeline.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
     /// What happens to the topics and the table when the pipeline is deleted. `Retain` keeps
     /// them; `Delete` removes them.
     #[serde(default)]
@@ -312,6 +319,10 @@ pub struct WorkloadSpec {
     /// Extra environment variables for the container (name → value).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Scale the component on its load instead of a fixed `replicas`: HTTP components on their
+    /// request rate per pod, the sink on its consumer lag (never above the topic's partitions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
 }
 
 impl Default for WorkloadSpec {
@@ -322,7 +333,131 @@ impl Default for WorkloadSpec {
             replicas: default_replicas(),
             resources: None,
             env: BTreeMap::new(),
+            autoscaling: None,
         }
+    }
+}
+
+/// Autoscaling of one component. The Deployment then leaves `replicas` to the autoscaler.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// `HPA`: a HorizontalPodAutoscaler on the per-pod metric served by prometheus-adapter
+    /// (`autoscaling/v2`, or `v2beta2` on servers without it). `KEDA`: a KEDA `ScaledObject`
+    /// with a Prometheus trigger (KEDA must be installed).
+    #[serde(default)]
+    pub provider: AutoscalingProvider,
+    /// Fewest pods.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    /// Most pods. For the sink, capped at the topic's partitions (more consumers would idle).
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// HTTP components: requests per second one pod should serve (health and metrics excluded).
+    #[serde(default = "default_target_rps")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub target_requests_per_second: i32,
+    /// Sink: records waiting in the topic per pod before another pod is added.
+    #[serde(default = "default_target_lag")]
+    #[schemars(range(min = 1, max = 100000000))]
+    pub target_consumer_lag: i64,
+}
+
+impl Default for AutoscalingSpec {
+    fn default() -> Self {
+        Self {
+            provider: AutoscalingProvider::default(),
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            target_requests_per_second: default_target_rps(),
+            target_consumer_lag: default_target_lag(),
+        }
+    }
+}
+
+/// Which autoscaler the operator creates.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AutoscalingProvider {
+    /// A HorizontalPodAutoscaler.
+    #[default]
+    #[serde(rename = "HPA")]
+    Hpa,
+    /// A KEDA ScaledObject.
+    #[serde(rename = "KEDA")]
+    Keda,
+}
+
+/// Service-level objectives, shared by the ingest, query and predict APIs (each is judged on its own).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SloSpec {
+    /// Percentage of API requests that must not fail with a 5xx, e.g. `99.5`.
+    #[serde(default = "default_availability")]
+    #[schemars(range(min = 50.0, max = 99.999))]
+    pub availability: f64,
+    /// A request slower than this many milliseconds counts against the latency objective. One of
+    /// the services' histogram buckets: 5, 10, 25, 50, 100, 250, 400, 500, 1000, 2500, 5000.
+    #[serde(default = "default_latency_threshold_ms")]
+    #[schemars(range(min = 5, max = 5000))]
+    pub latency_threshold_ms: i32,
+    /// Percentage of API requests that must be faster than `latencyThresholdMs`, e.g. `95`.
+    #[serde(default = "default_latency_target")]
+    #[schemars(range(min = 50.0, max = 99.999))]
+    pub latency_target: f64,
+    /// The period the objectives hold over, in days (`28d`) or hours (`6h`); the burn-rate alert
+    /// windows scale with it (1 h and 5 min at 30 days).
+    #[serde(default = "default_slo_window")]
+    #[schemars(regex(pattern = r"^[0-9]{1,3}(d|h)$"))]
+    pub window: String,
+    /// Records waiting in the topic above which the consumer-lag alert fires.
+    #[serde(default = "default_max_consumer_lag")]
+    #[schemars(range(min = 1))]
+    pub max_consumer_lag: i64,
+    /// Seconds from ingestion to queryable (p95) above which the freshness alert fires (at most
+    /// an hour: the sink's freshness histogram ends there).
+    #[serde(default = "default_max_freshness_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub max_freshness_seconds: i32,
+}
+
+impl Default for SloSpec {
+    fn default() -> Self {
+        Self {
+            availability: default_availability(),
+            latency_threshold_ms: default_latency_threshold_ms(),
+            latency_target: default_latency_target(),
+            window: default_slo_window(),
+            max_consumer_lag: default_max_consumer_lag(),
+            max_freshness_seconds: default_max_freshness_seconds(),
+        }
+    }
+}
+
+/// What the operator sets up for monitoring. Each part needs its CRD (prometheus-operator's
+/// `ServiceMonitor` and `PrometheusRule`); without them pods carry `prometheus.io/*` annotations.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// A ServiceMonitor for the pipeline's services.
+    #[serde(default = "default_true")]
+    pub service_monitor: bool,
+    /// A PrometheusRule with the SLO recording rules and alerts.
+    #[serde(default = "default_true")]
+    pub alert_rules: bool,
+    /// A ConfigMap with the pipeline's Grafana dashboard, for Grafana's dashboard sidecar.
+    #[serde(default = "default_true")]
+    pub dashboards: bool,
+    /// Grafana folder of the dashboard. Empty means the operator's default.
+    #[serde(default)]
+    #[schemars(length(max = 128))]
+    pub grafana_folder: String,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        Self { service_monitor: true, alert_rules: true, dashboards: true, grafana_folder: String::new() }
     }
 }
 
@@ -385,7 +520,8 @@ pub struct FlightPipelineStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `KafkaReady`, `ClickHouseReady` and `WorkloadsAvailable`.
+    /// `Ready`, `KafkaReady`, `ClickHouseReady`, `WorkloadsAvailable`, `AutoscalingReady` and
+    /// `MonitoringReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The topic in use.
@@ -434,6 +570,36 @@ fn default_password_key() -> String {
 }
 fn default_replicas() -> i32 {
     1
+}
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_max_replicas() -> i32 {
+    5
+}
+fn default_target_rps() -> i32 {
+    100
+}
+fn default_target_lag() -> i64 {
+    50_000
+}
+fn default_availability() -> f64 {
+    99.5
+}
+fn default_latency_threshold_ms() -> i32 {
+    400
+}
+fn default_latency_target() -> f64 {
+    95.0
+}
+fn default_slo_window() -> String {
+    "28d".into()
+}
+fn default_max_consumer_lag() -> i64 {
+    100_000
+}
+fn default_max_freshness_seconds() -> i32 {
+    300
 }
 fn default_max_body_bytes() -> i64 {
     16 * 1024 * 1024

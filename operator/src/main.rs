@@ -14,11 +14,13 @@ use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 
-use flightline_operator::build::labels;
-use flightline_operator::build::resolve::{Defaults, Images};
+use flightline_operator::build::monitoring::{self, DashboardSettings};
+use flightline_operator::build::resolve::{Defaults, Images, resolve};
+use flightline_operator::build::{labels, slo};
 use flightline_operator::crd::FlightPipeline;
 use flightline_operator::crdgen;
 use flightline_operator::leader::{Elector, LeaseConfig};
+use flightline_operator::reconcile::kubernetes;
 use flightline_operator::reconcile::{Context, error_policy, reconcile};
 use flightline_operator::telemetry::{self, Health, Metrics};
 
@@ -41,6 +43,16 @@ enum Command {
     Run,
     /// Print the FlightPipeline CustomResourceDefinition as YAML.
     Crd,
+    /// Print the Prometheus rule file (SLO recording rules and alerts) of a FlightPipeline
+    /// manifest, exactly as its PrometheusRule carries it; `--operator` prints the operator's own.
+    Rules {
+        /// A FlightPipeline YAML file.
+        #[arg(required_unless_present = "operator")]
+        file: Option<std::path::PathBuf>,
+        /// The alerts about the operator itself instead.
+        #[arg(long, conflicts_with = "file")]
+        operator: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -87,6 +99,21 @@ struct RunArgs {
     /// Default image of the predict workload.
     #[arg(long, env = "FLIGHTLINE_PREDICT_IMAGE")]
     predict_image: Option<String>,
+    /// Prometheus URL for KEDA triggers (pipelines with `autoscaling.provider: KEDA`).
+    #[arg(long, env = "FLIGHTLINE_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
+    /// Label (`key=value`) that Grafana's dashboard sidecar watches for.
+    #[arg(long, env = "FLIGHTLINE_DASHBOARD_LABEL", default_value = "grafana_dashboard=1")]
+    dashboard_label: String,
+    /// Annotation that tells Grafana's sidecar the dashboard's folder.
+    #[arg(long, env = "FLIGHTLINE_DASHBOARD_FOLDER_ANNOTATION", default_value = "grafana_folder")]
+    dashboard_folder_annotation: String,
+    /// Grafana folder of dashboards whose pipeline names none.
+    #[arg(long, env = "FLIGHTLINE_DASHBOARD_FOLDER", default_value = "Flightline")]
+    dashboard_folder: String,
+    /// Namespace for the fleet and operator dashboards (default: the pod's namespace; none: not shipped).
+    #[arg(long, env = "FLIGHTLINE_DASHBOARD_NAMESPACE")]
+    dashboard_namespace: Option<String>,
 }
 
 #[tokio::main]
@@ -95,6 +122,14 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Crd) => {
             print!("{}", crdgen::crd_yaml());
+            Ok(())
+        }
+        Some(Command::Rules { file, operator }) => {
+            let rules = match file {
+                Some(path) if !operator => pipeline_rules(&path)?,
+                _ => slo::operator_rules(),
+            };
+            print!("{}", serde_saphyr::to_string(&rules)?);
             Ok(())
         }
         Some(Command::Run) | None => {
@@ -158,6 +193,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             predict: args.predict_image.clone().unwrap_or(images.predict),
         },
     };
+    let (label_key, label_value) =
+        args.dashboard_label.split_once('=').ok_or_else(|| anyhow::anyhow!("--dashboard-label must be key=value"))?;
+    let dashboards = DashboardSettings {
+        label: (label_key.into(), label_value.into()),
+        folder_annotation: args.dashboard_folder_annotation.clone(),
+        default_folder: args.dashboard_folder.clone(),
+    };
+    if let Some(namespace) = args.dashboard_namespace.clone().or_else(|| std::env::var("POD_NAMESPACE").ok()) {
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        for dashboard in monitoring::operator_dashboards(&namespace, &dashboards) {
+            if let Err(e) = kubernetes::apply(&config_maps, &dashboard).await {
+                tracing::warn!(error = %e, %namespace, "could not apply the fleet and operator dashboards");
+            }
+        }
+    }
     let reporter = Reporter { controller: labels::MANAGER.into(), instance: Some(identity) };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -167,6 +217,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         io_timeout: Duration::from_secs(args.io_timeout_seconds.max(1)),
         failures: Default::default(),
+        prometheus_url: args.prometheus_url.clone(),
+        dashboards,
     });
 
     let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
@@ -210,6 +262,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     server.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The rule file of a pipeline manifest. Endpoints do not appear in rules, so placeholders stand
+/// in for the operator's defaults.
+fn pipeline_rules(path: &std::path::Path) -> anyhow::Result<slo::RuleFile> {
+    let text = std::fs::read_to_string(path)?;
+    let fp: FlightPipeline = serde_saphyr::from_str(&text)?;
+    let defaults = Defaults {
+        kafka_bootstrap_servers: Some("unused:9092".into()),
+        clickhouse_url: Some("http://unused:8123".into()),
+        ..Defaults::default()
+    };
+    let namespace = fp.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = fp.metadata.name.clone().unwrap_or_default();
+    let resolved = resolve(&namespace, &name, &fp.spec, &defaults)
+        .map_err(|problems| anyhow::anyhow!("{}: {}", path.display(), problems.join("; ")))?;
+    Ok(slo::rules(&resolved))
 }
 
 /// Blocks until the FlightPipeline CRD is served, saying what is missing meanwhile.

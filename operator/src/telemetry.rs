@@ -39,12 +39,21 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PipelineLabels {
+    namespace: String,
+    pipeline: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     reconciliations: Family<ResultLabels, Counter>,
     errors: Family<ReasonLabels, Counter>,
     duration: Histogram,
     pub leader: Gauge,
+    /// Reconciles running now: the controller's work in hand (kube-runtime exposes no queue depth).
+    pub in_flight: Gauge,
+    pipeline_ready: Family<PipelineLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -54,6 +63,8 @@ impl Default for Metrics {
         let errors = Family::<ReasonLabels, Counter>::default();
         let duration = Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let leader = Gauge::default();
+        let in_flight = Gauge::default();
+        let pipeline_ready = Family::<PipelineLabels, Gauge>::default();
         registry.register("reconciliations", "Reconciles run, by result", reconciliations.clone());
         registry.register("reconcile_errors", "Failed reconciles, by reason", errors.clone());
         registry.register_with_unit(
@@ -63,7 +74,13 @@ impl Default for Metrics {
             duration.clone(),
         );
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
-        Self { registry, reconciliations, errors, duration, leader }
+        registry.register("reconciles_in_flight", "Reconciles running now", in_flight.clone());
+        registry.register(
+            "pipeline_ready",
+            "1 when the pipeline's Ready condition is True, by pipeline",
+            pipeline_ready.clone(),
+        );
+        Self { registry, reconciliations, errors, duration, leader, in_flight, pipeline_ready }
     }
 }
 
@@ -75,6 +92,16 @@ impl Metrics {
         if let Some(reason) = error_reason {
             self.errors.get_or_create(&ReasonLabels { reason }).inc();
         }
+    }
+
+    pub fn set_pipeline_ready(&self, namespace: &str, pipeline: &str, ready: bool) {
+        let labels = PipelineLabels { namespace: namespace.into(), pipeline: pipeline.into() };
+        self.pipeline_ready.get_or_create(&labels).set(i64::from(ready));
+    }
+
+    /// A deleted pipeline's series go with it.
+    pub fn forget_pipeline(&self, namespace: &str, pipeline: &str) {
+        self.pipeline_ready.remove(&PipelineLabels { namespace: namespace.into(), pipeline: pipeline.into() });
     }
 
     pub fn encode(&self) -> String {

@@ -7,6 +7,8 @@ pub const READY: &str = "Ready";
 pub const KAFKA_READY: &str = "KafkaReady";
 pub const CLICKHOUSE_READY: &str = "ClickHouseReady";
 pub const WORKLOADS_AVAILABLE: &str = "WorkloadsAvailable";
+pub const AUTOSCALING_READY: &str = "AutoscalingReady";
+pub const MONITORING_READY: &str = "MonitoringReady";
 pub const PAUSED: &str = "Paused";
 
 /// Reasons, in CamelCase as Kubernetes conventions ask.
@@ -24,6 +26,10 @@ pub mod reason {
     pub const PROGRESSING: &str = "Progressing";
     pub const WAITING: &str = "WaitingForStorage";
     pub const PAUSED: &str = "ReconciliationPaused";
+    pub const AUTOSCALERS_APPLIED: &str = "AutoscalersApplied";
+    pub const FIXED_REPLICAS: &str = "FixedReplicas";
+    pub const PROVIDER_MISSING: &str = "ProviderMissing";
+    pub const MONITORING_APPLIED: &str = "MonitoringApplied";
 }
 
 /// One condition as a reconcile computed it, before timestamps.
@@ -47,14 +53,14 @@ impl Finding {
 /// `Ready` from the part conditions: true when all are, otherwise the first failure's reason.
 pub fn ready(parts: &[Finding]) -> Finding {
     match parts.iter().find(|p| !p.ok) {
-        None => Finding::ok(READY, reason::READY, "topic, table and workloads are ready"),
+        None => Finding::ok(READY, reason::READY, "topic, table, workloads, autoscaling and monitoring are ready"),
         Some(failed) => Finding::failed(READY, failed.reason, format!("{}: {}", failed.type_, failed.message)),
     }
 }
 
 /// Every condition false with the same reason (an invalid spec stops everything).
 pub fn all_failed(reason: &'static str, message: &str) -> Vec<Finding> {
-    [READY, KAFKA_READY, CLICKHOUSE_READY, WORKLOADS_AVAILABLE]
+    [READY, KAFKA_READY, CLICKHOUSE_READY, WORKLOADS_AVAILABLE, AUTOSCALING_READY, MONITORING_READY]
         .into_iter()
         .map(|t| Finding::failed(t, reason, message))
         .collect()
@@ -85,7 +91,8 @@ pub fn merge(existing: &[Condition], findings: &[Finding], generation: Option<i6
             last_transition_time,
         });
     }
-    let order = [READY, KAFKA_READY, CLICKHOUSE_READY, WORKLOADS_AVAILABLE, PAUSED];
+    let order =
+        [READY, KAFKA_READY, CLICKHOUSE_READY, WORKLOADS_AVAILABLE, AUTOSCALING_READY, MONITORING_READY, PAUSED];
     merged.sort_by_key(|c| order.iter().position(|t| *t == c.type_).unwrap_or(order.len()));
     merged
 }

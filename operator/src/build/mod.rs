@@ -1,9 +1,12 @@
 //! Pure builders: a `FlightPipeline` in, desired state out. No client and no I/O, so every rule
 //! here is covered by table tests.
 
+pub mod autoscaling;
 pub mod conditions;
 pub mod labels;
+pub mod monitoring;
 pub mod resolve;
+pub mod slo;
 pub mod table;
 pub mod topic;
 pub mod workloads;

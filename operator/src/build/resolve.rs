@@ -7,9 +7,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::build::slo::{Objectives, latency_le, window_seconds};
 use crate::build::table::{BASE_COLUMNS, TableSpec, ttl_days};
 use crate::build::topic::{TopicSpec, retention_ms};
-use crate::crd::{FlightPipelineSpec, JwtSpec, SecretKeyRef, SecretKeyRefs, WorkloadSpec};
+use crate::crd::{
+    AutoscalingSpec, FlightPipelineSpec, JwtSpec, MonitoringSpec, SecretKeyRef, SecretKeyRefs, WorkloadSpec,
+};
 
 /// Longest pipeline name: `<name>-predict` must stay a valid Service name with room for pod suffixes.
 pub const MAX_NAME_LEN: usize = 40;
@@ -74,6 +77,8 @@ pub struct Workload {
     pub replicas: i32,
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     pub env: BTreeMap<String, String>,
+    /// Scaling by load; `replicas` is then left to the autoscaler.
+    pub autoscaling: Option<AutoscalingSpec>,
 }
 
 /// A pipeline with every default filled in and every cross-field rule checked.
@@ -94,6 +99,8 @@ pub struct Resolved {
     pub workloads: Vec<Workload>,
     /// Settings the services read from the pipeline's ConfigMap.
     pub settings: BTreeMap<String, String>,
+    pub objectives: Objectives,
+    pub monitoring: MonitoringSpec,
 }
 
 impl Resolved {
@@ -233,6 +240,8 @@ pub fn resolve(
         workload(Component::Predict, &spec.predict.workload, &defaults.images.predict, &mut problems),
     ];
 
+    let objectives = objectives(&spec.slo, &mut problems);
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -266,7 +275,39 @@ pub fn resolve(
         table,
         workloads,
         settings,
+        objectives,
+        monitoring: spec.monitoring.clone(),
     })
+}
+
+fn objectives(slo: &crate::crd::SloSpec, problems: &mut Vec<String>) -> Objectives {
+    let window_seconds = window_seconds(&slo.window).unwrap_or_else(|e| {
+        problems.push(format!("spec.slo.window: {e}"));
+        0
+    });
+    let latency_le = latency_le(slo.latency_threshold_ms).unwrap_or_else(|| {
+        let buckets: Vec<String> = crate::build::slo::LATENCY_BUCKETS_MS.iter().map(|(ms, _)| ms.to_string()).collect();
+        problems.push(format!(
+            "spec.slo.latencyThresholdMs: {} is not a latency bucket of the services; use one of {}",
+            slo.latency_threshold_ms,
+            buckets.join(", ")
+        ));
+        ""
+    });
+    for (field, percent) in [("availability", slo.availability), ("latencyTarget", slo.latency_target)] {
+        if !(50.0..100.0).contains(&percent) {
+            problems.push(format!("spec.slo.{field}: {percent} must be a percentage from 50 to below 100"));
+        }
+    }
+    Objectives {
+        availability: slo.availability / 100.0,
+        latency: slo.latency_target / 100.0,
+        latency_le: latency_le.to_string(),
+        latency_threshold_ms: slo.latency_threshold_ms,
+        window_seconds,
+        max_consumer_lag: slo.max_consumer_lag,
+        max_freshness_seconds: slo.max_freshness_seconds,
+    }
 }
 
 fn workload(component: Component, spec: &WorkloadSpec, default_image: &str, problems: &mut Vec<String>) -> Workload {
@@ -284,6 +325,17 @@ fn workload(component: Component, spec: &WorkloadSpec, default_image: &str, prob
     if spec.image.chars().any(char::is_whitespace) {
         problems.push(format!("{field}.image: {:?} must not contain spaces", spec.image));
     }
+    if let Some(a) = &spec.autoscaling {
+        if a.min_replicas < 1 || a.min_replicas > a.max_replicas {
+            problems.push(format!(
+                "{field}.autoscaling: minReplicas {} must be at least 1 and at most maxReplicas {}",
+                a.min_replicas, a.max_replicas
+            ));
+        }
+        if a.target_requests_per_second < 1 || a.target_consumer_lag < 1 {
+            problems.push(format!("{field}.autoscaling: targets must be positive"));
+        }
+    }
     Workload {
         component,
         enabled: spec.enabled,
@@ -291,6 +343,7 @@ fn workload(component: Component, spec: &WorkloadSpec, default_image: &str, prob
         replicas: spec.replicas,
         resources: spec.resources.clone(),
         env: spec.env.clone(),
+        autoscaling: spec.autoscaling.clone(),
     }
 }
 
@@ -412,6 +465,17 @@ mod tests {
             ),
             ("scl", Box::new(|s| s.ingest.workload.replicas = -2), "spec.ingest.replicas"),
             ("scl", Box::new(|s| drop(s.query.workload.env.insert("1BAD".into(), "x".into()))), "spec.query.env"),
+            ("scl", Box::new(|s| s.slo.latency_threshold_ms = 300), "spec.slo.latencyThresholdMs"),
+            ("scl", Box::new(|s| s.slo.window = "900d".into()), "spec.slo.window"),
+            ("scl", Box::new(|s| s.slo.availability = 100.0), "spec.slo.availability"),
+            (
+                "scl",
+                Box::new(|s| {
+                    s.predict.workload.autoscaling =
+                        Some(crate::crd::AutoscalingSpec { min_replicas: 4, max_replicas: 2, ..Default::default() })
+                }),
+                "spec.predict.autoscaling",
+            ),
             ("a-very-long-pipeline-name-that-goes-past-forty", Box::new(|_| {}), "metadata.name"),
             ("Upper", Box::new(|_| {}), "metadata.name"),
         ];

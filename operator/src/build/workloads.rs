@@ -52,16 +52,33 @@ pub fn config_map(resolved: &Resolved, owner: &OwnerReference) -> ConfigMap {
     }
 }
 
-pub fn deployment(resolved: &Resolved, workload: &Workload, owner: &OwnerReference) -> Deployment {
+/// How Prometheus finds the pods: a ServiceMonitor, or the `prometheus.io/*` pod annotations
+/// where the prometheus-operator is not installed (never both, or every series is scraped twice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scrape {
+    ByServiceMonitor,
+    ByAnnotations,
+}
+
+pub fn deployment(resolved: &Resolved, workload: &Workload, owner: &OwnerReference, scrape: Scrape) -> Deployment {
     let name = workload_name(&resolved.name, workload.component);
     let selector = labels::selector(&resolved.name, workload.component);
     let mut pod_labels = labels::common(&resolved.name, Some(workload.component));
     pod_labels.extend(selector.clone());
-    let annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), settings_hash(resolved))]);
+    let mut annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), settings_hash(resolved))]);
+    if scrape == Scrape::ByAnnotations {
+        annotations.extend([
+            ("prometheus.io/scrape".to_string(), "true".to_string()),
+            ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
+            ("prometheus.io/path".to_string(), "/metrics".to_string()),
+        ]);
+    }
     Deployment {
         metadata: metadata(name.clone(), resolved, Some(workload.component), owner),
         spec: DeploymentSpec {
-            replicas: Some(workload.replicas),
+            // An autoscaled workload leaves replicas to its autoscaler: a value here would make
+            // every apply fight the HPA.
+            replicas: workload.autoscaling.is_none().then_some(workload.replicas),
             selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
@@ -217,7 +234,8 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
-fn metadata(name: String, resolved: &Resolved, component: Option<Component>, owner: &OwnerReference) -> ObjectMeta {
+/// Name, namespace, labels and owner of a pipeline's child object.
+pub fn metadata(name: String, resolved: &Resolved, component: Option<Component>, owner: &OwnerReference) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(resolved.namespace.clone()),
@@ -268,7 +286,7 @@ mod tests {
     #[test]
     fn deployment_runs_the_component_command_with_the_pipeline_settings() {
         let r = resolved(&FlightPipelineSpec::default());
-        let d = deployment(&r, r.workload(Component::Sink), &owner());
+        let d = deployment(&r, r.workload(Component::Sink), &owner(), Scrape::ByServiceMonitor);
         assert_eq!(d.metadata.name.as_deref(), Some("scl-sink"));
         assert_eq!(d.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
         let labels = d.metadata.labels.as_ref().unwrap();
@@ -288,9 +306,24 @@ mod tests {
     }
 
     #[test]
+    fn autoscaled_workloads_leave_replicas_alone_and_annotations_replace_a_service_monitor() {
+        let mut spec = FlightPipelineSpec::default();
+        spec.predict.workload.autoscaling = Some(crate::crd::AutoscalingSpec::default());
+        let r = resolved(&spec);
+        let d = deployment(&r, r.workload(Component::Predict), &owner(), Scrape::ByAnnotations);
+        assert_eq!(d.spec.replicas, None);
+        let annotations = d.spec.template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/port"], "8080");
+        let d = deployment(&r, r.workload(Component::Query), &owner(), Scrape::ByServiceMonitor);
+        assert_eq!(d.spec.replicas, Some(1));
+        assert!(!d.spec.template.metadata.unwrap().annotations.unwrap().contains_key("prometheus.io/scrape"));
+    }
+
+    #[test]
     fn selector_matches_pod_labels() {
         let r = resolved(&FlightPipelineSpec::default());
-        let d = deployment(&r, r.workload(Component::Query), &owner());
+        let d = deployment(&r, r.workload(Component::Query), &owner(), Scrape::ByServiceMonitor);
         let spec = d.spec;
         let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
         for (k, v) in spec.selector.match_labels.unwrap() {
@@ -315,7 +348,7 @@ mod tests {
         let mut spec = FlightPipelineSpec::default();
         spec.query.workload.env.insert("RUST_LOG".into(), "debug".into());
         let r = resolved(&spec);
-        let d = deployment(&r, r.workload(Component::Query), &owner());
+        let d = deployment(&r, r.workload(Component::Query), &owner(), Scrape::ByServiceMonitor);
         let env = d.spec.template.spec.unwrap().containers[0].env.clone().unwrap();
         let rust_log: Vec<_> = env.iter().filter(|e| e.name == "RUST_LOG").collect();
         assert_eq!(rust_log.len(), 1);
@@ -328,7 +361,7 @@ mod tests {
         spec.clickhouse.credentials_secret =
             Some(crate::crd::SecretKeyRefs { name: "ch".into(), username_key: "u".into(), password_key: "p".into() });
         let r = resolved(&spec);
-        let d = deployment(&r, r.workload(Component::Query), &owner());
+        let d = deployment(&r, r.workload(Component::Query), &owner(), Scrape::ByServiceMonitor);
         let env = d.spec.template.spec.unwrap().containers[0].env.clone().unwrap();
         let password = env.iter().find(|e| e.name == "CLICKHOUSE_PASSWORD").unwrap();
         assert_eq!(password.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().key, "p");

@@ -1,17 +1,18 @@
 //! The reconciler: validate → pure build → apply children → external systems → conditions → status.
 
+pub mod children;
 pub mod clickhouse;
+pub mod discovery;
 pub mod kafka;
 pub mod kafka_wire;
 pub mod kubernetes;
 pub mod status;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
@@ -22,10 +23,11 @@ use self::clickhouse::{ClickHouseAdmin, ClickHouseError};
 use self::kafka::{KafkaAdmin, KafkaError};
 use self::status::Facts;
 use crate::build::conditions::{self, Finding, reason};
-use crate::build::resolve::{Component, Defaults, Resolved, resolve};
+use crate::build::monitoring::DashboardSettings;
+use crate::build::resolve::{Defaults, Resolved, resolve};
 use crate::build::table::{TableSpec, plan_table};
 use crate::build::topic::plan_topic;
-use crate::build::workloads;
+use crate::build::workloads::Scrape;
 use crate::crd::{DeletionPolicy, FINALIZER, FlightPipeline, SKIP_CLEANUP_ANNOTATION};
 use crate::telemetry::Metrics;
 
@@ -75,6 +77,10 @@ pub struct Context {
     pub io_timeout: Duration,
     /// Consecutive failures per pipeline, for exponential backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Prometheus that KEDA triggers query.
+    pub prometheus_url: Option<String>,
+    /// How dashboards are labelled for Grafana's sidecar.
+    pub dashboards: DashboardSettings,
 }
 
 pub async fn reconcile(fp: Arc<FlightPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -82,6 +88,7 @@ pub async fn reconcile(fp: Arc<FlightPipeline>, ctx: Arc<Context>) -> Result<Act
     let namespace = fp.namespace().unwrap_or_default();
     let api: Api<FlightPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = format!("{namespace}/{}", fp.name_any());
+    ctx.metrics.in_flight.inc();
     let result = finalizer(&api, FINALIZER, fp, |event| async {
         match event {
             Finalizer::Apply(fp) => apply(&fp, &ctx).await,
@@ -90,6 +97,7 @@ pub async fn reconcile(fp: Arc<FlightPipeline>, ctx: Arc<Context>) -> Result<Act
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.in_flight.dec();
     ctx.metrics.observe_reconcile(started.elapsed(), result.as_ref().err().map(Error::reason));
     if result.is_ok() {
         ctx.failures.lock().expect("failures lock").remove(&key);
@@ -137,6 +145,7 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
             let message = problems.join("; ");
             tracing::warn!(pipeline = %name, %namespace, %message, "invalid spec");
             let findings = conditions::all_failed(reason::INVALID_SPEC, &message);
+            ctx.metrics.set_pipeline_ready(&namespace, &name, false);
             status::update(&api, &ctx.recorder, fp, &findings, Facts::default()).await?;
             // Nothing to retry: the next change to the object triggers a new reconcile.
             return Ok(Action::await_change());
@@ -169,18 +178,26 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
         ..Facts::default()
     };
     if kafka.usable && clickhouse.usable {
-        let (finding, endpoints, replicas) = apply_workloads(&resolved, &owner, ctx).await?;
+        let discovered = discovery::discover(&ctx.client).await?;
+        let scrape = if discovered.service_monitor && resolved.monitoring.service_monitor {
+            Scrape::ByServiceMonitor
+        } else {
+            Scrape::ByAnnotations
+        };
+        let (finding, endpoints, replicas) = children::apply_workloads(&resolved, &owner, ctx, scrape).await?;
         findings.push(finding);
+        findings.push(children::apply_autoscalers(&resolved, &owner, ctx, discovered.autoscaling).await?);
+        findings.push(children::apply_monitoring(&resolved, &owner, ctx, discovered).await?);
         facts.endpoints = Some(endpoints);
         facts.available_replicas = Some(replicas);
     } else {
-        findings.push(Finding::failed(
-            conditions::WORKLOADS_AVAILABLE,
-            reason::WAITING,
-            "workloads start once the topic and the table exist",
-        ));
+        for type_ in [conditions::WORKLOADS_AVAILABLE, conditions::AUTOSCALING_READY, conditions::MONITORING_READY] {
+            findings.push(Finding::failed(type_, reason::WAITING, "applied once the topic and the table exist"));
+        }
     }
-    findings.insert(0, conditions::ready(&findings));
+    let ready = conditions::ready(&findings);
+    ctx.metrics.set_pipeline_ready(&namespace, &name, ready.ok);
+    findings.insert(0, ready);
     status::update(&api, &ctx.recorder, fp, &findings, facts).await?;
 
     // Unreachable systems are retried with backoff; everything else waits for the next resync.
@@ -332,55 +349,11 @@ async fn clickhouse_admin(resolved: &Resolved, ctx: &Context) -> Result<ClickHou
     Ok(ClickHouseAdmin::new(&resolved.clickhouse_url, credentials, ctx.io_timeout))
 }
 
-async fn apply_workloads(
-    resolved: &Resolved,
-    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
-    ctx: &Context,
-) -> Result<(Finding, BTreeMap<String, String>, BTreeMap<String, i32>), Error> {
-    let ns = &resolved.namespace;
-    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-
-    kubernetes::apply(&config_maps, &workloads::config_map(resolved, owner)).await?;
-    let mut endpoints = BTreeMap::new();
-    let mut replicas = BTreeMap::new();
-    let mut waiting = Vec::new();
-    for workload in &resolved.workloads {
-        let name = workloads::workload_name(&resolved.name, workload.component);
-        if !workload.enabled {
-            kubernetes::delete_owned(&deployments, &name, &owner.uid).await?;
-            kubernetes::delete_owned(&services, &name, &owner.uid).await?;
-            continue;
-        }
-        kubernetes::apply(&services, &workloads::service(resolved, workload.component, owner)).await?;
-        kubernetes::apply(&deployments, &workloads::deployment(resolved, workload, owner)).await?;
-        if workload.component != Component::Sink {
-            endpoints
-                .insert(workload.component.as_str().to_string(), workloads::endpoint(resolved, workload.component));
-        }
-        let (available, wanted) = kubernetes::availability(&deployments, &name).await?;
-        replicas.insert(workload.component.as_str().to_string(), available);
-        if available < wanted {
-            waiting.push(format!("{} {available}/{wanted}", workload.component.as_str()));
-        }
-    }
-    let finding = if waiting.is_empty() {
-        Finding::ok(conditions::WORKLOADS_AVAILABLE, reason::AVAILABLE, "every enabled workload is available")
-    } else {
-        Finding::failed(
-            conditions::WORKLOADS_AVAILABLE,
-            reason::PROGRESSING,
-            format!("waiting for available replicas: {}", waiting.join(", ")),
-        )
-    };
-    Ok((finding, endpoints, replicas))
-}
-
 /// Runs when a pipeline is deleted. `Retain` (the default) and the skip annotation touch nothing
 /// outside Kubernetes; `Delete` removes the topics and the table. A failure here keeps the
 /// finalizer and retries with backoff; the Warning event says how to let go.
 async fn cleanup(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
+    ctx.metrics.forget_pipeline(&fp.namespace().unwrap_or_default(), &fp.name_any());
     let skip = fp.annotations().get(SKIP_CLEANUP_ANNOTATION).is_some_and(|v| v == "true");
     if skip || fp.spec.deletion_policy == DeletionPolicy::Retain {
         tracing::info!(pipeline = %fp.name_any(), skip, "deleted; external resources retained");

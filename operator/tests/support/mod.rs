@@ -118,6 +118,8 @@ pub struct OperatorOptions {
     pub with_defaults: bool,
     pub lease_name: String,
     pub resync_seconds: u64,
+    /// `--prometheus-url` (KEDA triggers).
+    pub prometheus_url: Option<String>,
 }
 
 impl OperatorOptions {
@@ -127,6 +129,7 @@ impl OperatorOptions {
             with_defaults: true,
             lease_name: "flightline-operator".into(),
             resync_seconds: 2,
+            prometheus_url: None,
         }
     }
 }
@@ -155,8 +158,12 @@ impl Operator {
             .env("POD_NAME", &identity)
             .env("RUST_LOG", "info,kube=warn")
             .env_remove("FLIGHTLINE_KAFKA_BOOTSTRAP_SERVERS")
+            .env_remove("FLIGHTLINE_PROMETHEUS_URL")
             .env_remove("FLIGHTLINE_CLICKHOUSE_URL")
             .stdout(Stdio::null());
+        if let Some(url) = &options.prometheus_url {
+            command.env("FLIGHTLINE_PROMETHEUS_URL", url);
+        }
         if options.with_defaults {
             command
                 .env("FLIGHTLINE_KAFKA_BOOTSTRAP_SERVERS", &stack.bootstrap)

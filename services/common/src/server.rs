@@ -112,9 +112,61 @@ async fn record(State(telemetry): State<Arc<Telemetry>>, request: Request, next:
     response
 }
 
+/// Environment variable of the fault switch: the fraction (0 to 1) of API requests answered with
+/// 503 `fault_injected`, for drills that prove the SLO alerts page (see docs/runbooks.md). Health
+/// and metrics endpoints are never affected. Unset or 0 in normal operation.
+pub const FAULT_RATIO_ENV: &str = "FLIGHTLINE_FAULT_ERROR_RATIO";
+
+/// Which requests the fault switch fails: exactly `ratio` of them, spread evenly (the n-th
+/// request fails when `floor(n·ratio)` steps up), so a drill's error rate is what it says.
+#[derive(Debug)]
+pub struct FaultSwitch {
+    ratio: f64,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl FaultSwitch {
+    pub fn new(ratio: f64) -> Option<Arc<Self>> {
+        (ratio > 0.0).then(|| Arc::new(Self { ratio: ratio.min(1.0), seen: Default::default() }))
+    }
+
+    pub fn from_env() -> anyhow::Result<Option<Arc<Self>>> {
+        let ratio: f64 = crate::config::parsed(FAULT_RATIO_ENV, 0.0)?;
+        if !(0.0..=1.0).contains(&ratio) {
+            anyhow::bail!("{FAULT_RATIO_ENV}: {ratio} must be between 0 and 1");
+        }
+        if ratio > 0.0 {
+            tracing::warn!(ratio, "fault switch on: this share of API requests will fail with 503");
+        }
+        Ok(Self::new(ratio))
+    }
+
+    pub fn should_fail(&self) -> bool {
+        let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.ratio).floor() > (n * self.ratio).floor()
+    }
+}
+
+async fn inject_fault(State(switch): State<Arc<FaultSwitch>>, request: Request, next: Next) -> Response {
+    if switch.should_fail() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "fault_injected", format!("{FAULT_RATIO_ENV} is set"))
+            .into_response();
+    }
+    next.run(request).await
+}
+
 /// Adds `/healthz`, `/readyz` and `/metrics` to a service's routes and wraps them all in the
-/// request metrics.
+/// request metrics. The fault switch (`FLIGHTLINE_FAULT_ERROR_RATIO`), when set, covers the
+/// service's own routes only.
 pub fn app(routes: Router, telemetry: Arc<Telemetry>, ready: ReadyCheck) -> Router {
+    let routes = match FaultSwitch::from_env() {
+        Ok(Some(switch)) => routes.layer(middleware::from_fn_with_state(switch, inject_fault)),
+        Ok(None) => routes,
+        Err(e) => {
+            tracing::error!(error = %e, "ignoring the fault switch");
+            routes
+        }
+    };
     let metrics = {
         let telemetry = telemetry.clone();
         move || async move {
@@ -211,4 +263,21 @@ pub fn body_error(error: axum::extract::rejection::BytesRejection) -> ApiError {
 /// An empty 204/202 body helper for handlers that only set a status.
 pub fn empty(status: StatusCode) -> Response {
     Response::builder().status(status).body(Body::empty()).expect("static response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FaultSwitch;
+
+    #[test]
+    fn fault_switch_fails_exactly_its_share() {
+        let failed = |ratio: f64| {
+            let switch = FaultSwitch::new(ratio).expect("switch on");
+            (0..1000).filter(|_| switch.should_fail()).count()
+        };
+        assert_eq!(failed(1.0), 1000);
+        assert_eq!(failed(0.25), 250);
+        assert_eq!(failed(0.001), 1);
+        assert!(FaultSwitch::new(0.0).is_none());
+    }
 }

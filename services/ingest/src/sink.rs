@@ -115,6 +115,7 @@ struct Metrics {
     insert_seconds: Histogram,
     insert_errors: Counter,
     lag: Family<PartitionLabels, Gauge>,
+    freshness: Histogram,
 }
 
 impl Metrics {
@@ -126,6 +127,9 @@ impl Metrics {
             insert_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             insert_errors: Counter::default(),
             lag: Family::default(),
+            freshness: Histogram::new([
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+            ]),
         };
         telemetry.register("rows", "Rows inserted into ClickHouse", m.rows.clone());
         telemetry.register("dead_letters", "Records sent to the dead-letter topic", m.dead_letters.clone());
@@ -133,6 +137,11 @@ impl Metrics {
         telemetry.register_with_unit("insert_duration", "ClickHouse insert latency", m.insert_seconds.clone());
         telemetry.register("insert_errors", "Failed ClickHouse inserts (retried)", m.insert_errors.clone());
         telemetry.register("consumer_lag", "Records in the topic not yet committed, by partition", m.lag.clone());
+        telemetry.register_with_unit(
+            "freshness",
+            "Time from a record's Kafka timestamp (its ingestion) to its insert into ClickHouse",
+            m.freshness.clone(),
+        );
         Arc::new(m)
     }
 }
@@ -212,6 +221,11 @@ impl Sink {
         loop {
             let batch = self.next_batch().await?;
             self.consuming.store(true, Ordering::Relaxed);
+            // Also when idle: a lag measured before the last batch would otherwise stay up for ever.
+            if last_lag.elapsed() > Duration::from_secs(5) {
+                self.update_lag().await;
+                last_lag = Instant::now();
+            }
             if batch.is_empty() {
                 continue;
             }
@@ -225,13 +239,10 @@ impl Sink {
                 }
             }
             self.insert_with_retry(&rows).await;
+            self.observe_freshness(&batch);
             self.dead_letter(&rejected).await?;
             self.commit(&batch)?;
             self.metrics.batch_size.observe(batch.len() as f64);
-            if last_lag.elapsed() > Duration::from_secs(5) {
-                self.update_lag().await;
-                last_lag = Instant::now();
-            }
         }
     }
 
@@ -281,6 +292,14 @@ impl Sink {
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
+        }
+    }
+
+    /// Ingest-to-queryable time of the records just inserted.
+    fn observe_freshness(&self, batch: &[BorrowedMessage<'_>]) {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        for produced_ms in batch.iter().filter_map(|m| m.timestamp().to_millis()) {
+            self.metrics.freshness.observe((now_ms - produced_ms).max(0) as f64 / 1000.0);
         }
     }
 

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""dev/monitoring/rule_sync.py - plays prometheus-operator's part for PrometheusRule objects on the
+local stack: keeps the local Prometheus' rules directory equal to the PrometheusRules in the cluster.
+
+Every few seconds it lists `prometheusrules.monitoring.coreos.com` in all namespaces (no CRD: no
+rules) and, for each object, writes its `spec` - which is exactly a Prometheus rule file, `{groups:
+[...]}` - to RULES_DIR/<namespace>_<name>.yaml (as JSON, which is valid YAML). A new or changed file
+is checked with `promtool check rules` first: a bad one is logged and not installed (the object's
+previous file goes too, as prometheus-operator drops an invalid rule), so Prometheus never loads it.
+Files of deleted objects are removed. When anything changed it POSTs PROMETHEUS_URL/-/reload.
+
+Only files named <namespace>_<name>.yaml belong to it (Kubernetes names cannot hold `_`): a file
+without `_` in its name (e.g. dev-stack.yaml) is a static rule file and is left alone. When the API
+server cannot be reached, it changes nothing and tries again.
+
+usage: KUBECONFIG=... rule_sync.py --rules-dir DIR --prometheus-url URL [--promtool PATH] [--interval S] [--once]
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+
+RESOURCE = "prometheusrules.monitoring.coreos.com"
+MANAGED = re.compile(r"^[a-z0-9][a-z0-9.-]*_[a-z0-9][a-z0-9.-]*\.yaml$")
+NO_CRD = ("the server doesn't have a resource type", "could not find the requested resource")
+
+
+def now():
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def log(msg):
+    print(f"{now()} rule_sync.py: {msg}", file=sys.stderr, flush=True)
+
+
+class Unavailable(Exception):
+    """The API server did not answer the list: change nothing this round."""
+
+
+def list_rules():
+    """{file name: (namespace/name, spec)} of every PrometheusRule; {} when the CRD is missing."""
+    r = subprocess.run(["kubectl", "--request-timeout=10s", "get", RESOURCE, "-A", "-o", "json"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        if any(s in r.stderr for s in NO_CRD):
+            return {}
+        raise Unavailable(r.stderr.strip() or f"kubectl exited with {r.returncode}")
+    out = {}
+    for item in json.loads(r.stdout).get("items", []):
+        md = item.get("metadata", {})
+        ns, name = md.get("namespace", "default"), md.get("name", "")
+        out[f"{ns}_{name}.yaml"] = (f"{ns}/{name}", item.get("spec") or {})
+    return out
+
+
+def rule_file(spec):
+    """The rule file for a PrometheusRule spec: its groups, `expr` always a string (the CRD allows
+    int-or-string)."""
+    groups = []
+    for g in spec.get("groups") or []:
+        g = dict(g)
+        rules = []
+        for rule in g.get("rules") or []:
+            rule = dict(rule)
+            if "expr" in rule and not isinstance(rule["expr"], str):
+                rule["expr"] = str(rule["expr"])
+            rules.append(rule)
+        g["rules"] = rules
+        groups.append(g)
+    return json.dumps({"groups": groups}, indent=2, sort_keys=True) + "\n"
+
+
+class Syncer:
+    def __init__(self, rules_dir, prometheus_url, promtool):
+        self.dir = rules_dir
+        self.url = prometheus_url.rstrip("/")
+        self.promtool = promtool
+        self.rejected = {}  # file name -> sha256 of content promtool refused (logged once)
+        self.reload_pending = False
+        self.last_error = None
+        os.makedirs(self.dir, exist_ok=True)
+
+    def read(self, name):
+        try:
+            with open(os.path.join(self.dir, name), encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def check(self, name, content):
+        """Write content to a temporary file (its name does not end in .yaml, so Prometheus' glob
+        never sees it) and run promtool on it; on success move it into place."""
+        tmp = os.path.join(self.dir, f".{name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(content)
+        r = subprocess.run([self.promtool, "check", "rules", tmp], capture_output=True, text=True)
+        if r.returncode != 0:
+            os.unlink(tmp)
+            out = (r.stderr.strip() or r.stdout.strip()).replace(tmp, name)
+            return " ".join(line.strip() for line in out.splitlines() if line.strip())
+        os.replace(tmp, os.path.join(self.dir, name))
+        return None
+
+    def remove(self, name, why):
+        try:
+            os.unlink(os.path.join(self.dir, name))
+            log(f"removed {name} ({why})")
+            return True
+        except FileNotFoundError:
+            return False
+
+    def sync(self):
+        try:
+            wanted = list_rules()
+        except Unavailable as e:
+            if str(e) != self.last_error:
+                log(f"cannot list {RESOURCE}; keeping the rule files as they are: {e}")
+                self.last_error = str(e)
+            return False
+        if self.last_error is not None:
+            log(f"listing {RESOURCE} works again")
+            self.last_error = None
+        changed = False
+        for name, (obj, spec) in sorted(wanted.items()):
+            content = rule_file(spec)
+            if self.read(name) == content:
+                continue
+            digest = hashlib.sha256(content.encode()).hexdigest()
+            if self.rejected.get(name) == digest:
+                continue
+            error = self.check(name, content)
+            if error:
+                self.rejected[name] = digest
+                log(f"PrometheusRule {obj} is not a valid rule file; not loading it: {error}")
+                changed |= self.remove(name, f"PrometheusRule {obj} is invalid")
+                continue
+            self.rejected.pop(name, None)
+            n = sum(len(g.get("rules") or []) for g in json.loads(content)["groups"])
+            log(f"wrote {name} (PrometheusRule {obj}: {len(json.loads(content)['groups'])} groups, {n} rules)")
+            changed = True
+        for name in sorted(os.listdir(self.dir)):
+            if MANAGED.match(name) and name not in wanted:
+                changed |= self.remove(name, "its PrometheusRule is gone")
+            elif name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(os.path.join(self.dir, name))
+        for name in list(self.rejected):
+            if name not in wanted:
+                del self.rejected[name]
+        if changed:
+            self.reload_pending = True
+        if self.reload_pending:
+            self.reload()
+        return changed
+
+    def reload(self):
+        req = urllib.request.Request(f"{self.url}/-/reload", data=b"", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=15):
+                pass
+            self.reload_pending = False
+            files = sorted(n for n in os.listdir(self.dir) if n.endswith(".yaml"))
+            log(f"reloaded Prometheus ({len(files)} rule files)")
+        except urllib.error.HTTPError as e:
+            log(f"Prometheus refused the reload ({e.code}): {e.read().decode(errors='replace').strip()}")
+        except (urllib.error.URLError, OSError) as e:
+            log(f"cannot reach Prometheus to reload ({e}); retrying next round")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rules-dir", required=True)
+    ap.add_argument("--prometheus-url", required=True)
+    ap.add_argument("--promtool", default="promtool")
+    ap.add_argument("--interval", type=float, default=3.0)
+    ap.add_argument("--once", action="store_true", help="one round, then exit")
+    a = ap.parse_args()
+    syncer = Syncer(a.rules_dir, a.prometheus_url, a.promtool)
+    if a.once:
+        syncer.sync()
+        return
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    log(f"syncing {RESOURCE} into {a.rules_dir} every {a.interval:g}s (Prometheus {a.prometheus_url})")
+    while not stopping:
+        try:
+            syncer.sync()
+        except Exception as e:  # noqa: BLE001 - a failed round is retried on the next one
+            log(f"sync failed: {e}")
+        deadline = time.time() + a.interval
+        while not stopping and time.time() < deadline:
+            time.sleep(0.2)
+    log("stopped")
+
+
+if __name__ == "__main__":
+    main()
