@@ -239,7 +239,7 @@ async fn prometheus_scrapes_the_pipeline_evaluates_its_slo_rules_and_pages_on_fa
     // Every panel query of the three dashboards returns data from this Prometheus.
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let check = std::process::Command::new(format!("{root}/dev/check-dashboard-queries"))
-        .args(["--namespace", &ns.name, "--pipeline", "scl"])
+        .args([ns.name.as_str(), "scl"])
         .output()
         .expect("run dev/check-dashboard-queries");
     let report = String::from_utf8_lossy(&check.stdout);
@@ -249,6 +249,7 @@ async fn prometheus_scrapes_the_pipeline_evaluates_its_slo_rules_and_pages_on_fa
     // The drill: fail every predict request; the fast-burn page reaches Alertmanager.
     fp.spec.predict.workload.env.insert("FLIGHTLINE_FAULT_ERROR_RATIO".into(), "1".into());
     apply(&api, &fp).await.unwrap();
+    let drill = std::time::Instant::now();
     let old = predict.read().await.clone();
     within(2, "a predict pod with the fault switch", async || {
         let now = service_addr(&stack, &ns, "scl", "predict").await;
@@ -261,12 +262,17 @@ async fn prometheus_scrapes_the_pipeline_evaluates_its_slo_rules_and_pages_on_fa
         alerts.iter().any(|a| a["labels"]["component"] == "predict" && a["labels"]["severity"] == "page")
     })
     .await;
+    println!(
+        "fast-burn page active in Alertmanager {:.0}s after the fault switch was applied",
+        drill.elapsed().as_secs_f64()
+    );
     let (_, failed) = load.counts();
     assert!(failed > 0, "the fault switch failed no request");
 
     // Recovery: the switch off, the alert resolves.
     fp.spec.predict.workload.env.remove("FLIGHTLINE_FAULT_ERROR_RATIO");
     apply(&api, &fp).await.unwrap();
+    let recovery = std::time::Instant::now();
     let faulty = predict.read().await.clone();
     within(2, "a predict pod without the fault switch", async || {
         let now = service_addr(&stack, &ns, "scl", "predict").await;
@@ -278,5 +284,6 @@ async fn prometheus_scrapes_the_pipeline_evaluates_its_slo_rules_and_pages_on_fa
         active_alerts("FlightlineErrorBudgetBurnFast", &ns.name).await.is_empty()
     })
     .await;
+    println!("fast-burn page resolved {:.0}s after the fault switch was removed", recovery.elapsed().as_secs_f64());
     drop(load);
 }

@@ -76,6 +76,19 @@ pub fn target(component: Component, a: &AutoscalingSpec) -> i64 {
     }
 }
 
+/// A whole number as the API server writes a quantity back (`5000` → `5k`), so that the live HPA
+/// matches what the operator applies and an unchanged pipeline writes nothing.
+pub fn quantity(n: i64) -> String {
+    let mut mantissa = n;
+    for suffix in ["", "k", "M", "G", "T", "P"] {
+        if mantissa == 0 || mantissa % 1000 != 0 {
+            return format!("{mantissa}{suffix}");
+        }
+        mantissa /= 1000;
+    }
+    format!("{mantissa}E")
+}
+
 /// `(min, max)` replicas; the sink's max is capped at the topic's partitions.
 pub fn bounds(resolved: &Resolved, workload: &Workload, a: &AutoscalingSpec) -> (i32, i32) {
     let max = match workload.component {
@@ -113,7 +126,7 @@ pub fn hpa(
                 "type": "Pods",
                 "pods": {
                     "metric": {"name": pod_metric_name(workload.component)},
-                    "target": {"type": "AverageValue", "averageValue": target(workload.component, a).to_string()},
+                    "target": {"type": "AverageValue", "averageValue": quantity(target(workload.component, a))},
                 },
             }],
             // Up fast (double, or +4 pods, per 30 s), down slowly (a fifth per minute after 5
@@ -267,6 +280,14 @@ mod tests {
         assert_eq!((spec["minReplicas"].as_i64(), spec["maxReplicas"].as_i64()), (Some(2), Some(8)));
         assert_eq!(spec["metrics"][0]["pods"]["metric"]["name"], "flightline_predict_http_requests_per_second");
         assert_eq!(spec["metrics"][0]["pods"]["target"]["averageValue"], "100");
+    }
+
+    #[test]
+    fn quantities_are_canonical() {
+        let cases = [(0, "0"), (50, "50"), (1500, "1500"), (5000, "5k"), (50_000, "50k"), (2_000_000, "2M")];
+        for (n, want) in cases {
+            assert_eq!(quantity(n), want);
+        }
     }
 
     #[test]
