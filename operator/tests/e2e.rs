@@ -235,7 +235,21 @@ async fn versions(stack: &Stack, ns: &TestNamespace) -> BTreeMap<String, String>
     all.extend(
         children::<ConfigMap>(stack, ns).await.iter().map(|o| named("configmap", o.name_any(), o.resource_version())),
     );
-    assert_eq!(all.len(), 10, "{all:?}");
+    // The monitoring objects only the operator writes (an HPA's status is the HPA controller's).
+    for (kind, plural) in [("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules")] {
+        let resource = kube::api::ApiResource {
+            group: "monitoring.coreos.com".into(),
+            version: "v1".into(),
+            api_version: "monitoring.coreos.com/v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(stack.client.clone(), &ns.name, &resource);
+        let list = api.list(&ListParams::default().labels(LABELS)).await.unwrap().items;
+        all.extend(list.iter().map(|o| named(plural, o.name_any(), o.resource_version())));
+    }
+    // 4 Deployments, 4 Services, settings and dashboard ConfigMaps, ServiceMonitor, PrometheusRule.
+    assert_eq!(all.len(), 13, "{all:?}");
     all
 }
 
@@ -267,7 +281,8 @@ async fn operator_restarted_mid_way_converges_without_duplicates() {
     wait_condition(&api, "scl", "Ready", "True", None).await;
     assert_eq!(children::<Deployment>(&stack, &ns).await.len(), 4);
     assert_eq!(children::<Service>(&stack, &ns).await.len(), 4);
-    assert_eq!(children::<ConfigMap>(&stack, &ns).await.len(), 1);
+    // The settings and the dashboard.
+    assert_eq!(children::<ConfigMap>(&stack, &ns).await.len(), 2);
     let fp = api.get("scl").await.unwrap();
     assert_eq!(fp.finalizers().iter().filter(|f| *f == "flightline.dev/cleanup").count(), 1);
 }
