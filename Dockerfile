@@ -7,7 +7,8 @@
 #   docker buildx build --target query    -t ghcr.io/flightline/flightline-query:dev .
 #   docker buildx build --target predict  -t ghcr.io/flightline/flightline-predict:dev .
 #
-# (buildah: `buildah bud --target predict -f Dockerfile .`; both honour the cache mounts below.)
+# (buildah: `buildah bud --target predict -f Dockerfile .`; both honour the cache mounts below. Image
+# names are fully qualified, as buildah/podman want them without a registries.conf search list.)
 #
 # One builder stage compiles the four binaries together (`--workspace`: the crates share most of
 # their dependencies, so building them apart would compile those four times); each final stage
@@ -22,15 +23,19 @@
 #     getaddrinfo, which under static glibc needs the same glibc's NSS modules at run time.
 #   So the binaries link glibc, libm and libgcc_s dynamically — exactly what
 #   gcr.io/distroless/cc-debian12 ships — and everything else statically: zlib (rdkafka's `libz`
-#   feature) is built from libz-sys's bundled source (LIBZ_SYS_STATIC=1) because distroless has no
-#   libz.so. The builder is Debian 12 (bookworm) like the runtime, so the glibc versions match.
+#   feature) is built from libz-sys's bundled source (LIBZ_SYS_STATIC=1), so that no libz.so is
+#   needed at run time (checked: built so, flightline-ingest NEEDs only libc, libm, libgcc_s and the
+#   loader; without it, it NEEDs libz.so.1, which distroless/cc does not promise).
+#   The builder is Debian 12 (bookworm) like the runtime, so the glibc versions match.
 #
 # Base images are referenced by tag, not digest: this Dockerfile was written on a machine that cannot
 # reach any registry, so no digest could be resolved. Pin them with `@sha256:...` (and let Dependabot
 # or Renovate bump them) once a registry is reachable: `docker buildx imagetools inspect <image>`.
 
+# checkov:skip=CKV_DOCKER_2:No HEALTHCHECK: the images run on Kubernetes, which ignores it and probes /healthz and /readyz itself; distroless has no shell or curl to run one.
+
 # ---- builder ---------------------------------------------------------------------------------------
-FROM rust:1.95-bookworm AS builder
+FROM docker.io/library/rust:1.95-bookworm AS builder
 WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0 \

@@ -10,7 +10,8 @@
   chart-objects.py sources RENDERED...
       Prints the template paths that produced at least one object (the `# Source:` lines).
   chart-objects.py same A B [--a-path .x.y] [--b-path .x.y]
-      Compares two YAML files (one document each) as data, optionally a sub-tree of each;
+      Compares two YAML files (one document each) as data, optionally a sub-tree of each (.a.b.0:
+      list items by index);
       exit 1 with a unified diff of their normalised form when they differ.
   chart-objects.py pick RENDERED KIND [--exclude]
       Prints the documents of one kind (or all others with --exclude), e.g. to apply the Deployment last.
@@ -87,9 +88,12 @@ def sources(a):
 
 def subtree(doc, path):
     for part in [p for p in (path or "").split(".") if p]:
-        if not isinstance(doc, dict) or part not in doc:
+        if isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+            doc = doc[int(part)]
+        elif isinstance(doc, dict) and part in doc:
+            doc = doc[part]
+        else:
             raise SystemExit(f"no {path} in the document")
-        doc = doc[part]
     return doc
 
 

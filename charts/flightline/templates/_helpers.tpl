@@ -82,12 +82,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" }}true{{ end }}
 {{- end }}
 
-{{/* The fleet and operator dashboards the operator applies at start-up (server-side apply:
-`patch` creates them), by name. */}}
+{{/* The fleet and operator dashboards the operator applies at start-up, by name. A server-side
+apply that creates an object is authorized as `patch` and `create`, with the object's name (so
+resourceNames restricts the create too). */}}
 {{- define "flightline.dashboardRule" -}}
 # The fleet and operator dashboards, applied server-side by the operator at start-up.
 - apiGroups: [""]
   resources: [configmaps]
   resourceNames: [flightline-fleet-dashboard, flightline-operator-dashboard]
-  verbs: [get, patch]
+  verbs: [get, create, patch]
 {{- end }}

@@ -65,7 +65,7 @@ resource "google_compute_router_nat" "this" {
   source_subnetwork_ip_ranges_to_nat = "LIST_OF_SUBNETWORKS"
 
   subnetwork {
-    name                    = google_compute_subnetwork.this.id
+    name                    = google_compute_subnetwork.this.self_link
     source_ip_ranges_to_nat = ["ALL_IP_RANGES"]
   }
 

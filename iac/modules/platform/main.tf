@@ -363,23 +363,29 @@ resource "helm_release" "flightline" {
   timeout          = 600
 
   # The operator's defaults for pipelines that name no Kafka/ClickHouse of their own, and the
-  # Prometheus KEDA's triggers query. Key names follow charts/flightline/values.yaml.
+  # Prometheus KEDA's triggers query. Keys: charts/flightline/values.yaml (its values.schema.json
+  # rejects unknown ones, so a renamed key fails the apply instead of being ignored).
   values = [
-    yamlencode({
-      operator = merge(
-        {
+    yamlencode(merge(
+      {
+        operator = {
           kafkaBootstrapServers = local.kafka_bootstrap
           clickhouseUrl         = local.clickhouse_url
           prometheusUrl         = local.prometheus_url
-        },
-        var.flightline_image_tag == null ? {} : { image = { tag = var.flightline_image_tag } },
-      )
-      monitoring = {
+        }
+        # kube-prometheus-stack above selects every ServiceMonitor/PrometheusRule: no extra labels.
         serviceMonitor = { enabled = true }
         prometheusRule = { enabled = true }
-        dashboards     = { enabled = true }
-      }
-    }),
+      },
+      var.flightline_image_tag == null ? {} : {
+        image = { tag = var.flightline_image_tag }
+        pipelineImages = {
+          ingest  = "ghcr.io/flightline/flightline-ingest:${var.flightline_image_tag}"
+          query   = "ghcr.io/flightline/flightline-query:${var.flightline_image_tag}"
+          predict = "ghcr.io/flightline/flightline-predict:${var.flightline_image_tag}"
+        }
+      },
+    )),
     yamlencode(var.flightline_values),
   ]
 

@@ -20,7 +20,7 @@ variable "chart_versions" {
   type = object({
     kube_prometheus_stack = optional(string, "69.8.2")
     strimzi               = optional(string, "0.45.0")
-    clickhouse_operator   = optional(string, "0.24.4")
+    clickhouse_operator   = optional(string, "0.25.6")
     prometheus_adapter    = optional(string, "4.11.0")
     keda                  = optional(string, "2.16.1")
   })
@@ -92,7 +92,7 @@ variable "flightline_chart_path" {
 }
 
 variable "flightline_image_tag" {
-  description = "Tag of the ghcr.io/flightline/flightline-* images (null: the chart's appVersion)."
+  description = "Tag of the ghcr.io/flightline/flightline-* images, the operator's and the pipelines' (null: the chart's appVersion)."
   type        = string
   default     = null
 }
