@@ -6,21 +6,12 @@ mod support;
 
 use std::process::Command;
 
+use flightline_operator::build::autoscaling::{HpaVersion, scaled_object_resource};
 use flightline_operator::crd::{AutoscalingProvider, AutoscalingSpec};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, DynamicObject};
 use serde_json::Value;
 use support::*;
-
-fn hpa_resource(version: &str) -> ApiResource {
-    ApiResource {
-        group: "autoscaling".into(),
-        version: version.into(),
-        api_version: format!("autoscaling/{version}"),
-        kind: "HorizontalPodAutoscaler".into(),
-        plural: "horizontalpodautoscalers".into(),
-    }
-}
 
 fn kubectl(args: &[&str]) {
     let status = Command::new("kubectl").args(args).status().expect("kubectl");
@@ -43,9 +34,10 @@ async fn hpas_follow_the_spec_and_leave_replicas_to_the_autoscaler() {
 
     // Kubernetes 1.20 has no autoscaling/v2: the operator must fall back to v2beta2.
     let versions = served_autoscaling_versions(&stack).await;
-    let version = if versions.iter().any(|v| v == "v2") { "v2" } else { "v2beta2" };
-    assert!(versions.iter().any(|v| v == version), "served: {versions:?}");
-    let hpas: Api<DynamicObject> = Api::namespaced_with(stack.client.clone(), &ns.name, &hpa_resource(version));
+    let version = if versions.iter().any(|v| v == "v2") { HpaVersion::V2 } else { HpaVersion::V2beta2 };
+    let resource = version.api_resource();
+    assert!(versions.contains(&resource.version), "served: {versions:?}");
+    let hpas: Api<DynamicObject> = Api::namespaced_with(stack.client.clone(), &ns.name, &resource);
 
     let mut fp = example_pipeline(&ns);
     let scaled = |max, rps, lag| AutoscalingSpec {
@@ -138,13 +130,7 @@ async fn keda_scaled_objects_need_keda_and_say_so() {
     kubectl(&["wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s"]);
     // Discovery runs on every reconcile; the test operator resyncs every 2 s.
     wait_condition(&api, "scl", "AutoscalingReady", "True", Some("AutoscalersApplied")).await;
-    let resource = ApiResource {
-        group: "keda.sh".into(),
-        version: "v1alpha1".into(),
-        api_version: "keda.sh/v1alpha1".into(),
-        kind: "ScaledObject".into(),
-        plural: "scaledobjects".into(),
-    };
+    let resource = scaled_object_resource();
     let scaled_objects: Api<DynamicObject> = Api::namespaced_with(stack.client.clone(), &ns.name, &resource);
     let object = scaled_objects.get("scl-query").await.unwrap();
     let spec: &Value = &object.data["spec"];

@@ -6,6 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use flightline_operator::build::monitoring;
 use flightline_operator::crd::{DeletionPolicy, ExtraColumn, ExtraColumnType, FlightPipeline};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -236,17 +237,10 @@ async fn versions(stack: &Stack, ns: &TestNamespace) -> BTreeMap<String, String>
         children::<ConfigMap>(stack, ns).await.iter().map(|o| named("configmap", o.name_any(), o.resource_version())),
     );
     // The monitoring objects only the operator writes (an HPA's status is the HPA controller's).
-    for (kind, plural) in [("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules")] {
-        let resource = kube::api::ApiResource {
-            group: "monitoring.coreos.com".into(),
-            version: "v1".into(),
-            api_version: "monitoring.coreos.com/v1".into(),
-            kind: kind.into(),
-            plural: plural.into(),
-        };
+    for resource in [monitoring::service_monitor_resource(), monitoring::prometheus_rule_resource()] {
         let api: Api<kube::api::DynamicObject> = Api::namespaced_with(stack.client.clone(), &ns.name, &resource);
         let list = api.list(&ListParams::default().labels(LABELS)).await.unwrap().items;
-        all.extend(list.iter().map(|o| named(plural, o.name_any(), o.resource_version())));
+        all.extend(list.iter().map(|o| named(&resource.plural, o.name_any(), o.resource_version())));
     }
     // 4 Deployments, 4 Services, settings and dashboard ConfigMaps, ServiceMonitor, PrometheusRule.
     assert_eq!(all.len(), 13, "{all:?}");

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use flightline_operator::build::monitoring::{prometheus_rule_resource, service_monitor_resource};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, DynamicObject};
 use serde_json::{Value, json};
 use support::*;
 
@@ -143,16 +144,6 @@ impl Drop for ScrapeTarget {
     }
 }
 
-fn resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: "monitoring.coreos.com".into(),
-        version: "v1".into(),
-        api_version: "monitoring.coreos.com/v1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
-
 #[tokio::test]
 #[ignore = "needs the local stack with Prometheus and Alertmanager: run dev/test"]
 async fn prometheus_scrapes_the_pipeline_evaluates_its_slo_rules_and_pages_on_fast_burn() {
@@ -170,8 +161,7 @@ async fn prometheus_scrapes_the_pipeline_evaluates_its_slo_rules_and_pages_on_fa
     assert!(monitoring.message.contains("ServiceMonitor scl-flightline"), "{}", monitoring.message);
 
     // The objects, as the prometheus-operator and Grafana's sidecar would find them.
-    let rules: Api<DynamicObject> =
-        Api::namespaced_with(stack.client.clone(), &ns.name, &resource("PrometheusRule", "prometheusrules"));
+    let rules: Api<DynamicObject> = Api::namespaced_with(stack.client.clone(), &ns.name, &prometheus_rule_resource());
     let rule = rules.get("scl-flightline").await.unwrap();
     let groups = rule.data["spec"]["groups"].as_array().unwrap();
     assert!(
@@ -182,7 +172,7 @@ async fn prometheus_scrapes_the_pipeline_evaluates_its_slo_rules_and_pages_on_fa
             .any(|r| r["alert"] == "FlightlineErrorBudgetBurnFast"))
     );
     let monitors: Api<DynamicObject> =
-        Api::namespaced_with(stack.client.clone(), &ns.name, &resource("ServiceMonitor", "servicemonitors"));
+        Api::namespaced_with(stack.client.clone(), &ns.name, &service_monitor_resource());
     assert_eq!(monitors.get("scl-flightline").await.unwrap().data["spec"]["endpoints"][0]["port"], "http");
     let config_maps: Api<ConfigMap> = Api::namespaced(stack.client.clone(), &ns.name);
     let dashboard = config_maps.get("scl-dashboard").await.unwrap();

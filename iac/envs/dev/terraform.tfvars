@@ -1,3 +1,5 @@
+# The values of iac/live for dev: terraform -chdir=iac/live plan|apply -var-file=../envs/dev/terraform.tfvars
+#
 # dev: small, zonal nodes on Spot VMs, public control plane endpoint restricted to the
 # authorized networks, no KMS (Google's default encryption at rest), destroyable.
 project_id  = "flightline-dev"

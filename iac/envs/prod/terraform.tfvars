@@ -1,3 +1,5 @@
+# The values of iac/live for prod: terraform -chdir=iac/live plan|apply -var-file=../envs/prod/terraform.tfvars
+#
 # prod: regional (three zones), private control plane endpoint (Terraform and CI run inside the VPC:
 # a self-hosted runner or a bastion), KMS-encrypted Secrets, deletion protection,
 # on-demand nodes, a three-broker Kafka with replication factor 3.

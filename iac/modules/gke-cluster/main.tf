@@ -11,8 +11,22 @@
 # No google_service_account_key anywhere: CI authenticates with Workload Identity Federation.
 
 locals {
-  workload_pool = "${var.project_id}.svc.id.goog"
-  network_tag   = "${var.names.cluster}-nodes"
+  workload_pool  = "${var.project_id}.svc.id.goog"
+  network_tag    = "${var.names.cluster}-nodes"
+  node_locations = length(var.node_locations) > 0 ? var.node_locations : null
+
+  # The subnetwork's secondary ranges (VPC-native), by the names ip_allocation_policy refers to.
+  secondary_ranges = {
+    pods     = var.pods_cidr
+    services = var.services_cidr
+  }
+
+  # Settings every node shares, the short-lived default pool's and var.node_pools': COS containerd
+  # images, no legacy metadata endpoints, the cloud-platform scope (access is governed by the
+  # service account's IAM roles; the scope only has to allow them).
+  node_image_type   = "COS_CONTAINERD"
+  node_oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+  node_metadata     = { disable-legacy-endpoints = "true" }
 }
 
 # ---- network -------------------------------------------------------------------------------------
@@ -32,14 +46,12 @@ resource "google_compute_subnetwork" "this" {
   ip_cidr_range            = var.subnet_cidr
   private_ip_google_access = true
 
-  secondary_ip_range {
-    range_name    = "pods"
-    ip_cidr_range = var.pods_cidr
-  }
-
-  secondary_ip_range {
-    range_name    = "services"
-    ip_cidr_range = var.services_cidr
+  dynamic "secondary_ip_range" {
+    for_each = local.secondary_ranges
+    content {
+      range_name    = secondary_ip_range.key
+      ip_cidr_range = secondary_ip_range.value
+    }
   }
 
   log_config {
@@ -122,7 +134,7 @@ resource "google_container_cluster" "this" {
   name     = var.names.cluster
   location = var.region
 
-  node_locations = length(var.node_locations) > 0 ? var.node_locations : null
+  node_locations = local.node_locations
 
   # Node pools are separate resources: the default one is removed right after creation. While it
   # exists it runs as the nodes' service account with the same hardening as the real pools (not as
@@ -132,11 +144,9 @@ resource "google_container_cluster" "this" {
 
   node_config {
     service_account = google_service_account.nodes.email
-    oauth_scopes    = ["https://www.googleapis.com/auth/cloud-platform"]
-    image_type      = "COS_CONTAINERD"
-    metadata = {
-      disable-legacy-endpoints = "true"
-    }
+    oauth_scopes    = local.node_oauth_scopes
+    image_type      = local.node_image_type
+    metadata        = local.node_metadata
     workload_metadata_config {
       mode = "GKE_METADATA"
     }
@@ -151,8 +161,8 @@ resource "google_container_cluster" "this" {
   networking_mode = "VPC_NATIVE"
 
   ip_allocation_policy {
-    cluster_secondary_range_name  = "pods"
-    services_secondary_range_name = "services"
+    cluster_secondary_range_name  = "pods"     # local.secondary_ranges
+    services_secondary_range_name = "services" # local.secondary_ranges
   }
 
   # Dataplane V2 enforces NetworkPolicy itself (the legacy network_policy / Calico add-on must stay off).
@@ -271,7 +281,7 @@ resource "google_container_node_pool" "this" {
   location = var.region
   cluster  = google_container_cluster.this.name
 
-  node_locations = length(var.node_locations) > 0 ? var.node_locations : null
+  node_locations = local.node_locations
 
   autoscaling {
     total_min_node_count = each.value.min_count
@@ -293,19 +303,15 @@ resource "google_container_node_pool" "this" {
     machine_type    = each.value.machine_type
     disk_size_gb    = each.value.disk_size_gb
     disk_type       = each.value.disk_type
-    image_type      = "COS_CONTAINERD"
+    image_type      = local.node_image_type
     spot            = each.value.spot
     service_account = google_service_account.nodes.email
-    # Access is governed by the service account's IAM roles; the scope only has to allow them.
-    oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
-    tags         = [local.network_tag]
+    oauth_scopes    = local.node_oauth_scopes
+    tags            = [local.network_tag]
 
     labels          = merge(each.value.labels, { "flightline.dev/node-pool" = each.key })
     resource_labels = var.labels
-
-    metadata = {
-      disable-legacy-endpoints = "true"
-    }
+    metadata        = local.node_metadata
 
     workload_metadata_config {
       mode = "GKE_METADATA"

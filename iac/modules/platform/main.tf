@@ -53,12 +53,15 @@ resource "kubernetes_namespace_v1" "this" {
   }
 }
 
-# ---- monitoring ----------------------------------------------------------------------------------
+# Generated passwords: Grafana's admin and the ClickHouse user Flightline connects as.
+resource "random_password" "this" {
+  for_each = toset(["grafana_admin", "clickhouse"])
 
-resource "random_password" "grafana_admin" {
   length  = 32
   special = false
 }
+
+# ---- monitoring ----------------------------------------------------------------------------------
 
 resource "kubernetes_secret_v1" "grafana_admin" {
   metadata {
@@ -68,7 +71,7 @@ resource "kubernetes_secret_v1" "grafana_admin" {
   }
   data = {
     admin-user     = "admin"
-    admin-password = random_password.grafana_admin.result
+    admin-password = random_password.this["grafana_admin"].result
   }
 }
 
@@ -164,25 +167,50 @@ resource "helm_release" "keda" {
   depends_on = [helm_release.prometheus_adapter]
 }
 
-# ---- Kafka (Strimzi, KRaft) ----------------------------------------------------------------------
+# ---- the Kafka and ClickHouse operators ----------------------------------------------------------
 
-resource "helm_release" "strimzi" {
-  name             = "strimzi-kafka-operator"
-  repository       = "https://strimzi.io/charts/"
-  chart            = "strimzi-kafka-operator"
-  version          = var.chart_versions.strimzi
-  namespace        = kubernetes_namespace_v1.this[local.ns.kafka].metadata[0].name
+# Two charts of the same shape, each in the namespace of the resources it reconciles (below).
+locals {
+  operators = {
+    strimzi = {
+      name       = "strimzi-kafka-operator"
+      repository = "https://strimzi.io/charts/"
+      chart      = "strimzi-kafka-operator"
+      version    = var.chart_versions.strimzi
+      namespace  = local.ns.kafka
+      values = [yamlencode({
+        watchNamespaces       = []
+        watchAnyNamespace     = false
+        featureGates          = ""
+        generateNetworkPolicy = true
+      })]
+    }
+    clickhouse = {
+      name       = "clickhouse-operator"
+      repository = "https://docs.altinity.com/clickhouse-operator/"
+      chart      = "altinity-clickhouse-operator"
+      version    = var.chart_versions.clickhouse_operator
+      namespace  = local.ns.clickhouse
+      values     = []
+    }
+  }
+}
+
+resource "helm_release" "operator" {
+  for_each = local.operators
+
+  name             = each.value.name
+  repository       = each.value.repository
+  chart            = each.value.chart
+  version          = each.value.version
+  namespace        = kubernetes_namespace_v1.this[each.value.namespace].metadata[0].name
   create_namespace = false
   atomic           = true
   cleanup_on_fail  = true
-
-  values = [yamlencode({
-    watchNamespaces       = []
-    watchAnyNamespace     = false
-    featureGates          = ""
-    generateNetworkPolicy = true
-  })]
+  values           = each.value.values
 }
+
+# ---- Kafka (Strimzi, KRaft) ----------------------------------------------------------------------
 
 resource "kubernetes_manifest" "kafka_node_pool" {
   count = var.create_custom_resources ? 1 : 0
@@ -215,7 +243,7 @@ resource "kubernetes_manifest" "kafka_node_pool" {
     }
   }
 
-  depends_on = [helm_release.strimzi]
+  depends_on = [helm_release.operator]
 }
 
 resource "kubernetes_manifest" "kafka" {
@@ -260,22 +288,6 @@ resource "kubernetes_manifest" "kafka" {
 
 # ---- ClickHouse (Altinity operator) --------------------------------------------------------------
 
-resource "helm_release" "clickhouse_operator" {
-  name             = "clickhouse-operator"
-  repository       = "https://docs.altinity.com/clickhouse-operator/"
-  chart            = "altinity-clickhouse-operator"
-  version          = var.chart_versions.clickhouse_operator
-  namespace        = kubernetes_namespace_v1.this[local.ns.clickhouse].metadata[0].name
-  create_namespace = false
-  atomic           = true
-  cleanup_on_fail  = true
-}
-
-resource "random_password" "clickhouse" {
-  length  = 32
-  special = false
-}
-
 # The credentials of the ClickHouse user Flightline connects as. The same Secret shape serves a
 # FlightPipeline's spec.clickhouse credentials Secret (copy it into the pipeline's namespace).
 resource "kubernetes_secret_v1" "clickhouse" {
@@ -286,7 +298,7 @@ resource "kubernetes_secret_v1" "clickhouse" {
   }
   data = {
     username = var.clickhouse.user
-    password = random_password.clickhouse.result
+    password = random_password.this["clickhouse"].result
   }
 }
 
@@ -348,7 +360,7 @@ resource "kubernetes_manifest" "clickhouse_installation" {
     }
   }
 
-  depends_on = [helm_release.clickhouse_operator, kubernetes_secret_v1.clickhouse]
+  depends_on = [helm_release.operator, kubernetes_secret_v1.clickhouse]
 }
 
 # ---- Flightline ----------------------------------------------------------------------------------

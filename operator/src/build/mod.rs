@@ -3,6 +3,8 @@
 
 pub mod autoscaling;
 pub mod conditions;
+#[cfg(test)]
+pub mod fixtures;
 pub mod labels;
 pub mod monitoring;
 pub mod resolve;

@@ -178,28 +178,8 @@ fn fnv1a(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::resolve::{Defaults, resolve};
+    use crate::build::fixtures::{owner, resolved};
     use crate::crd::FlightPipelineSpec;
-
-    fn owner() -> OwnerReference {
-        OwnerReference {
-            api_version: "flightline.dev/v1alpha1".into(),
-            kind: "FlightPipeline".into(),
-            name: "scl".into(),
-            uid: "uid-1".into(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }
-    }
-
-    fn resolved(spec: &FlightPipelineSpec) -> Resolved {
-        let defaults = Defaults {
-            kafka_bootstrap_servers: Some("k:9092".into()),
-            clickhouse_url: Some("http://ch:8123".into()),
-            ..Defaults::default()
-        };
-        resolve("air", "scl", spec, &defaults).unwrap()
-    }
 
     #[test]
     fn dashboard_config_map_is_labelled_for_the_sidecar_and_preset_to_the_pipeline() {

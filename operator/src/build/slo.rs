@@ -407,17 +407,8 @@ fn alert_rule(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::resolve::{Defaults, resolve};
+    use crate::build::fixtures::resolved;
     use crate::crd::FlightPipelineSpec;
-
-    fn resolved(spec: &FlightPipelineSpec) -> Resolved {
-        let defaults = Defaults {
-            kafka_bootstrap_servers: Some("k:9092".into()),
-            clickhouse_url: Some("http://ch:8123".into()),
-            ..Defaults::default()
-        };
-        resolve("air", "scl", spec, &defaults).unwrap()
-    }
 
     #[test]
     fn windows_scale_with_the_period() {

@@ -260,28 +260,8 @@ fn settings_hash(resolved: &Resolved) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::resolve::{Defaults, resolve};
+    use crate::build::fixtures::{owner, resolved};
     use crate::crd::FlightPipelineSpec;
-
-    fn resolved(spec: &FlightPipelineSpec) -> Resolved {
-        let defaults = Defaults {
-            kafka_bootstrap_servers: Some("k:9092".into()),
-            clickhouse_url: Some("http://ch:8123".into()),
-            ..Defaults::default()
-        };
-        resolve("air", "scl", spec, &defaults).unwrap()
-    }
-
-    fn owner() -> OwnerReference {
-        OwnerReference {
-            api_version: "flightline.dev/v1alpha1".into(),
-            kind: "FlightPipeline".into(),
-            name: "scl".into(),
-            uid: "uid-1".into(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }
-    }
 
     #[test]
     fn deployment_runs_the_component_command_with_the_pipeline_settings() {

@@ -1,6 +1,6 @@
-# Exact provider versions for this root module. `terraform init` records their checksums in
-# .terraform.lock.hcl (commit it; it could not be generated where these files were written: no
-# provider registry was reachable).
+# Exact provider versions for the root module of every environment. `terraform init` records their
+# checksums in iac/live/.terraform.lock.hcl, one file for all environments (commit it; it could not be
+# generated where these files were written: no provider registry was reachable).
 terraform {
   required_version = ">= 1.9, < 2.0"
 

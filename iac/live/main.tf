@@ -1,5 +1,7 @@
 # One Flightline environment: a GKE cluster (modules/gke-cluster) and the platform on it
-# (modules/platform). envs/dev and envs/prod differ only in backend.tf and terraform.tfvars.
+# (modules/platform). The single root module of every environment: which one is chosen at init by
+# -backend-config=../envs/<env>/backend.gcs.tfbackend and at plan/apply by
+# -var-file=../envs/<env>/terraform.tfvars (iac/README.md).
 
 resource "google_project_service" "this" {
   for_each = toset([
@@ -16,7 +18,7 @@ resource "google_project_service" "this" {
 }
 
 module "gke" {
-  source = "../../modules/gke-cluster"
+  source = "../modules/gke-cluster"
 
   project_id     = var.project_id
   region         = var.region
@@ -40,7 +42,7 @@ module "gke" {
 }
 
 module "platform" {
-  source = "../../modules/platform"
+  source = "../modules/platform"
 
   environment             = var.environment
   create_custom_resources = var.create_custom_resources

@@ -1,8 +1,0 @@
-# State in GCS (versioned bucket, created once by hand or by a bootstrap module; backends take no
-# variables). Named by the convention: flightline-<env>-<region>-tfstate.
-terraform {
-  backend "gcs" {
-    bucket = "flightline-dev-southamerica-west1-tfstate"
-    prefix = "envs/dev"
-  }
-}
