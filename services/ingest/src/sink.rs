@@ -288,6 +288,8 @@ impl Sink {
                 Err(e) => {
                     self.metrics.insert_errors.inc();
                     tracing::warn!(error = %e, rows = rows.len(), retry_in_ms = delay.as_millis() as u64, "ClickHouse insert failed");
+                    // Records pile up while ClickHouse is away: the lag must say so.
+                    self.update_lag().await;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
@@ -349,6 +351,8 @@ impl Sink {
     async fn update_lag(&self) {
         let Ok(assignment) = self.consumer.assignment() else { return };
         let Ok(committed) = self.consumer.committed_offsets(assignment.clone(), Duration::from_secs(2)) else { return };
+        // Partitions lost in a rebalance are another pod's now: drop their series.
+        self.metrics.lag.clear();
         for element in committed.elements() {
             let Ok((_, high)) =
                 self.consumer.fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(2))
