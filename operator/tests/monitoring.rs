@@ -123,6 +123,17 @@ impl Drop for Load {
     }
 }
 
+/// Waits until a new predict pod is ready after a rollout and points the load at it.
+async fn follow_rollout(stack: &Stack, ns: &TestNamespace, target: &tokio::sync::RwLock<String>, what: &str) {
+    let old = target.read().await.clone();
+    within(2, what, async || {
+        let now = service_addr(stack, ns, "scl", "predict").await;
+        *target.write().await = now.clone();
+        now != old
+    })
+    .await;
+}
+
 /// Registers the test's operator with the local Prometheus (file-based discovery).
 struct ScrapeTarget(std::path::PathBuf);
 
@@ -244,13 +255,7 @@ async fn prometheus_scrapes_the_pipeline_evaluates_its_slo_rules_and_pages_on_fa
     fp.spec.predict.workload.env.insert("FLIGHTLINE_FAULT_ERROR_RATIO".into(), "1".into());
     apply(&api, &fp).await.unwrap();
     let drill = std::time::Instant::now();
-    let old = predict.read().await.clone();
-    within(2, "a predict pod with the fault switch", async || {
-        let now = service_addr(&stack, &ns, "scl", "predict").await;
-        *predict.write().await = now.clone();
-        now != old
-    })
-    .await;
+    follow_rollout(&stack, &ns, &predict, "a predict pod with the fault switch").await;
     within(5, "FlightlineErrorBudgetBurnFast is active in Alertmanager", async || {
         let alerts = active_alerts("FlightlineErrorBudgetBurnFast", &ns.name).await;
         alerts.iter().any(|a| a["labels"]["component"] == "predict" && a["labels"]["severity"] == "page")
@@ -267,13 +272,7 @@ async fn prometheus_scrapes_the_pipeline_evaluates_its_slo_rules_and_pages_on_fa
     fp.spec.predict.workload.env.remove("FLIGHTLINE_FAULT_ERROR_RATIO");
     apply(&api, &fp).await.unwrap();
     let recovery = std::time::Instant::now();
-    let faulty = predict.read().await.clone();
-    within(2, "a predict pod without the fault switch", async || {
-        let now = service_addr(&stack, &ns, "scl", "predict").await;
-        *predict.write().await = now.clone();
-        now != faulty
-    })
-    .await;
+    follow_rollout(&stack, &ns, &predict, "a predict pod without the fault switch").await;
     within(5, "FlightlineErrorBudgetBurnFast resolves", async || {
         active_alerts("FlightlineErrorBudgetBurnFast", &ns.name).await.is_empty()
     })
