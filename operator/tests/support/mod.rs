@@ -226,6 +226,11 @@ fn free_port() -> u16 {
 
 /// A minimal HTTP/1.0 request to `host:port` (no HTTP client dependency needed for the tests).
 /// Returns the status and the body.
+///
+/// The body is written while the response is read: a server may answer early (413 for a body over
+/// its limit, 401 before reading) and close the connection, and the unsent rest of the body then
+/// fails to write (`BrokenPipe`, `ConnectionReset`). That is the server's answer, not a test failure,
+/// so write errors are ignored and whatever response arrived is returned (status 0 when none did).
 pub async fn http(method: &str, addr: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
@@ -234,15 +239,39 @@ pub async fn http(method: &str, addr: &str, path: &str, headers: &[(&str, &str)]
         head += &format!("{name}: {value}\r\n");
     }
     head += "\r\n";
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
+    // Borrowed halves: an owned write half would half-close the connection when dropped, and a
+    // server may take that for a client gone before it answers.
+    let (mut reader, mut writer) = stream.split();
+    let write = async move {
+        // Errors ignored on purpose: see above.
+        if writer.write_all(head.as_bytes()).await.is_ok() {
+            let _ = writer.write_all(body).await;
+        }
+    };
+    let read = async move {
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        // A reset after the response (the server closed with our body unread) ends the read, keeping what came.
+        while let Ok(n) = reader.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&chunk[..n]);
+        }
+        response
+    };
+    let exchange = async { tokio::join!(write, read).1 };
+    let response = tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {addr}{path}: no complete answer in {HTTP_TIMEOUT:?}"));
     let response = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, body.to_string())
 }
+
+/// Longest wait for one HTTP exchange in the tests (a full data-set load takes seconds).
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// `host:port` of a ready pod of one component of a pipeline (the local node gives each pod an IP).
 pub async fn service_addr(stack: &Stack, ns: &TestNamespace, pipeline: &str, component: &str) -> String {
