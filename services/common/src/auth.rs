@@ -4,13 +4,19 @@
 //! it from the pipeline's Secret) or in the file named by `API_KEYS_FILE`; hashes are compared in
 //! constant time. JWTs are checked when `JWT_ALGORITHM` (`HS256` or `RS256`) and `JWT_KEY` (the
 //! shared secret, or the PEM public key) are set, with `JWT_ISSUER` / `JWT_AUDIENCE` when given.
-//! A request shows its credential in `Authorization: Bearer <key or token>` or `X-API-Key`.
-//! With nothing configured, auth is off.
+//! A configured issuer or audience is a required claim; `exp` is required and `nbf` checked, both
+//! with 30 s of leeway for clock skew.
+//! A request shows its credential in `Authorization: Bearer <key or token>` (the scheme in any
+//! case) or `X-API-Key`. With nothing configured, auth is off.
 //!
-//! 401 = no usable credential (missing, malformed, expired, bad signature; with
-//! `WWW-Authenticate`); 403 = a valid credential that is not allowed here (unknown key, token for
-//! another issuer or audience). The body says which.
+//! 401 = no usable credential (missing, malformed, expired, not yet valid, a required claim
+//! missing, bad signature; with `WWW-Authenticate`); 403 = a valid credential that is not allowed
+//! here (unknown key, token for another issuer or audience). The body says which.
+//!
+//! A request that passes carries its [`Principal`] as a request extension: the rate limiter
+//! charges requests to it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -60,14 +66,25 @@ impl ApiKeys {
 
     /// Whether `key` hashes to a listed hash. Every listed hash is compared, always, in constant time.
     pub fn allows(&self, key: &str) -> bool {
+        self.find(key).is_some()
+    }
+
+    /// The hash of `key` when it is listed.
+    fn find(&self, key: &str) -> Option<[u8; 32]> {
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        self.hashes.iter().fold(subtle::Choice::from(0), |found, h| found | h.ct_eq(&hash)).into()
+        let found: bool = self.hashes.iter().fold(subtle::Choice::from(0), |found, h| found | h.ct_eq(&hash)).into();
+        found.then_some(hash)
     }
 }
 
+/// Who sent a request: `key:<first 16 hex digits of the API key's SHA-256>` or `sub:<JWT subject>`
+/// (never the key itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal(pub String);
+
 /// The hex SHA-256 of a key, as the key file holds it.
 pub fn hash_key(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(key.as_bytes()))
 }
 
 fn decode_hex(text: &str) -> Option<[u8; 32]> {
@@ -83,7 +100,9 @@ fn decode_hex(text: &str) -> Option<[u8; 32]> {
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        return value.strip_prefix("Bearer ").map(str::trim);
+        // RFC 9110 §11.1: the scheme is case-insensitive.
+        let (scheme, credential) = value.trim_start().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| credential.trim());
     }
     headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
@@ -106,28 +125,41 @@ impl Jwt {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = 30;
+        // jsonwebtoken checks `nbf` only when asked, and checks `iss`/`aud` only when present:
+        // a configured issuer or audience must also be a required claim.
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
         if let Some(issuer) = issuer.filter(|i| !i.is_empty()) {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
         match audience.filter(|a| !a.is_empty()) {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(Self { key, validation })
     }
 
-    fn check(&self, token: &str) -> Result<(), Denied> {
+    fn check(&self, token: &str) -> Result<Option<Principal>, Denied> {
         match jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation) {
-            Ok(_) => Ok(()),
+            Ok(data) => Ok(data.claims.get("sub").and_then(|s| s.as_str()).map(|sub| Principal(format!("sub:{sub}")))),
             Err(e) => Err(match e.kind() {
-                ErrorKind::InvalidIssuer => Denied::Forbidden("the token's issuer is not accepted here"),
-                ErrorKind::InvalidAudience => Denied::Forbidden("the token is for another audience"),
-                ErrorKind::ExpiredSignature => Denied::Unauthenticated("the token has expired"),
-                ErrorKind::ImmatureSignature => Denied::Unauthenticated("the token is not valid yet"),
-                ErrorKind::InvalidSignature => Denied::Unauthenticated("the token's signature does not verify"),
-                ErrorKind::InvalidAlgorithm => Denied::Unauthenticated("the token is signed with another algorithm"),
-                ErrorKind::MissingRequiredClaim(_) => Denied::Unauthenticated("the token has no exp claim"),
-                _ => Denied::Unauthenticated("the token is malformed"),
+                ErrorKind::InvalidIssuer => Denied::Forbidden("the token's issuer is not accepted here".into()),
+                ErrorKind::InvalidAudience => Denied::Forbidden("the token is for another audience".into()),
+                ErrorKind::ExpiredSignature => Denied::Unauthenticated("the token has expired".into()),
+                ErrorKind::ImmatureSignature => Denied::Unauthenticated("the token is not valid yet (nbf)".into()),
+                ErrorKind::InvalidSignature => Denied::Unauthenticated("the token's signature does not verify".into()),
+                ErrorKind::InvalidAlgorithm => {
+                    Denied::Unauthenticated("the token is signed with another algorithm".into())
+                }
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    Denied::Unauthenticated(format!("the token has no {claim} claim, which is required here").into())
+                }
+                _ => Denied::Unauthenticated("the token is malformed".into()),
             }),
         }
     }
@@ -140,9 +172,24 @@ pub struct Auth {
     pub jwt: Option<Jwt>,
 }
 
-enum Denied {
-    Unauthenticated(&'static str),
-    Forbidden(&'static str),
+/// Why a request was refused: 401 or 403, with the reason in the body.
+#[derive(Debug)]
+pub enum Denied {
+    Unauthenticated(Cow<'static, str>),
+    Forbidden(Cow<'static, str>),
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::Unauthenticated(why) => {
+                let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", why).into_response();
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+                response
+            }
+            Denied::Forbidden(why) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response(),
+        }
+    }
 }
 
 impl Auth {
@@ -165,31 +212,43 @@ impl Auth {
         Ok((keys.is_some() || jwt.is_some()).then(|| Arc::new(Self { keys, jwt })))
     }
 
-    fn check(&self, credential: Option<&str>) -> Result<(), Denied> {
+    /// Checks a request's credential: its principal (`None` for a token without `sub`) or why not.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Principal>, Denied> {
+        self.check(presented_key(headers))
+    }
+
+    fn check(&self, credential: Option<&str>) -> Result<Option<Principal>, Denied> {
         let Some(credential) = credential else {
-            return Err(Denied::Unauthenticated("an API key or a bearer token is required"));
+            return Err(Denied::Unauthenticated("an API key or a bearer token is required".into()));
         };
         let looks_like_jwt = credential.split('.').count() == 3;
         match (&self.jwt, &self.keys) {
             (Some(jwt), _) if looks_like_jwt => jwt.check(credential),
-            (_, Some(keys)) if keys.allows(credential) => Ok(()),
-            (_, Some(_)) => Err(Denied::Forbidden("this API key is not allowed")),
-            (_, None) => Err(Denied::Unauthenticated("a bearer JWT is required")),
+            (_, Some(keys)) => match keys.find(credential) {
+                Some(hash) => Ok(Some(Principal(format!("key:{}", &hex(&hash)[..16])))),
+                None => Err(Denied::Forbidden("this API key is not allowed".into())),
+            },
+            (_, None) => Err(Denied::Unauthenticated("a bearer JWT is required".into())),
         }
     }
 }
 
-/// Middleware: lets a request through when auth is off or its credential passes.
-pub async fn require_auth(State(auth): State<Option<Arc<Auth>>>, request: Request, next: Next) -> Response {
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Middleware: lets a request through when auth is off or its credential passes, with its
+/// [`Principal`] as a request extension. (`server::app` does the same together with rate limiting.)
+pub async fn require_auth(State(auth): State<Option<Arc<Auth>>>, mut request: Request, next: Next) -> Response {
     let Some(auth) = auth else { return next.run(request).await };
-    match auth.check(presented_key(request.headers())) {
-        Ok(()) => next.run(request).await,
-        Err(Denied::Unauthenticated(why)) => {
-            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", why).into_response();
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
-            response
+    match auth.authenticate(request.headers()) {
+        Ok(principal) => {
+            if let Some(principal) = principal {
+                request.extensions_mut().insert(principal);
+            }
+            next.run(request).await
         }
-        Err(Denied::Forbidden(why)) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response(),
+        Err(denied) => denied.into_response(),
     }
 }
 
@@ -269,8 +328,75 @@ mod tests {
         assert!(Jwt::new("RS256", "not a pem", None, None).is_err());
     }
 
+    fn now() -> u64 {
+        in_an_hour() - 3600
+    }
+
+    const SECRET: &str = "a-shared-secret-of-at-least-32-bytes!";
+
+    fn hs256(claims: serde_json::Value) -> String {
+        token(claims, Algorithm::HS256, &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()))
+    }
+
+    fn issuer_and_audience_auth() -> Auth {
+        Auth { keys: None, jwt: Some(Jwt::new("HS256", SECRET, Some("flightline"), Some("query")).unwrap()) }
+    }
+
+    #[test]
+    fn a_configured_issuer_or_audience_is_required_and_the_refusal_names_the_claim() {
+        let auth = issuer_and_audience_auth();
+        for (claims, missing) in [
+            (serde_json::json!({"sub": "ana", "exp": in_an_hour()}), &["iss", "aud"][..]),
+            (serde_json::json!({"sub": "ana", "iss": "flightline", "exp": in_an_hour()}), &["aud"]),
+            (serde_json::json!({"sub": "ana", "aud": "query", "exp": in_an_hour()}), &["iss"]),
+            (serde_json::json!({"sub": "ana", "iss": "flightline", "aud": "query"}), &["exp"]),
+        ] {
+            match auth.check(Some(&hs256(claims.clone()))) {
+                // With both missing, either may be named.
+                Err(Denied::Unauthenticated(why)) => {
+                    assert!(missing.iter().any(|c| why.contains(&format!("no {c} claim"))), "{why}")
+                }
+                other => panic!("{claims}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn nbf_is_checked_with_30_seconds_of_leeway() {
+        let auth = issuer_and_audience_auth();
+        let claims = |nbf: u64| serde_json::json!({"sub": "ana", "iss": "flightline", "aud": "query", "exp": in_an_hour(), "nbf": nbf});
+        match auth.check(Some(&hs256(claims(now() + 86_400)))) {
+            Err(Denied::Unauthenticated(why)) => assert!(why.contains("not valid yet"), "{why}"),
+            other => panic!("a token valid from tomorrow passed: {other:?}"),
+        }
+        assert!(auth.check(Some(&hs256(claims(now() + 10)))).is_ok(), "within the leeway");
+        assert!(auth.check(Some(&hs256(claims(now() - 60)))).is_ok());
+    }
+
+    #[test]
+    fn the_principal_is_the_subject_or_the_key_hash_prefix() {
+        let auth = Auth {
+            keys: Some(ApiKeys::parse(&hash_key("k1")).unwrap()),
+            jwt: Some(Jwt::new("HS256", SECRET, None, None).unwrap()),
+        };
+        let principal = auth.check(Some(&hs256(serde_json::json!({"sub": "ana", "exp": in_an_hour()})))).unwrap();
+        assert_eq!(principal, Some(Principal("sub:ana".into())));
+        let no_subject = auth.check(Some(&hs256(serde_json::json!({"exp": in_an_hour()})))).unwrap();
+        assert_eq!(no_subject, None);
+        let key = auth.check(Some("k1")).unwrap().unwrap();
+        assert_eq!(key.0, format!("key:{}", &hash_key("k1")[..16]));
+    }
+
     #[test]
     fn keys_come_from_either_header() {
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, format!("{scheme} k1").parse().unwrap());
+            assert_eq!(presented_key(&headers), Some("k1"), "{scheme}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, "Basic k1".parse().unwrap());
+        assert_eq!(presented_key(&headers), None);
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, "Bearer k1".parse().unwrap());
         assert_eq!(presented_key(&headers), Some("k1"));
@@ -278,5 +404,71 @@ mod tests {
         headers.insert("x-api-key", "k2".parse().unwrap());
         assert_eq!(presented_key(&headers), Some("k2"));
         assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn auth() -> Auth {
+        Auth {
+            keys: Some(ApiKeys::parse(&hash_key("the-only-key")).unwrap()),
+            jwt: Some(
+                Jwt::new("HS256", "a-shared-secret-of-at-least-32-bytes!", Some("flightline"), Some("query")).unwrap(),
+            ),
+        }
+    }
+
+    fn is_refusal(result: Result<Option<Principal>, Denied>) -> bool {
+        matches!(result, Err(Denied::Unauthenticated(_) | Denied::Forbidden(_)))
+    }
+
+    proptest! {
+        /// Arbitrary text as a credential never panics and is always refused (401 or 403).
+        #[test]
+        fn prop_jwt_never_panics_and_garbage_is_refused(token in "\\PC{0,300}") {
+            prop_assert!(is_refusal(auth().check(Some(&token))));
+        }
+
+        /// Three dot-separated base64url parts (what looks like a JWT, so the JWT path runs).
+        #[test]
+        fn prop_jwt_shaped_garbage_is_refused(
+            parts in proptest::collection::vec("[A-Za-z0-9_=-]{0,120}", 3),
+            header in proptest::option::of(proptest::sample::select(vec![
+                r#"{"alg":"HS256","typ":"JWT"}"#, r#"{"alg":"none"}"#, r#"{"alg":"RS256"}"#, r#"{}"#,
+            ])),
+        ) {
+            use base64_engine::encode;
+            let first = header.map(|h| encode(h.as_bytes())).unwrap_or_else(|| parts[0].clone());
+            let token = format!("{first}.{}.{}", parts[1], parts[2]);
+            prop_assert!(is_refusal(auth().check(Some(&token))));
+        }
+
+        /// Any header value in `Authorization` gives a principal only for the real key.
+        #[test]
+        fn prop_authorization_headers_never_panic(value in "[ -~]{0,200}") {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = value.parse() {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+            prop_assert!(is_refusal(auth().authenticate(&headers)));
+        }
+    }
+
+    /// base64url without padding, enough to build token-shaped inputs.
+    mod base64_engine {
+        pub fn encode(bytes: &[u8]) -> String {
+            const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut out = String::new();
+            for chunk in bytes.chunks(3) {
+                let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+                for i in 0..=chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                }
+            }
+            out
+        }
     }
 }

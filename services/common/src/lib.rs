@@ -4,4 +4,6 @@
 pub mod auth;
 pub mod config;
 pub mod flight;
+pub mod limits;
+pub mod ratelimit;
 pub mod server;

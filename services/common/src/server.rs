@@ -1,16 +1,18 @@
-//! What every service's HTTP side shares: JSON logs, `/healthz`, `/readyz`, `/metrics` (request
-//! count by route, method and status, and a latency histogram), JSON errors, graceful shutdown.
+//! What every service's HTTP side shares: JSON logs, `/healthz`, `/readyz` (cached), `/metrics`
+//! (request count by route, method and status, and a latency histogram, labelled from fixed sets
+//! only), JSON errors, the limits of [`crate::limits`], header and body read timeouts, graceful
+//! shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,6 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+use tower::ServiceExt;
 
 /// JSON logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
@@ -36,17 +39,33 @@ pub fn init_logging() {
 /// A readiness check: `Ok` when the service can do its job (its dependencies answer).
 pub type ReadyCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// Label values come from fixed sets, never from the client: `route` is the matched route template
+/// or `unmatched`, `method` one of the standard methods or `other`, `status` the code this server
+/// answered with.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: String,
-    method: String,
+    method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
-    method: String,
+    method: &'static str,
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// The registry a service registers its own metrics in, plus the HTTP metrics.
@@ -54,6 +73,7 @@ pub struct Telemetry {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    refusals: crate::limits::Refusals,
 }
 
 impl Telemetry {
@@ -71,7 +91,13 @@ impl Telemetry {
             prometheus_client::registry::Unit::Seconds,
             latency.clone(),
         );
-        Arc::new(Self { registry: Mutex::new(registry), requests, latency })
+        let refusals = crate::limits::Refusals::default();
+        registry.register(
+            "http_refused_requests",
+            "HTTP requests refused by the rate limit, concurrency limit or request timeout, by reason",
+            refusals.clone(),
+        );
+        Arc::new(Self { registry: Mutex::new(registry), requests, latency, refusals })
     }
 
     /// Registers a service metric (name without prefix).
@@ -100,13 +126,13 @@ impl Telemetry {
 async fn record(State(telemetry): State<Arc<Telemetry>>, request: Request, next: Next) -> Response {
     let route =
         request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
     telemetry
         .latency
-        .get_or_create(&RouteLabels { route: route.clone(), method: method.clone() })
+        .get_or_create(&RouteLabels { route: route.clone(), method })
         .observe(started.elapsed().as_secs_f64());
     telemetry.requests.get_or_create(&RequestLabels { route, method, status }).inc();
     response
@@ -155,10 +181,52 @@ async fn inject_fault(State(switch): State<Arc<FaultSwitch>>, request: Request, 
     next.run(request).await
 }
 
+/// A readiness answer is reused this long, so probes do not become a backend call each.
+const READY_CACHED_FOR: Duration = Duration::from_secs(2);
+/// A readiness check that takes longer than this counts as not ready (a hung backend).
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs the readiness check at most once per [`READY_CACHED_FOR`], one at a time, with a timeout.
+struct CachedReady {
+    check: ReadyCheck,
+    last: Mutex<Option<(Instant, Result<(), String>)>>,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl CachedReady {
+    fn fresh(&self) -> Option<Result<(), String>> {
+        let last = self.last.lock().expect("readiness lock");
+        last.as_ref().filter(|(at, _)| at.elapsed() < READY_CACHED_FOR).map(|(_, result)| result.clone())
+    }
+
+    async fn get(&self) -> Result<(), String> {
+        if let Some(result) = self.fresh() {
+            return result;
+        }
+        let _one_at_a_time = self.running.lock().await;
+        if let Some(result) = self.fresh() {
+            return result;
+        }
+        let result = tokio::time::timeout(READY_CHECK_TIMEOUT, (self.check)()).await.unwrap_or_else(|_| {
+            Err(format!("the readiness check did not answer within {} s", READY_CHECK_TIMEOUT.as_secs()))
+        });
+        *self.last.lock().expect("readiness lock") = Some((Instant::now(), result.clone()));
+        result
+    }
+}
+
 /// Adds `/healthz`, `/readyz` and `/metrics` to a service's routes and wraps them all in the
-/// request metrics. The fault switch (`FLIGHTLINE_FAULT_ERROR_RATIO`), when set, covers the
-/// service's own routes only.
-pub fn app(routes: Router, telemetry: Arc<Telemetry>, ready: ReadyCheck) -> Router {
+/// request metrics and the body read timeout. The service's own routes also get, outermost first:
+/// authentication with the per-client rate limit, the concurrency limit, the request timeout, and
+/// the fault switch (`FLIGHTLINE_FAULT_ERROR_RATIO`) when set. Health, readiness and metrics are
+/// not rate limited, so probes and scrapes never see 429.
+pub fn app(
+    routes: Router,
+    telemetry: Arc<Telemetry>,
+    ready: ReadyCheck,
+    auth: Option<Arc<crate::auth::Auth>>,
+    limits: crate::config::HttpLimits,
+) -> Router {
     let routes = match FaultSwitch::from_env() {
         Ok(Some(switch)) => routes.layer(middleware::from_fn_with_state(switch, inject_fault)),
         Ok(None) => routes,
@@ -167,6 +235,12 @@ pub fn app(routes: Router, telemetry: Arc<Telemetry>, ready: ReadyCheck) -> Rout
             routes
         }
     };
+    let (gate, concurrency, deadline) = crate::limits::guards(auth, &limits, telemetry.refusals.clone());
+    let routes = routes
+        .layer(middleware::from_fn_with_state(deadline, crate::limits::limit_time))
+        .layer(middleware::from_fn_with_state(concurrency, crate::limits::limit_concurrency))
+        .layer(middleware::from_fn_with_state(gate, crate::limits::gate));
+    let ready = Arc::new(CachedReady { check: ready, last: Mutex::new(None), running: Default::default() });
     let metrics = {
         let telemetry = telemetry.clone();
         move || async move {
@@ -176,7 +250,7 @@ pub fn app(routes: Router, telemetry: Arc<Telemetry>, ready: ReadyCheck) -> Rout
     let readyz = move || {
         let ready = ready.clone();
         async move {
-            match ready().await {
+            match ready.get().await {
                 Ok(()) => (StatusCode::OK, "ok".to_string()),
                 Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
             }
@@ -187,14 +261,59 @@ pub fn app(routes: Router, telemetry: Arc<Telemetry>, ready: ReadyCheck) -> Rout
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(tower_http::timeout::RequestBodyDeadlineLayer::new(Duration::from_secs(
+            limits.body_read_timeout_seconds.into(),
+        )))
         .layer(middleware::from_fn_with_state(telemetry, record))
 }
 
-/// Serves until SIGTERM or Ctrl-C, then finishes in-flight requests.
+/// How long in-flight requests may take to finish after SIGTERM (Kubernetes' default grace period
+/// is 30 s).
+const DRAIN_FOR: Duration = Duration::from_secs(25);
+
+/// Serves until SIGTERM or Ctrl-C, then finishes in-flight requests. A client that does not send
+/// its request line and headers within the header read timeout (10 s by default) is disconnected
+/// (hyper's `header_read_timeout`; axum::serve cannot set it). Each request carries its peer
+/// address as `ConnectInfo<SocketAddr>`.
 pub async fn serve(addr: SocketAddr, app: Router) -> anyhow::Result<()> {
+    let header_read_timeout = crate::config::header_read_timeout()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!(%addr, header_read_timeout_seconds = header_read_timeout.as_secs(), "listening");
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request.map(Body::new))
+        });
+        let connection = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_FOR, graceful.shutdown()).await.is_err() {
+        tracing::warn!(seconds = DRAIN_FOR.as_secs(), "requests still in flight after the drain period");
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -255,9 +374,23 @@ impl IntoResponse for ApiError {
 pub fn body_error(error: axum::extract::rejection::BytesRejection) -> ApiError {
     if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is larger than the limit")
+    } else if body_timed_out(&error) {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "the request body did not arrive in time")
     } else {
         ApiError::new(error.status(), "invalid_body", error.body_text())
     }
+}
+
+/// Whether reading the body failed on the body read timeout.
+fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// An empty 204/202 body helper for handlers that only set a status.

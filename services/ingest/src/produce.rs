@@ -10,8 +10,8 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
-use axum::{Json, Router, middleware};
-use flightline_service::auth::{Auth, require_auth};
+use axum::{Json, Router};
+use flightline_service::auth::Auth;
 use flightline_service::config;
 use flightline_service::flight::{FieldError, Flight, read_csv, read_json};
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
@@ -103,9 +103,10 @@ pub async fn serve() -> anyhow::Result<()> {
     let routes = Router::new()
         .route("/v1/flights", post(ingest))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(Auth::from_env()?, require_auth))
         .with_state(state.clone());
-    let result = server::serve(config::listen_addr()?, server::app(routes, telemetry, ready)).await;
+    let limits = config::HttpLimits::from_env(config::HttpLimits::INGEST)?;
+    let app = server::app(routes, telemetry, ready, Auth::from_env()?, limits);
+    let result = server::serve(config::listen_addr()?, app).await;
     // Whatever is still queued gets its chance before we exit.
     let producer = state.producer.read().expect("producer lock").clone();
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;

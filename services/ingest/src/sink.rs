@@ -196,7 +196,8 @@ pub async fn run() -> anyhow::Result<()> {
             })
         })
     };
-    let http = tokio::spawn(server::serve(config::listen_addr()?, server::app(axum::Router::new(), telemetry, ready)));
+    let app = server::app(axum::Router::new(), telemetry, ready, None, config::HttpLimits::INGEST);
+    let http = tokio::spawn(server::serve(config::listen_addr()?, app));
     let sink = Sink { consumer, dead_letters, clickhouse, settings, metrics, consuming };
     tokio::select! {
         result = sink.run() => result?,

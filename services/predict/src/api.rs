@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router, middleware};
-use flightline_service::auth::{Auth, require_auth};
-use flightline_service::config;
+use axum::{Json, Router};
+use flightline_service::auth::Auth;
+use flightline_service::config::{self, HttpLimits};
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -91,12 +91,11 @@ impl AppState {
     }
 }
 
-pub fn routes(state: AppState, auth: Option<Arc<Auth>>) -> Router {
+pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/predict", post(predict_challenge))
         .route("/v1/predict", post(predict_v1))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(auth, require_auth))
         .with_state(state)
 }
 
@@ -111,7 +110,8 @@ pub async fn serve() -> anyhow::Result<()> {
         tokio::spawn(watch(model_path, state.clone()));
     }
     let ready: ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
-    let app = server::app(routes(state, Auth::from_env()?), telemetry, ready);
+    let limits = HttpLimits::from_env(HttpLimits::PREDICT)?;
+    let app = server::app(routes(state), telemetry, ready, Auth::from_env()?, limits);
     server::serve(config::listen_addr()?, app).await
 }
 

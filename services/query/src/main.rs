@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::routing::get;
-use axum::{Json, Router, middleware};
+use axum::{Json, Router};
 use clap::Parser;
 use clickhouse::Row;
-use flightline_service::auth::{Auth, require_auth};
-use flightline_service::config;
+use flightline_service::auth::Auth;
+use flightline_service::config::{self, HttpLimits};
 use flightline_service::flight::parse_datetime;
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
 use serde::{Deserialize, Serialize};
@@ -57,12 +57,10 @@ async fn main() -> anyhow::Result<()> {
         let clickhouse = clickhouse.clone();
         Box::pin(async move { clickhouse.query("SELECT 1").execute().await.map_err(|e| format!("ClickHouse: {e}")) })
     });
-    let routes = Router::new()
-        .route("/v1/flights", get(flights))
-        .route("/v1/stats/delays", get(delays))
-        .layer(middleware::from_fn_with_state(Auth::from_env()?, require_auth))
-        .with_state(state);
-    server::serve(config::listen_addr()?, server::app(routes, telemetry, ready)).await
+    let routes =
+        Router::new().route("/v1/flights", get(flights)).route("/v1/stats/delays", get(delays)).with_state(state);
+    let app = server::app(routes, telemetry, ready, Auth::from_env()?, HttpLimits::from_env(HttpLimits::QUERY)?);
+    server::serve(config::listen_addr()?, app).await
 }
 
 /// Filters both endpoints share, parsed and checked.
