@@ -467,7 +467,8 @@ impl Default for MonitoringSpec {
 pub struct IngestSpec {
     #[serde(flatten)]
     pub workload: WorkloadSpec,
-    /// Largest request body accepted, in bytes (larger bodies get 413).
+    /// Largest request body accepted, in bytes (larger bodies get 413). At most the operator's
+    /// `--max-body-bytes`.
     #[serde(default = "default_max_body_bytes")]
     #[schemars(range(min = 1024, max = 1073741824))]
     pub max_body_bytes: i64,
@@ -479,8 +480,17 @@ pub struct IngestSpec {
 pub struct SinkSpec {
     #[serde(flatten)]
     pub workload: WorkloadSpec,
-    /// Most records per ClickHouse insert.
+    /// Most records per ClickHouse insert. At most the operator's `--max-batch-size`.
     #[serde(default = "default_batch_size")]
+    /// Most flight records one request may carry (more get 400). At most the operator's
+    /// `--max-records`.
+    #[serde(default = "default_max_records")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_records: i64,
+    /// Rate, concurrency and time limits of the HTTP API. Defaults: 20 requests per second per
+    /// client, burst 40, 16 requests at once, 60 s per request.
+    #[serde(default)]
+    pub limits: HttpLimits,
     #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: i32,
     /// Longest wait for a batch to fill, in milliseconds.
@@ -493,6 +503,11 @@ pub struct SinkSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QuerySpec {
+    /// Most bytes of records per ClickHouse insert (a batch ends at whichever of `batchSize` and
+    /// this comes first). At most the operator's `--max-batch-bytes`.
+    #[serde(default = "default_max_batch_bytes")]
+    #[schemars(range(min = 1024, max = 1073741824))]
+    pub max_batch_bytes: i64,
     #[serde(flatten)]
     pub workload: WorkloadSpec,
     /// Most rows one `GET /v1/flights` page returns.
@@ -509,6 +524,18 @@ pub struct PredictSpec {
     pub workload: WorkloadSpec,
     /// Path of the model artifact inside the container. Empty means the model built into the image.
     #[serde(default)]
+    /// Longest time ClickHouse may spend on one query statement (`max_execution_time`), in seconds.
+    #[serde(default = "default_max_execution_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub max_execution_seconds: i32,
+    /// Secret with the ClickHouse user and password query reads with (keys `username` and
+    /// `password`): best a read-only user. Without it query uses `spec.clickhouse.credentialsSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<SecretKeyRefs>,
+    /// Rate, concurrency and time limits of the HTTP API. Defaults: 1000 requests per second per
+    /// client, burst 2000, 64 requests at once, 15 s per request.
+    #[serde(default)]
+    pub limits: HttpLimits,
     #[schemars(length(max = 1024))]
     pub model_path: String,
 }
@@ -521,6 +548,34 @@ pub struct FlightPipelineStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `KafkaReady`, `ClickHouseReady`, `WorkloadsAvailable`, `AutoscalingReady` and
+    /// Rate, concurrency and time limits of the HTTP API. Defaults: 1000 requests per second per
+    /// client, burst 2000, 64 requests at once, 10 s per request.
+    #[serde(default)]
+    pub limits: HttpLimits,
+}
+
+/// Limits of one HTTP API. A field left out takes the component's default (see the component's
+/// `limits`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpLimits {
+    /// Requests per second one client (API key, token subject, else address) may sustain; more
+    /// get 429 with `Retry-After`. 0 turns rate limiting off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub requests_per_second: Option<i32>,
+    /// Requests one client may send at once above its rate before it gets 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: Option<i32>,
+    /// Requests served at once by one pod; more get 503 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_concurrent_requests: Option<i32>,
+    /// Longest time one request may take, in seconds; a slower one gets 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub request_timeout_seconds: Option<i32>,
     /// `MonitoringReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -648,20 +703,45 @@ impl Default for ClickHouseSpec {
     }
 }
 
+fn default_max_records() -> i64 {
+    100_000
+}
+fn default_max_batch_bytes() -> i64 {
+    16 * 1024 * 1024
+}
+fn default_max_execution_seconds() -> i32 {
+    10
+}
 impl Default for IngestSpec {
     fn default() -> Self {
-        Self { workload: WorkloadSpec::default(), max_body_bytes: default_max_body_bytes() }
+        Self {
+            workload: WorkloadSpec::default(),
+            max_body_bytes: default_max_body_bytes(),
+            max_records: default_max_records(),
+            limits: HttpLimits::default(),
+        }
     }
 }
 
 impl Default for SinkSpec {
     fn default() -> Self {
-        Self { workload: WorkloadSpec::default(), batch_size: default_batch_size(), linger_ms: default_linger_ms() }
+        Self {
+            workload: WorkloadSpec::default(),
+            batch_size: default_batch_size(),
+            max_batch_bytes: default_max_batch_bytes(),
+            linger_ms: default_linger_ms(),
+        }
     }
 }
 
 impl Default for QuerySpec {
     fn default() -> Self {
-        Self { workload: WorkloadSpec::default(), max_rows: default_max_rows() }
+        Self {
+            workload: WorkloadSpec::default(),
+            max_rows: default_max_rows(),
+            max_execution_seconds: default_max_execution_seconds(),
+            credentials_secret: None,
+            limits: HttpLimits::default(),
+        }
     }
 }

@@ -15,7 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 
 use flightline_operator::build::monitoring::{self, DashboardSettings};
-use flightline_operator::build::resolve::{Defaults, Images, resolve};
+use flightline_operator::build::resolve::{Defaults, Images, OperatorLimits, resolve};
 use flightline_operator::build::{labels, slo};
 use flightline_operator::crd::FlightPipeline;
 use flightline_operator::crdgen;
@@ -114,6 +114,60 @@ struct RunArgs {
     /// Namespace for the fleet and operator dashboards (default: the pod's namespace; none: not shipped).
     #[arg(long, env = "FLIGHTLINE_DASHBOARD_NAMESPACE")]
     dashboard_namespace: Option<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What a pipeline may ask for. A pipeline beyond them is `InvalidSpec`, naming the field and the flag.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Kafka bootstrap servers (`host:port`, comma-separated) a pipeline may name besides
+    /// --kafka-bootstrap-servers; `*` allows any. Empty: only --kafka-bootstrap-servers.
+    #[arg(long, env = "FLIGHTLINE_ALLOWED_KAFKA_BOOTSTRAP_SERVERS", value_delimiter = ',')]
+    allowed_kafka_bootstrap_servers: Vec<String>,
+    /// ClickHouse URLs (comma-separated) a pipeline may name besides --clickhouse-url; `*` allows
+    /// any. Empty: only --clickhouse-url.
+    #[arg(long, env = "FLIGHTLINE_ALLOWED_CLICKHOUSE_URLS", value_delimiter = ',')]
+    allowed_clickhouse_urls: Vec<String>,
+    /// Image prefixes (comma-separated, e.g. `registry.example.com/flightline/`) a pipeline's
+    /// images may start with besides the default images; `*` allows any. Empty: only the defaults.
+    #[arg(long, env = "FLIGHTLINE_ALLOWED_IMAGE_PREFIXES", value_delimiter = ',')]
+    allowed_image_prefixes: Vec<String>,
+    /// Most partitions of a pipeline's topic.
+    #[arg(long, env = "FLIGHTLINE_MAX_PARTITIONS", default_value_t = OperatorLimits::default().max_partitions)]
+    max_partitions: i32,
+    /// Most pods of one component (`replicas` and `autoscaling.maxReplicas`).
+    #[arg(long, env = "FLIGHTLINE_MAX_REPLICAS", default_value_t = OperatorLimits::default().max_replicas)]
+    max_replicas: i32,
+    /// Largest `spec.ingest.maxBodyBytes`.
+    #[arg(long, env = "FLIGHTLINE_MAX_BODY_BYTES", default_value_t = OperatorLimits::default().max_body_bytes)]
+    max_body_bytes: i64,
+    /// Largest `spec.ingest.maxRecords`.
+    #[arg(long, env = "FLIGHTLINE_MAX_RECORDS", default_value_t = OperatorLimits::default().max_records)]
+    max_records: i64,
+    /// Largest `spec.sink.batchSize`.
+    #[arg(long, env = "FLIGHTLINE_MAX_BATCH_SIZE", default_value_t = OperatorLimits::default().max_batch_size)]
+    max_batch_size: i32,
+    /// Largest `spec.sink.maxBatchBytes`.
+    #[arg(long, env = "FLIGHTLINE_MAX_BATCH_BYTES", default_value_t = OperatorLimits::default().max_batch_bytes)]
+    max_batch_bytes: i64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> OperatorLimits {
+        let list = |values: &[String]| values.iter().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
+        OperatorLimits {
+            allowed_kafka_bootstrap_servers: list(&self.allowed_kafka_bootstrap_servers),
+            allowed_clickhouse_urls: list(&self.allowed_clickhouse_urls),
+            allowed_image_prefixes: list(&self.allowed_image_prefixes),
+            max_partitions: self.max_partitions,
+            max_replicas: self.max_replicas,
+            max_body_bytes: self.max_body_bytes,
+            max_records: self.max_records,
+            max_batch_size: self.max_batch_size,
+            max_batch_bytes: self.max_batch_bytes,
+        }
+    }
 }
 
 #[tokio::main]
@@ -192,6 +246,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             query: args.query_image.clone().unwrap_or(images.query),
             predict: args.predict_image.clone().unwrap_or(images.predict),
         },
+        limits: args.limits.limits(),
     };
     let (label_key, label_value) =
         args.dashboard_label.split_once('=').ok_or_else(|| anyhow::anyhow!("--dashboard-label must be key=value"))?;
@@ -209,7 +264,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let reporter = Reporter { controller: labels::MANAGER.into(), instance: Some(identity) };
+    // Built first: its reflector store is how a reconcile sees every pipeline's claims.
+    let controller = Controller::new(pipelines, watcher::Config::default());
     let ctx = Arc::new(Context {
+        pipelines: controller.store(),
+        claim_keys: Default::default(),
         client: client.clone(),
         defaults,
         metrics: metrics.clone(),
@@ -230,7 +289,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(pipelines, watcher::Config::default())
+    let controller = controller
         .owns(deployments, owned.clone())
         .owns(services, owned.clone())
         .owns(config_maps, owned)
@@ -272,6 +331,7 @@ fn pipeline_rules(path: &std::path::Path) -> anyhow::Result<slo::RuleFile> {
     let defaults = Defaults {
         kafka_bootstrap_servers: Some("unused:9092".into()),
         clickhouse_url: Some("http://unused:8123".into()),
+        limits: OperatorLimits::allow_any(),
         ..Defaults::default()
     };
     let namespace = fp.metadata.namespace.clone().unwrap_or_else(|| "default".into());

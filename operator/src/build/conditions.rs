@@ -11,11 +11,18 @@ pub const AUTOSCALING_READY: &str = "AutoscalingReady";
 pub const MONITORING_READY: &str = "MonitoringReady";
 pub const PAUSED: &str = "Paused";
 
+/// Longest condition message and Event note, in bytes (an Event's note may not be longer): an
+/// error body from Kafka or ClickHouse has no bound of its own.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+const ELLIPSIS: &str = "…";
+
 /// Reasons, in CamelCase as Kubernetes conventions ask.
 pub mod reason {
     pub const READY: &str = "Ready";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const NOT_SUPPORTED: &str = "NotSupported";
+    /// A topic or table that another pipeline claims, or that exists and is neither created nor adopted.
+    pub const RESOURCE_CONFLICT: &str = "ResourceConflict";
     pub const TOPIC_READY: &str = "TopicReady";
     pub const TABLE_READY: &str = "TableReady";
     pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
@@ -66,6 +73,18 @@ pub fn all_failed(reason: &'static str, message: &str) -> Vec<Finding> {
         .collect()
 }
 
+/// `message` cut to `MAX_MESSAGE_BYTES` on a character boundary, ending in "…" when it was cut.
+pub fn truncate(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message.to_string();
+    }
+    let mut end = MAX_MESSAGE_BYTES - ELLIPSIS.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &message[..end])
+}
+
 /// New conditions from findings. Types not in `findings` are kept as they were, except `Paused`,
 /// which is dropped when absent (it is only there while paused).
 pub fn merge(existing: &[Condition], findings: &[Finding], generation: Option<i64>, now: &Time) -> Vec<Condition> {
@@ -86,7 +105,7 @@ pub fn merge(existing: &[Condition], findings: &[Finding], generation: Option<i6
             type_: finding.type_.to_string(),
             status: status.to_string(),
             reason: finding.reason.to_string(),
-            message: finding.message.clone(),
+            message: truncate(&finding.message),
             observed_generation: generation,
             last_transition_time,
         });
@@ -131,6 +150,24 @@ mod tests {
         let flipped = merge(&same, &[Finding::ok(READY, reason::READY, "c")], Some(2), &t1);
         assert_eq!(flipped[0].last_transition_time, t1);
         assert_eq!(flipped[0].status, "True");
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("short"), "short");
+        let exact = "a".repeat(MAX_MESSAGE_BYTES);
+        assert_eq!(truncate(&exact), exact);
+        // 'é' is two bytes: a cut at an odd byte would split one.
+        let long = format!("x{}", "é".repeat(2000));
+        let cut = truncate(&long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES, "{} bytes", cut.len());
+        assert!(cut.len() > MAX_MESSAGE_BYTES - 8);
+        assert!(cut.ends_with('…') && cut.starts_with("xé"));
+        let t = time("2026-01-01T00:00:00Z");
+        let body = "Code: 62. DB::Exception: ".to_string() + &"syntax error ".repeat(10_000);
+        let merged = merge(&[], &[Finding::failed(CLICKHOUSE_READY, reason::CLICKHOUSE_ERROR, body)], Some(1), &t);
+        assert!(merged[0].message.len() <= MAX_MESSAGE_BYTES);
+        assert!(merged[0].message.starts_with("Code: 62."));
     }
 
     #[test]

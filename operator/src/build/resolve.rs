@@ -11,7 +11,7 @@ use crate::build::slo::{Objectives, latency_le, window_seconds};
 use crate::build::table::{BASE_COLUMNS, TableSpec, ttl_days};
 use crate::build::topic::{TopicSpec, retention_ms};
 use crate::crd::{
-    AutoscalingSpec, FlightPipelineSpec, JwtSpec, MonitoringSpec, SecretKeyRef, SecretKeyRefs, WorkloadSpec,
+    AutoscalingSpec, FlightPipelineSpec, HttpLimits, JwtSpec, MonitoringSpec, SecretKeyRef, SecretKeyRefs, WorkloadSpec,
 };
 
 /// Longest pipeline name: `<name>-predict` must stay a valid Service name with room for pod suffixes.
@@ -25,7 +25,78 @@ pub struct Defaults {
     pub kafka_bootstrap_servers: Option<String>,
     pub clickhouse_url: Option<String>,
     pub images: Images,
+    /// What a pipeline may ask for.
+    pub limits: OperatorLimits,
 }
+
+/// Bounds the platform team sets on what any pipeline may ask for (the operator's `--allowed-*`
+/// and `--max-*` flags). An allow-list allows the operator's own default (endpoint or image) and
+/// the values it lists; `*` in a list allows any value. An empty list thus allows only the default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperatorLimits {
+    /// `host:port` Kafka bootstrap servers a pipeline may name.
+    pub allowed_kafka_bootstrap_servers: Vec<String>,
+    /// ClickHouse URLs a pipeline may name (compared without a trailing `/`, case-insensitively).
+    pub allowed_clickhouse_urls: Vec<String>,
+    /// Image prefixes, e.g. `registry.example.com/flightline/`; a prefix matches up to a `/`, `:`
+    /// or `@`, so `ghcr.io/team` does not allow `ghcr.io/team-evil/x`.
+    pub allowed_image_prefixes: Vec<String>,
+    pub max_partitions: i32,
+    /// Most pods of one component: `replicas` and `autoscaling.maxReplicas`.
+    pub max_replicas: i32,
+    pub max_body_bytes: i64,
+    pub max_records: i64,
+    pub max_batch_size: i32,
+    pub max_batch_bytes: i64,
+}
+
+/// Any value, in an allow-list.
+pub const ALLOW_ANY: &str = "*";
+
+impl Default for OperatorLimits {
+    /// The flags' defaults: the CRD's defaults are the most a pipeline gets for bodies and records
+    /// (the workloads' default memory limit is sized for them); partitions, replicas and batches
+    /// get room to grow.
+    fn default() -> Self {
+        Self {
+            allowed_kafka_bootstrap_servers: Vec::new(),
+            allowed_clickhouse_urls: Vec::new(),
+            allowed_image_prefixes: Vec::new(),
+            max_partitions: 100,
+            max_replicas: 20,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_records: 100_000,
+            max_batch_size: 100_000,
+            max_batch_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl OperatorLimits {
+    /// Limits that allow every endpoint and image (for printing a manifest's rules offline).
+    pub fn allow_any() -> Self {
+        Self {
+            allowed_kafka_bootstrap_servers: vec![ALLOW_ANY.into()],
+            allowed_clickhouse_urls: vec![ALLOW_ANY.into()],
+            allowed_image_prefixes: vec![ALLOW_ANY.into()],
+            max_partitions: i32::MAX,
+            max_replicas: i32::MAX,
+            max_body_bytes: i64::MAX,
+            max_records: i64::MAX,
+            max_batch_size: i32::MAX,
+            max_batch_bytes: i64::MAX,
+        }
+    }
+}
+
+/// ClickHouse `DateTime` is seconds in a `u32`: it ends at 2106-02-07 06:28:15 UTC, and
+/// `scheduled_at + ttl` past that wraps around to 1970, so ClickHouse expires the row at once.
+const DATETIME_END_EPOCH: i64 = u32::MAX as i64;
+/// 2101-01-01 00:00:00 UTC: ingest accepts flights up to the end of 2100 (`AÑO` ≤ 2100).
+const AFTER_LATEST_SCHEDULED_EPOCH: i64 = 4_133_980_800;
+/// Longest TTL that no storable row overflows: 1,863 days (about 5 years). A row scheduled at
+/// 2100-12-31 23:59:59 expires at 2106-02-06 23:59:59, before `DateTime` ends.
+pub const MAX_TTL_DAYS: u32 = ((DATETIME_END_EPOCH - AFTER_LATEST_SCHEDULED_EPOCH) / 86_400) as u32;
 
 /// Default container images, by component.
 #[derive(Clone, Debug)]
@@ -79,6 +150,39 @@ pub struct Workload {
     pub env: BTreeMap<String, String>,
     /// Scaling by load; `replicas` is then left to the autoscaler.
     pub autoscaling: Option<AutoscalingSpec>,
+    /// Limits of the HTTP API (none for the sink).
+    pub http_limits: Option<HttpLimitValues>,
+}
+
+/// `spec.<component>.limits` with the component's defaults filled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimitValues {
+    pub requests_per_second: i32,
+    pub burst: i32,
+    pub max_concurrent_requests: i32,
+    pub request_timeout_seconds: i32,
+}
+
+impl HttpLimitValues {
+    /// The component's defaults; the services fall back to the same values when unset.
+    pub fn default_for(component: Component) -> Option<Self> {
+        let (requests_per_second, burst, max_concurrent_requests, request_timeout_seconds) = match component {
+            Component::Ingest => (20, 40, 16, 60),
+            Component::Query => (1000, 2000, 64, 15),
+            Component::Predict => (1000, 2000, 64, 10),
+            Component::Sink => return None,
+        };
+        Some(Self { requests_per_second, burst, max_concurrent_requests, request_timeout_seconds })
+    }
+
+    fn with(self, spec: &HttpLimits) -> Self {
+        Self {
+            requests_per_second: spec.requests_per_second.unwrap_or(self.requests_per_second),
+            burst: spec.burst.unwrap_or(self.burst),
+            max_concurrent_requests: spec.max_concurrent_requests.unwrap_or(self.max_concurrent_requests),
+            request_timeout_seconds: spec.request_timeout_seconds.unwrap_or(self.request_timeout_seconds),
+        }
+    }
 }
 
 /// A pipeline with every default filled in and every cross-field rule checked.
@@ -91,6 +195,8 @@ pub struct Resolved {
     pub dead_letter: Option<TopicSpec>,
     pub clickhouse_url: String,
     pub credentials: Option<SecretKeyRefs>,
+    /// ClickHouse credentials of query: its own, else `credentials`.
+    pub query_credentials: Option<SecretKeyRefs>,
     /// Secret key with the hashed API keys the HTTP services accept.
     pub api_keys: Option<SecretKeyRef>,
     /// How the HTTP services verify JWTs.
@@ -139,6 +245,28 @@ pub fn resolve(
         if let Err(why) = check_host_port(server) {
             problems.push(format!("spec.kafka.bootstrapServers: {server:?} {why}"));
         }
+    }
+    let limits = &defaults.limits;
+    let default_servers = defaults.kafka_bootstrap_servers.as_deref().unwrap_or_default();
+    let allowed_servers: Vec<&str> =
+        default_servers.split(',').chain(limits.allowed_kafka_bootstrap_servers.iter().map(String::as_str)).collect();
+    for server in split_list(&bootstrap_servers) {
+        if !allows(&allowed_servers, server, |a, s| a.eq_ignore_ascii_case(s)) {
+            problems.push(not_allowed(
+                "spec.kafka.bootstrapServers",
+                server,
+                "--allowed-kafka-bootstrap-servers",
+                &allowed_servers,
+            ));
+        }
+    }
+    if spec.kafka.partitions > limits.max_partitions {
+        problems.push(over_limit(
+            "spec.kafka.partitions",
+            spec.kafka.partitions,
+            "--max-partitions",
+            limits.max_partitions,
+        ));
     }
 
     let topic_name =
@@ -198,9 +326,27 @@ pub fn resolve(
         problems.push("spec.clickhouse.url: missing, and the operator has no default (--clickhouse-url)".into());
     } else if !(clickhouse_url.starts_with("http://") || clickhouse_url.starts_with("https://")) {
         problems.push(format!("spec.clickhouse.url: {clickhouse_url:?} must start with http:// or https://"));
+    } else {
+        let allowed_urls: Vec<&str> =
+            defaults.clickhouse_url.iter().chain(&limits.allowed_clickhouse_urls).map(String::as_str).collect();
+        let same_url = |a: &str, b: &str| a.trim_end_matches('/').eq_ignore_ascii_case(b.trim_end_matches('/'));
+        if !allows(&allowed_urls, &clickhouse_url, same_url) {
+            problems.push(not_allowed(
+                "spec.clickhouse.url",
+                &clickhouse_url,
+                "--allowed-clickhouse-urls",
+                &allowed_urls,
+            ));
+        }
     }
     let ttl =
         ttl_days(&spec.clickhouse.ttl).map_err(|e| problems.push(format!("spec.clickhouse.ttl: {e}"))).unwrap_or(None);
+    if let Some(days) = ttl.filter(|d| *d > MAX_TTL_DAYS) {
+        problems.push(format!(
+            "spec.clickhouse.ttl: {days}d is more than {MAX_TTL_DAYS}d: a flight scheduled in 2100 plus the TTL would \
+             pass 2106-02-07, where ClickHouse's DateTime wraps around and the row would expire at once"
+        ));
+    }
     let mut seen = std::collections::BTreeSet::new();
     for column in &spec.clickhouse.extra_columns {
         if BASE_COLUMNS.iter().any(|(n, _)| *n == column.name) {
@@ -234,15 +380,25 @@ pub fn resolve(
     }
 
     let workloads = vec![
-        workload(Component::Ingest, &spec.ingest.workload, &defaults.images.ingest, &mut problems),
-        workload(Component::Sink, &spec.sink.workload, &defaults.images.ingest, &mut problems),
-        workload(Component::Query, &spec.query.workload, &defaults.images.query, &mut problems),
-        workload(Component::Predict, &spec.predict.workload, &defaults.images.predict, &mut problems),
+        workload(Component::Ingest, &spec.ingest.workload, Some(&spec.ingest.limits), defaults, &mut problems),
+        workload(Component::Sink, &spec.sink.workload, None, defaults, &mut problems),
+        workload(Component::Query, &spec.query.workload, Some(&spec.query.limits), defaults, &mut problems),
+        workload(Component::Predict, &spec.predict.workload, Some(&spec.predict.limits), defaults, &mut problems),
     ];
 
     let objectives = objectives(&spec.slo, &mut problems);
 
     if !problems.is_empty() {
+    for (field, value, flag, max) in [
+        ("spec.ingest.maxBodyBytes", spec.ingest.max_body_bytes, "--max-body-bytes", limits.max_body_bytes),
+        ("spec.ingest.maxRecords", spec.ingest.max_records, "--max-records", limits.max_records),
+        ("spec.sink.batchSize", spec.sink.batch_size.into(), "--max-batch-size", limits.max_batch_size.into()),
+        ("spec.sink.maxBatchBytes", spec.sink.max_batch_bytes, "--max-batch-bytes", limits.max_batch_bytes),
+    ] {
+        if value > max {
+            problems.push(over_limit(field, value, flag, max));
+        }
+    }
         return Err(problems);
     }
 
@@ -260,9 +416,12 @@ pub fn resolve(
         ("SINK_LINGER_MS".into(), spec.sink.linger_ms.to_string()),
         ("QUERY_MAX_ROWS".into(), spec.query.max_rows.to_string()),
         ("PREDICT_MODEL_PATH".into(), spec.predict.model_path.clone()),
+        ("INGEST_MAX_RECORDS".into(), spec.ingest.max_records.to_string()),
     ]);
+        ("SINK_MAX_BATCH_BYTES".into(), spec.sink.max_batch_bytes.to_string()),
 
     Ok(Resolved {
+        ("QUERY_MAX_EXECUTION_SECONDS".into(), spec.query.max_execution_seconds.to_string()),
         namespace: namespace.into(),
         name: name.into(),
         bootstrap_servers,
@@ -274,6 +433,7 @@ pub fn resolve(
         jwt: spec.auth.as_ref().and_then(|a| a.jwt.clone()),
         table,
         workloads,
+        query_credentials: spec.query.credentials_secret.clone().or_else(|| spec.clickhouse.credentials_secret.clone()),
         settings,
         objectives,
         monitoring: spec.monitoring.clone(),
@@ -310,15 +470,41 @@ fn objectives(slo: &crate::crd::SloSpec, problems: &mut Vec<String>) -> Objectiv
     }
 }
 
-fn workload(component: Component, spec: &WorkloadSpec, default_image: &str, problems: &mut Vec<String>) -> Workload {
+fn workload(
+    component: Component,
+    spec: &WorkloadSpec,
+    http_limits: Option<&HttpLimits>,
+    defaults: &Defaults,
+    problems: &mut Vec<String>,
+) -> Workload {
     let field = format!("spec.{}", component.as_str());
     if spec.replicas < 0 {
         problems.push(format!("{field}.replicas: {} must not be negative", spec.replicas));
     }
     for key in spec.env.keys() {
+    let limits = &defaults.limits;
+    let default_image = match component {
+        Component::Ingest | Component::Sink => &defaults.images.ingest,
+        Component::Query => &defaults.images.query,
+        Component::Predict => &defaults.images.predict,
+    };
         let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
+    if spec.replicas > limits.max_replicas {
+        problems.push(over_limit(&format!("{field}.replicas"), spec.replicas, "--max-replicas", limits.max_replicas));
+    }
+    if let Some(max) = spec.autoscaling.as_ref().map(|a| a.max_replicas).filter(|m| *m > limits.max_replicas) {
+        let field = format!("{field}.autoscaling.maxReplicas");
+        problems.push(over_limit(&field, max, "--max-replicas", limits.max_replicas));
+    }
+    let image = non_empty(&spec.image).unwrap_or(default_image);
+    if image != default_image && !allows(&limits.allowed_image_prefixes, image, image_has_prefix) {
+        let prefixes: Vec<&str> = std::iter::once(default_image.as_str())
+            .chain(limits.allowed_image_prefixes.iter().map(String::as_str))
+            .collect();
+        problems.push(not_allowed(&format!("{field}.image"), image, "--allowed-image-prefixes", &prefixes));
+    }
             problems.push(format!("{field}.env: {key:?} is not a valid environment variable name"));
         }
     }
@@ -339,7 +525,7 @@ fn workload(component: Component, spec: &WorkloadSpec, default_image: &str, prob
     Workload {
         component,
         enabled: spec.enabled,
-        image: non_empty(&spec.image).unwrap_or(default_image).to_string(),
+        image: image.to_string(),
         replicas: spec.replicas,
         resources: spec.resources.clone(),
         env: spec.env.clone(),
@@ -348,9 +534,38 @@ fn workload(component: Component, spec: &WorkloadSpec, default_image: &str, prob
 }
 
 fn with_retention(configs: &BTreeMap<String, String>, retention_ms: i64) -> BTreeMap<String, String> {
+        http_limits: HttpLimitValues::default_for(component).zip(http_limits).map(|(d, spec)| d.with(spec)),
     let mut all = configs.clone();
     all.insert("cleanup.policy".into(), "delete".into());
     all.insert("retention.ms".into(), retention_ms.to_string());
+fn split_list(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Whether an allow-list has `*` or an entry that `matches` the value.
+fn allows<S: AsRef<str>>(allowed: &[S], value: &str, matches: impl Fn(&str, &str) -> bool) -> bool {
+    allowed.iter().map(|a| a.as_ref().trim()).filter(|a| !a.is_empty()).any(|a| a == ALLOW_ANY || matches(a, value))
+}
+
+/// A prefix ends at a path, tag or digest boundary: `ghcr.io/team` matches `ghcr.io/team/x:1`,
+/// not `ghcr.io/team-evil/x:1` nor `ghcr.io/teamx`.
+fn image_has_prefix(prefix: &str, image: &str) -> bool {
+    let boundary = |c: char| matches!(c, '/' | ':' | '@');
+    image
+        .strip_prefix(prefix)
+        .is_some_and(|rest| prefix.ends_with(boundary) || rest.is_empty() || rest.starts_with(boundary))
+}
+
+fn not_allowed(field: &str, value: &str, flag: &str, allowed: &[&str]) -> String {
+    let listed: Vec<&str> = allowed.iter().map(|a| a.trim()).filter(|a| !a.is_empty()).collect();
+    let listed = if listed.is_empty() { "nothing".to_string() } else { listed.join(", ") };
+    format!("{field}: {value:?} is not allowed by the operator ({flag}; allowed: {listed})")
+}
+
+fn over_limit(field: &str, value: impl std::fmt::Display, flag: &str, max: impl std::fmt::Display) -> String {
+    format!("{field}: {value} is more than the operator allows ({flag} {max})")
+}
+
     all
 }
 
@@ -404,6 +619,7 @@ mod tests {
     }
 
     fn problems(name: &str, spec: &FlightPipelineSpec, defaults: &Defaults) -> Vec<String> {
+            limits: OperatorLimits::default(),
         resolve("ns", name, spec, defaults).expect_err("should be invalid")
     }
 
@@ -426,7 +642,9 @@ mod tests {
         spec.kafka.bootstrap_servers = "kafka:9092".into();
         spec.kafka.topic = "flights".into();
         spec.kafka.dead_letter.enabled = false;
-        let r = resolve("air", "scl", &spec, &defaults()).unwrap();
+        let mut defaults = defaults();
+        defaults.limits.allowed_kafka_bootstrap_servers = vec!["kafka:9092".into()];
+        let r = resolve("air", "scl", &spec, &defaults).unwrap();
         assert_eq!(r.bootstrap_servers, "kafka:9092");
         assert_eq!(r.topic.name, "flights");
         assert!(r.dead_letter.is_none());
@@ -488,3 +706,173 @@ mod tests {
         }
     }
 }
+
+    #[test]
+    fn endpoints_and_images_must_be_the_defaults_or_allowed() {
+        let mut spec = FlightPipelineSpec::default();
+        spec.kafka.bootstrap_servers = "127.0.0.1:19092,evil:9092".into();
+        spec.clickhouse.url = "http://evil:8123".into();
+        spec.query.workload.image = "evil.example/query:1".into();
+        let found = problems("scl", &spec, &defaults());
+        for (field, flag) in [
+            ("spec.kafka.bootstrapServers: \"evil:9092\"", "--allowed-kafka-bootstrap-servers"),
+            ("spec.clickhouse.url: \"http://evil:8123\"", "--allowed-clickhouse-urls"),
+            ("spec.query.image: \"evil.example/query:1\"", "--allowed-image-prefixes"),
+        ] {
+            assert!(found.iter().any(|p| p.starts_with(field) && p.contains(flag)), "{field}: {found:?}");
+        }
+        assert_eq!(found.len(), 3, "the default server is allowed: {found:?}");
+        // The message says what is allowed: the default, here.
+        assert!(found[0].contains("allowed: 127.0.0.1:19092"), "{found:?}");
+
+        // Listed values are allowed (servers and URLs compared case-insensitively, URLs without a
+        // trailing '/'), and so is everything under `*`.
+        let mut listed = defaults();
+        listed.limits.allowed_kafka_bootstrap_servers = vec!["EVIL:9092".into()];
+        listed.limits.allowed_clickhouse_urls = vec!["http://evil:8123/".into()];
+        listed.limits.allowed_image_prefixes = vec!["evil.example/".into()];
+        resolve("ns", "scl", &spec, &listed).unwrap();
+        let mut any = defaults();
+        any.limits.allowed_kafka_bootstrap_servers = vec![ALLOW_ANY.into()];
+        any.limits.allowed_clickhouse_urls = vec![ALLOW_ANY.into()];
+        any.limits.allowed_image_prefixes = vec![ALLOW_ANY.into()];
+        resolve("ns", "scl", &spec, &any).unwrap();
+    }
+
+    #[test]
+    fn an_image_prefix_ends_at_a_path_tag_or_digest_boundary() {
+        assert!(image_has_prefix("ghcr.io/team", "ghcr.io/team/query:1"));
+        assert!(image_has_prefix("ghcr.io/team/", "ghcr.io/team/query:1"));
+        assert!(image_has_prefix("ghcr.io/team/query", "ghcr.io/team/query:1"));
+        assert!(image_has_prefix("ghcr.io/team/query", "ghcr.io/team/query@sha256:ab"));
+        assert!(image_has_prefix("ghcr.io/team/query:1", "ghcr.io/team/query:1"));
+        assert!(!image_has_prefix("ghcr.io/team", "ghcr.io/team-evil/query:1"));
+        assert!(!image_has_prefix("ghcr.io", "ghcr.io.evil.com/query:1"));
+        assert!(!image_has_prefix("ghcr.io/team/query:1", "ghcr.io/team/query:10"));
+    }
+
+    #[test]
+    fn sizes_beyond_the_operator_limits_name_the_field_and_the_flag() {
+        type Mutation = Box<dyn Fn(&mut FlightPipelineSpec)>;
+        let cases: Vec<(Mutation, &str, &str)> = vec![
+            (Box::new(|s| s.kafka.partitions = 101), "spec.kafka.partitions: 101", "--max-partitions 100"),
+            (Box::new(|s| s.ingest.workload.replicas = 21), "spec.ingest.replicas: 21", "--max-replicas 20"),
+            (
+                Box::new(|s| {
+                    s.sink.workload.autoscaling =
+                        Some(crate::crd::AutoscalingSpec { max_replicas: 50, ..Default::default() })
+                }),
+                "spec.sink.autoscaling.maxReplicas: 50",
+                "--max-replicas 20",
+            ),
+            (
+                Box::new(|s| s.ingest.max_body_bytes = 16 * 1024 * 1024 + 1),
+                "spec.ingest.maxBodyBytes: 16777217",
+                "--max-body-bytes 16777216",
+            ),
+            (Box::new(|s| s.ingest.max_records = 100_001), "spec.ingest.maxRecords: 100001", "--max-records 100000"),
+            (Box::new(|s| s.sink.batch_size = 100_001), "spec.sink.batchSize: 100001", "--max-batch-size 100000"),
+            (
+                Box::new(|s| s.sink.max_batch_bytes = 64 * 1024 * 1024 + 1),
+                "spec.sink.maxBatchBytes: 67108865",
+                "--max-batch-bytes 67108864",
+            ),
+        ];
+        for (mutate, field, flag) in cases {
+            let mut spec = FlightPipelineSpec::default();
+            mutate(&mut spec);
+            let found = problems("scl", &spec, &defaults());
+            assert!(found.iter().any(|p| p.starts_with(field) && p.ends_with(&format!("({flag})"))), "{found:?}");
+        }
+        // At the limits: valid.
+        let mut spec = FlightPipelineSpec::default();
+        spec.kafka.partitions = 100;
+        spec.ingest.workload.replicas = 20;
+        spec.ingest.max_body_bytes = 16 * 1024 * 1024;
+        spec.ingest.max_records = 100_000;
+        spec.sink.batch_size = 100_000;
+        spec.sink.max_batch_bytes = 64 * 1024 * 1024;
+        resolve("ns", "scl", &spec, &defaults()).unwrap();
+    }
+
+    #[test]
+    fn a_ttl_that_would_pass_the_end_of_datetime_is_refused() {
+        use k8s_openapi::jiff::{SignedDuration, Timestamp};
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        // The constants are what they say.
+        assert_eq!(DATETIME_END_EPOCH, at("2106-02-07T06:28:15Z").as_second());
+        assert_eq!(AFTER_LATEST_SCHEDULED_EPOCH, at("2101-01-01T00:00:00Z").as_second());
+        let days = |d: u32| SignedDuration::from_hours(24 * i64::from(d));
+        let latest_row = at("2100-12-31T23:59:59Z");
+        assert!(latest_row + days(MAX_TTL_DAYS) < at("2106-02-07T06:28:15Z"));
+        assert!(latest_row + days(MAX_TTL_DAYS + 1) > at("2106-02-07T06:28:15Z"));
+        assert_eq!(MAX_TTL_DAYS, 1863);
+
+        let mut spec = FlightPipelineSpec::default();
+        spec.clickhouse.ttl = format!("{MAX_TTL_DAYS}d");
+        assert_eq!(resolve("ns", "scl", &spec, &defaults()).unwrap().table.ttl_days, Some(MAX_TTL_DAYS));
+        for ttl in [format!("{}d", MAX_TTL_DAYS + 1), "60000d".to_string()] {
+            spec.clickhouse.ttl = ttl.clone();
+            let found = problems("scl", &spec, &defaults());
+            assert!(
+                found.iter().any(|p| p.starts_with(&format!("spec.clickhouse.ttl: {ttl} is more than 1863d"))),
+                "{found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_limits_take_the_components_defaults_field_by_field() {
+        let mut spec = FlightPipelineSpec::default();
+        spec.query.limits = HttpLimits { burst: Some(5), request_timeout_seconds: Some(3), ..Default::default() };
+        let r = resolve("ns", "scl", &spec, &defaults()).unwrap();
+        let limits = |c| r.workload(c).http_limits;
+        assert_eq!(
+            limits(Component::Ingest),
+            Some(HttpLimitValues {
+                requests_per_second: 20,
+                burst: 40,
+                max_concurrent_requests: 16,
+                request_timeout_seconds: 60
+            })
+        );
+        assert_eq!(
+            limits(Component::Query),
+            Some(HttpLimitValues {
+                requests_per_second: 1000,
+                burst: 5,
+                max_concurrent_requests: 64,
+                request_timeout_seconds: 3
+            })
+        );
+        assert_eq!(limits(Component::Predict).unwrap().request_timeout_seconds, 10);
+        assert_eq!(limits(Component::Sink), None);
+    }
+
+    #[test]
+    fn new_settings_reach_the_config_map_and_query_credentials_fall_back() {
+        let mut spec = FlightPipelineSpec::default();
+        spec.ingest.max_records = 500;
+        spec.sink.max_batch_bytes = 2048;
+        spec.query.max_execution_seconds = 7;
+        let admin = SecretKeyRefs { name: "admin".into(), username_key: "u".into(), password_key: "p".into() };
+        spec.clickhouse.credentials_secret = Some(admin.clone());
+        let r = resolve("ns", "scl", &spec, &defaults()).unwrap();
+        assert_eq!(r.settings["INGEST_MAX_RECORDS"], "500");
+        assert_eq!(r.settings["SINK_MAX_BATCH_BYTES"], "2048");
+        assert_eq!(r.settings["QUERY_MAX_EXECUTION_SECONDS"], "7");
+        assert_eq!(r.query_credentials, Some(admin.clone()));
+        let reader = SecretKeyRefs { name: "reader".into(), ..admin.clone() };
+        spec.query.credentials_secret = Some(reader.clone());
+        let r = resolve("ns", "scl", &spec, &defaults()).unwrap();
+        assert_eq!((r.credentials, r.query_credentials), (Some(admin), Some(reader)));
+        let defaults = resolve("ns", "scl", &FlightPipelineSpec::default(), &defaults()).unwrap().settings;
+        assert_eq!(
+            (
+                &*defaults["INGEST_MAX_RECORDS"],
+                &*defaults["SINK_MAX_BATCH_BYTES"],
+                &*defaults["QUERY_MAX_EXECUTION_SECONDS"]
+            ),
+            ("100000", "16777216", "10")
+        );
+    }

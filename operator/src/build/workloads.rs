@@ -197,9 +197,21 @@ fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
         }),
         ..EnvVar::default()
     };
-    if let Some(secret) = &resolved.credentials {
+    // Query reads with its own (read-only) user when the spec names one.
+    let credentials =
+        if workload.component == Component::Query { &resolved.query_credentials } else { &resolved.credentials };
+    if let Some(secret) = credentials {
         env.push(from_secret("CLICKHOUSE_USER", &secret.name, &secret.username_key));
         env.push(from_secret("CLICKHOUSE_PASSWORD", &secret.name, &secret.password_key));
+    }
+    // Limits are per component, so they are the container's, not the shared ConfigMap's.
+    if let Some(limits) = &workload.http_limits {
+        env.extend([
+            value("HTTP_RATE_LIMIT_RPS", limits.requests_per_second.to_string()),
+            value("HTTP_RATE_LIMIT_BURST", limits.burst.to_string()),
+            value("HTTP_MAX_CONCURRENT_REQUESTS", limits.max_concurrent_requests.to_string()),
+            value("HTTP_REQUEST_TIMEOUT_SECONDS", limits.request_timeout_seconds.to_string()),
+        ]);
     }
     // The HTTP APIs check callers; the sink has no API.
     if workload.component != Component::Sink {
@@ -345,5 +357,67 @@ mod tests {
         let env = d.spec.template.spec.unwrap().containers[0].env.clone().unwrap();
         let password = env.iter().find(|e| e.name == "CLICKHOUSE_PASSWORD").unwrap();
         assert_eq!(password.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().key, "p");
+    }
+
+    fn env_of(spec: &FlightPipelineSpec, component: Component) -> Vec<EnvVar> {
+        let r = resolved(spec);
+        let d = deployment(&r, r.workload(component), &owner(), Scrape::ByServiceMonitor);
+        d.spec.template.spec.unwrap().containers[0].env.clone().unwrap()
+    }
+
+    fn value_of<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a str> {
+        env.iter().find(|e| e.name == name).and_then(|e| e.value.as_deref())
+    }
+
+    #[test]
+    fn each_http_component_gets_its_own_limits_and_the_sink_none() {
+        let mut spec = FlightPipelineSpec::default();
+        spec.ingest.limits.requests_per_second = Some(0);
+        spec.predict.limits.max_concurrent_requests = Some(8);
+        let names = [
+            "HTTP_RATE_LIMIT_RPS",
+            "HTTP_RATE_LIMIT_BURST",
+            "HTTP_MAX_CONCURRENT_REQUESTS",
+            "HTTP_REQUEST_TIMEOUT_SECONDS",
+        ];
+        for (component, want) in [
+            (Component::Ingest, ["0", "40", "16", "60"]),
+            (Component::Query, ["1000", "2000", "64", "15"]),
+            (Component::Predict, ["1000", "2000", "8", "10"]),
+        ] {
+            let env = env_of(&spec, component);
+            let got: Vec<_> = names.iter().map(|n| value_of(&env, n).unwrap_or("unset")).collect();
+            assert_eq!(got, want, "{component:?}");
+        }
+        let sink = env_of(&spec, Component::Sink);
+        assert!(names.iter().all(|n| value_of(&sink, n).is_none()));
+    }
+
+    #[test]
+    fn query_reads_with_its_own_credentials_and_the_others_with_the_pipelines() {
+        let refs = |name: &str| crate::crd::SecretKeyRefs {
+            name: name.into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        };
+        let secret_of = |env: &[EnvVar], var: &str| {
+            env.iter()
+                .find(|e| e.name == var)
+                .map(|e| e.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name.clone())
+        };
+        let mut spec = FlightPipelineSpec::default();
+        spec.clickhouse.credentials_secret = Some(refs("admin"));
+        assert_eq!(secret_of(&env_of(&spec, Component::Query), "CLICKHOUSE_USER").as_deref(), Some("admin"));
+        spec.query.credentials_secret = Some(refs("reader"));
+        for (component, want) in
+            [(Component::Query, "reader"), (Component::Sink, "admin"), (Component::Ingest, "admin")]
+        {
+            let env = env_of(&spec, component);
+            assert_eq!(secret_of(&env, "CLICKHOUSE_USER").as_deref(), Some(want), "{component:?}");
+            assert_eq!(secret_of(&env, "CLICKHOUSE_PASSWORD").as_deref(), Some(want), "{component:?}");
+        }
+        spec.clickhouse.credentials_secret = None;
+        assert_eq!(secret_of(&env_of(&spec, Component::Sink), "CLICKHOUSE_USER"), None);
+        assert_eq!(secret_of(&env_of(&spec, Component::Query), "CLICKHOUSE_USER").as_deref(), Some("reader"));
     }
 }

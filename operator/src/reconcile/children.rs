@@ -1,15 +1,21 @@
 //! The pipeline's Kubernetes children, in dependency order: settings ConfigMap, Services and
 //! Deployments; then their autoscalers; then the monitoring objects. Each step deletes what a
-//! switched-off part left behind (only objects this pipeline controls).
+//! switched-off part left behind (only objects this pipeline controls). An object of a child's name
+//! that this pipeline does not control is left alone and reported as `ResourceConflict`.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
 use kube::api::{Api, ApiResource, DynamicObject};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::discovery::Discovered;
+use super::kubernetes::Applied;
 use super::{Context, Error, kubernetes};
 use crate::build::autoscaling::{self, Offers, Plan};
 use crate::build::conditions::{self, Finding, reason};
@@ -28,9 +34,13 @@ pub async fn apply_workloads(
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
 
-    kubernetes::apply(&config_maps, &workloads::config_map(resolved, owner)).await?;
+    let mut conflicts = Vec::new();
     let mut endpoints = BTreeMap::new();
     let mut replicas = BTreeMap::new();
+    // Pods read their settings from this ConfigMap: with someone else's, none may start.
+    if !apply_child(&config_maps, &workloads::config_map(resolved, owner), &mut conflicts).await? {
+        return Ok((conflict(conditions::WORKLOADS_AVAILABLE, &conflicts), endpoints, replicas));
+    }
     let mut waiting = Vec::new();
     for workload in &resolved.workloads {
         let name = workloads::workload_name(&resolved.name, workload.component);
@@ -39,9 +49,13 @@ pub async fn apply_workloads(
             kubernetes::delete_owned(&services, &name, &owner.uid).await?;
             continue;
         }
-        kubernetes::apply(&services, &workloads::service(resolved, workload.component, owner)).await?;
-        kubernetes::apply(&deployments, &workloads::deployment(resolved, workload, owner, scrape)).await?;
-        if workload.component != Component::Sink {
+        let service = workloads::service(resolved, workload.component, owner);
+        let service_ours = apply_child(&services, &service, &mut conflicts).await?;
+        let deployment = workloads::deployment(resolved, workload, owner, scrape);
+        if !apply_child(&deployments, &deployment, &mut conflicts).await? {
+            continue;
+        }
+        if workload.component != Component::Sink && service_ours {
             endpoints
                 .insert(workload.component.as_str().to_string(), workloads::endpoint(resolved, workload.component));
         }
@@ -51,7 +65,9 @@ pub async fn apply_workloads(
             waiting.push(format!("{} {available}/{wanted}", workload.component.as_str()));
         }
     }
-    let finding = if waiting.is_empty() {
+    let finding = if !conflicts.is_empty() {
+        conflict(conditions::WORKLOADS_AVAILABLE, &conflicts)
+    } else if waiting.is_empty() {
         Finding::ok(conditions::WORKLOADS_AVAILABLE, reason::AVAILABLE, "every enabled workload is available")
     } else {
         Finding::failed(
@@ -61,6 +77,25 @@ pub async fn apply_workloads(
         )
     };
     Ok((finding, endpoints, replicas))
+}
+
+/// Applies one child; an object of its name that the pipeline does not control is left alone and
+/// noted in `conflicts`. Returns whether the child is the pipeline's.
+async fn apply_child<K>(api: &Api<K>, desired: &K, conflicts: &mut Vec<String>) -> Result<bool, Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    match kubernetes::apply(api, desired).await? {
+        Applied::NotOurs(whose) => {
+            conflicts.push(whose);
+            Ok(false)
+        }
+        Applied::Unchanged | Applied::Written => Ok(true),
+    }
+}
+
+fn conflict(type_: &'static str, conflicts: &[String]) -> Finding {
+    Finding::failed(type_, reason::RESOURCE_CONFLICT, conflicts.join("; "))
 }
 
 /// One HPA or ScaledObject per autoscaled workload; the other kind, and autoscalers of workloads
@@ -76,20 +111,37 @@ pub async fn apply_autoscalers(
     };
     let hpas = offers.hpa.map(|v| api(&v.api_resource()));
     let scaled_objects = offers.keda.then(|| api(&autoscaling::scaled_object_resource()));
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &resolved.namespace);
     let mut applied = Vec::new();
     let mut missing = Vec::new();
+    let mut conflicts = Vec::new();
     for workload in &resolved.workloads {
         let name = autoscaling::autoscaler_name(resolved, workload.component);
         let plan = autoscaling::plan(resolved, workload, offers, ctx.prometheus_url.as_deref(), owner);
+        let target = workloads::workload_name(&resolved.name, workload.component);
+        // Never scale a Deployment of the same name that is someone else's.
+        let target_not_ours = matches!(plan, Plan::Hpa(_) | Plan::ScaledObject(_))
+            && !kubernetes::is_ours_or_absent(&deployments, &target, &owner.uid).await?;
+        if target_not_ours {
+            conflicts.push(format!(
+                "{} not autoscaled: Deployment {target} is not controlled by this pipeline",
+                workload.component.as_str()
+            ));
+            continue;
+        }
         let (keep_hpa, keep_scaled_object) = match &plan {
             Plan::Hpa(hpa) => {
-                kubernetes::apply(hpas.as_ref().expect("planned with an HPA version"), hpa.as_ref()).await?;
-                applied.push(format!("{} (HPA)", workload.component.as_str()));
+                let hpas = hpas.as_ref().expect("planned with an HPA version");
+                if apply_child(hpas, hpa.as_ref(), &mut conflicts).await? {
+                    applied.push(format!("{} (HPA)", workload.component.as_str()));
+                }
                 (true, false)
             }
             Plan::ScaledObject(object) => {
-                kubernetes::apply(scaled_objects.as_ref().expect("planned with KEDA"), object.as_ref()).await?;
-                applied.push(format!("{} (KEDA)", workload.component.as_str()));
+                let scaled_objects = scaled_objects.as_ref().expect("planned with KEDA");
+                if apply_child(scaled_objects, object.as_ref(), &mut conflicts).await? {
+                    applied.push(format!("{} (KEDA)", workload.component.as_str()));
+                }
                 (false, true)
             }
             Plan::Unavailable(why) => {
@@ -105,7 +157,9 @@ pub async fn apply_autoscalers(
             kubernetes::delete_owned(scaled_objects, &name, &owner.uid).await?;
         }
     }
-    Ok(if !missing.is_empty() {
+    Ok(if !conflicts.is_empty() {
+        conflict(conditions::AUTOSCALING_READY, &conflicts)
+    } else if !missing.is_empty() {
         Finding::failed(conditions::AUTOSCALING_READY, reason::PROVIDER_MISSING, missing.join("; "))
     } else if applied.is_empty() {
         Finding::ok(conditions::AUTOSCALING_READY, reason::FIXED_REPLICAS, "every workload runs fixed replicas")
@@ -130,6 +184,7 @@ pub async fn apply_monitoring(
     let wanted = &resolved.monitoring;
     let name = monitoring::monitoring_name(&resolved.name);
     let mut notes = Vec::new();
+    let mut conflicts = Vec::new();
     for (present, asked, resource, object, what) in [
         (
             discovered.service_monitor,
@@ -154,8 +209,9 @@ pub async fn apply_monitoring(
         }
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
         if asked {
-            kubernetes::apply(&api, &object(resolved, owner)).await?;
-            notes.push(format!("{what} {name}"));
+            if apply_child(&api, &object(resolved, owner), &mut conflicts).await? {
+                notes.push(format!("{what} {name}"));
+            }
         } else {
             kubernetes::delete_owned(&api, &name, &owner.uid).await?;
         }
@@ -166,10 +222,16 @@ pub async fn apply_monitoring(
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let dashboard = monitoring::dashboard_name(&resolved.name);
     if wanted.dashboards {
-        kubernetes::apply(&config_maps, &monitoring::pipeline_dashboard(resolved, owner, &ctx.dashboards)).await?;
-        notes.push(format!("dashboard ConfigMap {dashboard}"));
+        let object = monitoring::pipeline_dashboard(resolved, owner, &ctx.dashboards);
+        if apply_child(&config_maps, &object, &mut conflicts).await? {
+            notes.push(format!("dashboard ConfigMap {dashboard}"));
+        }
     } else {
         kubernetes::delete_owned(&config_maps, &dashboard, &owner.uid).await?;
     }
-    Ok(Finding::ok(conditions::MONITORING_READY, reason::MONITORING_APPLIED, notes.join("; ")))
+    Ok(if conflicts.is_empty() {
+        Finding::ok(conditions::MONITORING_READY, reason::MONITORING_APPLIED, notes.join("; "))
+    } else {
+        conflict(conditions::MONITORING_READY, &conflicts)
+    })
 }

@@ -1,5 +1,6 @@
-//! Kubernetes I/O for child objects: server-side apply that skips objects already as wanted,
-//! deletion of switched-off components, and Deployment availability.
+//! Kubernetes I/O for child objects: server-side apply that skips objects already as wanted and
+//! never takes over an object the pipeline does not control, deletion of switched-off components,
+//! and Deployment availability.
 
 use std::fmt::Debug;
 
@@ -12,21 +13,93 @@ use serde_json::Value;
 
 use crate::build::labels::MANAGER;
 
+/// What `apply` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The live object already had every field: nothing written.
+    Unchanged,
+    Written,
+    /// An object of that name exists and is not controlled by the desired object's controller:
+    /// left as it is. Says whose it is.
+    NotOurs(String),
+}
+
 /// Applies `desired` with server-side apply unless the live object already has every field it
-/// sets, so an unchanged pipeline writes nothing. Returns whether it wrote.
-pub async fn apply<K>(api: &Api<K>, desired: &K) -> Result<bool, kube::Error>
+/// sets, so an unchanged pipeline writes nothing.
+///
+/// When `desired` names a controller (its owner reference with `controller: true`), an existing
+/// object without that controller is someone else's: it is reported, not taken over. A forced apply
+/// (which repairs drift made by others) only ever touches objects the controller already holds; a
+/// new object is applied unforced, so one created by someone else in the meantime conflicts instead.
+pub async fn apply<K>(api: &Api<K>, desired: &K) -> Result<Applied, kube::Error>
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
 {
     let name = desired.meta().name.clone().unwrap_or_default();
-    if let Some(live) = api.get_opt(&name).await? {
-        let as_json = |o: &K| serde_json::to_value(o).map_err(kube::Error::SerdeError);
-        if is_subset(&as_json(desired)?, &as_json(&live)?) {
-            return Ok(false);
+    let as_json = |o: &K| serde_json::to_value(o).map_err(kube::Error::SerdeError);
+    let want = as_json(desired)?;
+    let controller = desired.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.clone());
+    let params = match api.get_opt(&name).await? {
+        Some(live) => {
+            if let Some(uid) = &controller
+                && !is_controlled_by(&live, uid)
+            {
+                return Ok(Applied::NotOurs(holder(&want, &live)));
+            }
+            if is_subset(&want, &as_json(&live)?) {
+                return Ok(Applied::Unchanged);
+            }
+            PatchParams::apply(MANAGER).force()
         }
+        None if controller.is_some() => PatchParams::apply(MANAGER),
+        None => PatchParams::apply(MANAGER).force(),
+    };
+    match api.patch(&name, &params, &Patch::Apply(desired)).await {
+        Ok(_) => Ok(Applied::Written),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Applied::NotOurs(format!(
+            "{} {name} was created by someone else meanwhile ({})",
+            kind(&want),
+            e.message
+        ))),
+        Err(e) => Err(e),
     }
-    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired)).await?;
-    Ok(true)
+}
+
+fn is_controlled_by<K: Resource>(live: &K, uid: &str) -> bool {
+    live.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+fn kind(object: &Value) -> &str {
+    object.get("kind").and_then(Value::as_str).unwrap_or("object")
+}
+
+/// "Deployment x exists and is not controlled by this pipeline (controller: none; managers: kubectl)".
+fn holder<K: Resource>(want: &Value, live: &K) -> String {
+    let controller = live
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| format!("{} {}", o.kind, o.name))
+        .unwrap_or_else(|| "none".into());
+    let mut managers: Vec<&str> =
+        live.meta().managed_fields.iter().flatten().filter_map(|m| m.manager.as_deref()).collect();
+    managers.sort_unstable();
+    managers.dedup();
+    let managers = if managers.is_empty() { "none".to_string() } else { managers.join(", ") };
+    format!(
+        "{} {} exists and is not controlled by this pipeline (controller: {controller}; field managers: {managers}); \
+         left as it is",
+        kind(want),
+        live.name_any()
+    )
+}
+
+/// Whether the object is absent or controlled by `owner_uid`: what this pipeline may build on.
+pub async fn is_ours_or_absent<K>(api: &Api<K>, name: &str, owner_uid: &str) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    Ok(api.get_opt(name).await?.is_none_or(|live| is_controlled_by(&live, owner_uid)))
 }
 
 /// Deletes an object if it exists and is controlled by `owner_uid` (never someone else's).
@@ -37,7 +110,7 @@ where
     let Some(live) = api.get_opt(name).await? else {
         return Ok(false);
     };
-    if !live.owner_references().iter().any(|o| o.uid == owner_uid && o.controller == Some(true)) {
+    if !is_controlled_by(&live, owner_uid) {
         return Ok(false);
     }
     let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };

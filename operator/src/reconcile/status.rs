@@ -89,7 +89,7 @@ pub async fn publish(recorder: &Recorder, fp: &FlightPipeline, type_: EventType,
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(conditions::truncate(note)),
         action: "Reconcile".into(),
         secondary: None,
     };

@@ -169,6 +169,11 @@ impl Operator {
                 .env("FLIGHTLINE_KAFKA_BOOTSTRAP_SERVERS", &stack.bootstrap)
                 .env("FLIGHTLINE_CLICKHOUSE_URL", &stack.clickhouse_url);
         }
+        // The local stack's endpoints are allowed even without defaults (pipelines then name them).
+        command
+            .env("FLIGHTLINE_ALLOWED_KAFKA_BOOTSTRAP_SERVERS", &stack.bootstrap)
+            .env("FLIGHTLINE_ALLOWED_CLICKHOUSE_URLS", &stack.clickhouse_url)
+            .env_remove("FLIGHTLINE_ALLOWED_IMAGE_PREFIXES");
         // Operator logs go to a file per process, for reading when a test fails.
         let log_dir = std::env::var("E2E_LOG_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string());
         let log = std::fs::File::create(format!("{log_dir}/operator-{}-{identity}.log", options.namespace))
