@@ -279,10 +279,20 @@ pub async fn serve(addr: SocketAddr, app: Router) -> anyhow::Result<()> {
     let header_read_timeout = crate::config::header_read_timeout()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, header_read_timeout_seconds = header_read_timeout.as_secs(), "listening");
+    serve_on(listener, app, header_read_timeout, shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -314,8 +324,6 @@ pub async fn serve(addr: SocketAddr, app: Router) -> anyhow::Result<()> {
     if tokio::time::timeout(DRAIN_FOR, graceful.shutdown()).await.is_err() {
         tracing::warn!(seconds = DRAIN_FOR.as_secs(), "requests still in flight after the drain period");
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -400,7 +408,188 @@ pub fn empty(status: StatusCode) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::FaultSwitch;
+    use super::*;
+    use crate::config::HttpLimits;
+    use axum::routing::post;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn limits(requests_per_second: u32, burst: u32, max_concurrent_requests: u32) -> HttpLimits {
+        HttpLimits { requests_per_second, burst, max_concurrent_requests, ..HttpLimits::QUERY }
+    }
+
+    fn ok() -> ReadyCheck {
+        Arc::new(|| Box::pin(async { Ok(()) }))
+    }
+
+    fn test_app(routes: Router, limits: HttpLimits) -> (Router, Arc<Telemetry>) {
+        let telemetry = Telemetry::new("test");
+        (app(routes, telemetry.clone(), ok(), None, limits), telemetry)
+    }
+
+    fn request(method: &str, path: &str) -> Request {
+        Request::builder().method(method).uri(path).body(Body::empty()).unwrap()
+    }
+
+    async fn json(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn series(telemetry: &Telemetry) -> usize {
+        telemetry.encode().lines().filter(|l| !l.starts_with('#')).count()
+    }
+
+    #[tokio::test]
+    async fn made_up_methods_do_not_grow_the_metrics() {
+        let (app, telemetry) = test_app(Router::new().route("/v1/x", get(|| async { "x" })), limits(0, 1, 8));
+        for path in ["/healthz", "/v1/x", "/nowhere"] {
+            app.clone().oneshot(request("GET", path)).await.unwrap();
+        }
+        let before = series(&telemetry);
+        for n in 0..300 {
+            for path in ["/healthz", "/v1/x", "/nowhere"] {
+                let response = app.clone().oneshot(request(&format!("MADEUP{n}"), path)).await.unwrap();
+                assert!(response.status().is_client_error(), "{path}: {}", response.status());
+            }
+        }
+        let text = telemetry.encode();
+        assert!(!text.contains("MADEUP"), "a client's method reached a label");
+        // At most: per route, one `other` counter series per status (405/404) and one histogram.
+        let grown = series(&telemetry) - before;
+        assert!(grown <= 3 * 20, "{grown} new series for 900 requests with made-up methods");
+        assert!(text.contains(r#"method="other""#));
+    }
+
+    #[tokio::test]
+    async fn a_burst_over_the_rate_gets_429_with_retry_after_and_health_is_exempt() {
+        let (app, telemetry) = test_app(Router::new().route("/v1/x", get(|| async { "x" })), limits(1, 3, 8));
+        for _ in 0..3 {
+            assert_eq!(app.clone().oneshot(request("GET", "/v1/x")).await.unwrap().status(), StatusCode::OK);
+        }
+        let refused = app.clone().oneshot(request("GET", "/v1/x")).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        let body = json(refused).await;
+        assert_eq!(body["error"], "rate_limited");
+        assert!(body["message"].as_str().unwrap().contains("rate limit"));
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            for _ in 0..10 {
+                assert_eq!(app.clone().oneshot(request("GET", path)).await.unwrap().status(), StatusCode::OK, "{path}");
+            }
+        }
+        assert!(telemetry.encode().contains(r#"http_refused_requests_total{reason="rate_limited"} 1"#));
+        // Another client (peer address) has its own bucket.
+        let mut other = request("GET", "/v1/x");
+        other.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 4000))));
+        assert_eq!(app.clone().oneshot(other).await.unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_full_concurrency_limit_answers_503_at_once() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let waiting = release.clone();
+        let routes = Router::new().route(
+            "/v1/slow",
+            get(move || {
+                let waiting = waiting.clone();
+                async move {
+                    waiting.notified().await;
+                    "done"
+                }
+            }),
+        );
+        let (app, _) = test_app(routes, limits(0, 1, 1));
+        let first = tokio::spawn(app.clone().oneshot(request("GET", "/v1/slow")));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let refused = app.clone().oneshot(request("GET", "/v1/slow")).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(json(refused).await["error"], "overloaded");
+        assert_eq!(app.clone().oneshot(request("GET", "/healthz")).await.unwrap().status(), StatusCode::OK);
+        release.notify_one();
+        assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn slow_requests_and_stalled_bodies_time_out() {
+        let routes = Router::new()
+            .route(
+                "/v1/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "late"
+                }),
+            )
+            .route(
+                "/v1/upload",
+                post(|body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>| async move {
+                    body.map(|b| b.len().to_string()).map_err(body_error)
+                }),
+            );
+        let limits = HttpLimits { request_timeout_seconds: 1, body_read_timeout_seconds: 1, ..limits(0, 1, 8) };
+        let (app, _) = test_app(routes, limits);
+        let started = Instant::now();
+        let response = app.clone().oneshot(request("GET", "/v1/slow")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json(response).await["error"], "request_timeout");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let stalled = Body::from_stream(futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>());
+        let upload = Request::builder().method("POST").uri("/v1/upload").body(stalled).unwrap();
+        let response = app.clone().oneshot(upload).await.unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(json(response).await["error"], "body_timeout");
+    }
+
+    #[tokio::test]
+    async fn readiness_is_checked_once_for_many_probes() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let ready: ReadyCheck = Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err("backend down".to_string())
+            })
+        });
+        let app = app(Router::new(), Telemetry::new("test"), ready, None, limits(0, 1, 8));
+        let probes: Vec<_> = (0..50).map(|_| tokio::spawn(app.clone().oneshot(request("GET", "/readyz")))).collect();
+        for probe in probes {
+            assert_eq!(probe.await.unwrap().unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_hung_readiness_check_means_not_ready() {
+        let ready: ReadyCheck = Arc::new(|| Box::pin(std::future::pending()));
+        let app = app(Router::new(), Telemetry::new("test"), ready, None, limits(0, 1, 8));
+        let started = Instant::now();
+        let response = app.oneshot(request("GET", "/readyz")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(started.elapsed() < READY_CHECK_TIMEOUT + Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stalls_in_its_headers_is_disconnected() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (app, _) = test_app(Router::new(), limits(0, 1, 8));
+        tokio::spawn(serve_on(listener, app, Duration::from_secs(1), std::future::pending()));
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Half: ").await.unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the connection stayed open");
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        // A complete request on another connection is served.
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 
     #[test]
     fn fault_switch_fails_exactly_its_share() {
