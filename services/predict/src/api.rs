@@ -4,8 +4,10 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use axum::{Json, Router};
 use flightline_service::auth::Auth;
@@ -16,11 +18,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::model::{Features, Model};
+use crate::body::parse_flights;
+use crate::model::Model;
 
-pub const MAX_FLIGHTS: usize = 10_000;
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
 
@@ -134,46 +135,20 @@ async fn watch(path: String, state: AppState) {
     }
 }
 
-/// Reads and checks `{"flights": [...]}`; errors name the flight and field.
-fn parse_flights(body: &Value, model: &Model) -> Result<Vec<Features>, ApiError> {
-    let flights = body
-        .get("flights")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::bad_field("flights", "must be an array of flights"))?;
-    if flights.is_empty() || flights.len() > MAX_FLIGHTS {
-        return Err(ApiError::bad_field(
-            "flights",
-            format!("must hold 1 to {MAX_FLIGHTS} flights, not {}", flights.len()),
+/// The body, if it is JSON and within the size limit.
+fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|value| {
+        let mime = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        mime == "application/json" || mime.ends_with("+json")
+    });
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON (Content-Type: application/json)",
         ));
     }
-    flights
-        .iter()
-        .enumerate()
-        .map(|(i, flight)| {
-            let field = |name: &str| format!("flights[{i}].{name}");
-            let airline = flight.get("OPERA").and_then(Value::as_str).unwrap_or_default();
-            if !model.knows_airline(airline) {
-                return Err(ApiError::bad_field(field("OPERA"), format!("unknown airline {airline:?}")));
-            }
-            let flight_type = flight.get("TIPOVUELO").and_then(Value::as_str).unwrap_or_default();
-            if flight_type != "I" && flight_type != "N" {
-                return Err(ApiError::bad_field(field("TIPOVUELO"), format!("{flight_type:?} must be I or N")));
-            }
-            let month = match flight.get("MES") {
-                Some(Value::Number(n)) => n.as_u64(),
-                Some(Value::String(s)) => s.parse().ok(),
-                _ => None,
-            };
-            let month = month
-                .filter(|m| (1..=12).contains(m))
-                .ok_or_else(|| ApiError::bad_field(field("MES"), "must be a month from 1 to 12"))?;
-            Ok(Features { airline: airline.into(), flight_type: flight_type.into(), month: month as u8 })
-        })
-        .collect()
-}
-
-fn body_json(body: Result<Json<Value>, axum::extract::rejection::JsonRejection>) -> Result<Value, ApiError> {
-    body.map(|Json(v)| v).map_err(|e| {
+    body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -181,7 +156,7 @@ fn body_json(body: Result<Json<Value>, axum::extract::rejection::JsonRejection>)
                 format!("the body is larger than {BODY_LIMIT} bytes"),
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.body_text())
+            server::body_error(e)
         }
     })
 }
@@ -193,10 +168,11 @@ struct ChallengeResponse {
 
 async fn predict_challenge(
     State(state): State<AppState>,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ChallengeResponse>, ApiError> {
     let model = state.current();
-    let flights = parse_flights(&body_json(body)?, &model)?;
+    let flights = parse_flights(&json_body(&headers, body)?, &model)?;
     let predict: Vec<u8> = flights.iter().map(|f| model.label(model.probability(f))).collect();
     count(&state, &predict);
     Ok(Json(ChallengeResponse { predict }))
@@ -217,10 +193,11 @@ struct V1Response {
 
 async fn predict_v1(
     State(state): State<AppState>,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<V1Response>, ApiError> {
     let model = state.current();
-    let flights = parse_flights(&body_json(body)?, &model)?;
+    let flights = parse_flights(&json_body(&headers, body)?, &model)?;
     let predictions: Vec<Prediction> = flights
         .iter()
         .map(|f| {
@@ -241,6 +218,7 @@ fn count(state: &AppState, labels: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::MAX_FLIGHTS;
     use serde_json::json;
 
     #[tokio::test]
@@ -282,7 +260,7 @@ mod tests {
     #[test]
     fn the_challenge_body_parses() {
         let body = json!({"flights": [{"OPERA": "Aerolineas Argentinas", "TIPOVUELO": "N", "MES": 3}]});
-        let flights = parse_flights(&body, &model()).unwrap();
+        let flights = parse_flights(body.to_string().as_bytes(), &model()).unwrap();
         assert_eq!(flights[0].month, 3);
     }
 
@@ -294,12 +272,42 @@ mod tests {
             (json!({"OPERA": "Argentinas", "TIPOVUELO": "N", "MES": 3}), "flights[0].OPERA"),
             (json!({"OPERA": "Aerolineas Argentinas", "TIPOVUELO": "N"}), "flights[0].MES"),
         ] {
-            let error = parse_flights(&json!({"flights": [flight]}), &model()).unwrap_err();
+            let error = parse_flights(json!({"flights": [flight]}).to_string().as_bytes(), &model()).unwrap_err();
             assert_eq!(error.status, StatusCode::BAD_REQUEST);
             assert_eq!(error.field.as_deref(), Some(field));
         }
-        assert!(parse_flights(&json!({"flights": []}), &model()).is_err());
+        assert!(parse_flights(br#"{"flights": []}"#, &model()).is_err());
         let too_many = vec![json!({"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 1}); MAX_FLIGHTS + 1];
-        assert!(parse_flights(&json!({ "flights": too_many }), &model()).is_err());
+        let error = parse_flights(json!({ "flights": too_many }).to_string().as_bytes(), &model()).unwrap_err();
+        assert_eq!((error.status, error.field.as_deref()), (StatusCode::BAD_REQUEST, Some("flights")));
+    }
+
+    async fn post(body: Vec<u8>, content_type: &str) -> (StatusCode, serde_json::Value) {
+        use tower::ServiceExt;
+        let request = axum::http::Request::builder()
+            .method("POST")
+            .uri("/predict")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let response = routes(AppState::new(model(), &Telemetry::new("predict_test"))).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn the_router_refuses_many_empty_flights_non_json_and_oversized_bodies() {
+        let empties = format!("{{\"flights\":[{}{{}}]}}", "{},".repeat(589_999)).into_bytes();
+        assert!(empties.len() < BODY_LIMIT);
+        let (status, body) = post(empties, "application/json").await;
+        assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("flights")));
+        let (status, _) = post(br#"{"flights":[]}"#.to_vec(), "text/plain").await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let (status, body) = post(vec![b' '; BODY_LIMIT + 1], "application/json").await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large")));
+        let sample = br#"{"flights":[{"OPERA":"Aerolineas Argentinas","TIPOVUELO":"N","MES":3}]}"#.to_vec();
+        let (status, body) = post(sample, "application/json; charset=utf-8").await;
+        assert_eq!((status, body), (StatusCode::OK, json!({"predict": [0]})));
     }
 }

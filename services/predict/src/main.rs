@@ -2,6 +2,7 @@
 //! from the data set (`train`).
 
 mod api;
+mod body;
 mod model;
 
 use std::io::Read;

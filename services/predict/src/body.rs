@@ -1,0 +1,236 @@
+//! Reads `{"flights": [...]}` as a stream: the array is counted while it is read and reading stops
+//! at flight [`MAX_FLIGHTS`] + 1, so an oversized body is refused before its flights are built.
+//! Memory stays below the body (4 MB) plus 10,000 small records; only the three fields the model
+//! uses are kept, everything else is skipped without allocating.
+
+use std::cell::Cell;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+
+use flightline_service::server::ApiError;
+
+use crate::model::{Features, Model};
+
+pub const MAX_FLIGHTS: usize = 10_000;
+
+/// One flight as sent: the fields are checked afterwards, so errors can name them.
+#[derive(Deserialize)]
+struct FlightIn {
+    #[serde(rename = "OPERA")]
+    airline: Option<Value>,
+    #[serde(rename = "TIPOVUELO")]
+    flight_type: Option<Value>,
+    #[serde(rename = "MES")]
+    month: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier)]
+enum Key {
+    #[serde(rename = "flights")]
+    Flights,
+    #[serde(other)]
+    Other,
+}
+
+/// The body object; `too_many` is set when the array went past the limit.
+struct BodySeed<'a> {
+    too_many: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = Option<Vec<FlightIn>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BodySeed<'_> {
+    type Value = Option<Vec<FlightIn>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(r#"an object {"flights": [...]}"#)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut flights = None;
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Flights if flights.is_some() => return Err(serde::de::Error::duplicate_field("flights")),
+                Key::Flights => flights = Some(map.next_value_seed(FlightsSeed { too_many: self.too_many })?),
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(flights)
+    }
+}
+
+struct FlightsSeed<'a> {
+    too_many: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for FlightsSeed<'_> {
+    type Value = Vec<FlightIn>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FlightsSeed<'_> {
+    type Value = Vec<FlightIn>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of flights")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut flights = Vec::new();
+        while let Some(flight) = seq.next_element()? {
+            if flights.len() == MAX_FLIGHTS {
+                self.too_many.set(true);
+                return Err(serde::de::Error::custom(format!("more than {MAX_FLIGHTS} flights")));
+            }
+            flights.push(flight);
+        }
+        Ok(flights)
+    }
+}
+
+fn too_many() -> ApiError {
+    ApiError::bad_field("flights", format!("must hold 1 to {MAX_FLIGHTS} flights; the body holds more"))
+}
+
+/// Reads and checks the body; errors name the flight and field.
+pub fn parse_flights(body: &[u8], model: &Model) -> Result<Vec<Features>, ApiError> {
+    let too_many_seen = Cell::new(false);
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let flights = BodySeed { too_many: &too_many_seen }.deserialize(&mut deserializer).and_then(|flights| {
+        deserializer.end()?;
+        Ok(flights)
+    });
+    let flights = match flights {
+        Ok(Some(flights)) => flights,
+        Ok(None) => return Err(ApiError::bad_field("flights", "must be an array of flights")),
+        Err(_) if too_many_seen.get() => return Err(too_many()),
+        Err(e) => {
+            return Err(ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_json", format!("the body: {e}")));
+        }
+    };
+    if flights.is_empty() {
+        return Err(ApiError::bad_field("flights", format!("must hold 1 to {MAX_FLIGHTS} flights, not 0")));
+    }
+    flights.into_iter().enumerate().map(|(i, flight)| features(i, flight, model)).collect()
+}
+
+fn features(i: usize, flight: FlightIn, model: &Model) -> Result<Features, ApiError> {
+    let field = |name: &str| format!("flights[{i}].{name}");
+    let airline = flight.airline.as_ref().and_then(Value::as_str).unwrap_or_default();
+    if !model.knows_airline(airline) {
+        return Err(ApiError::bad_field(field("OPERA"), format!("unknown airline {:?}", clip(airline))));
+    }
+    let flight_type = flight.flight_type.as_ref().and_then(Value::as_str).unwrap_or_default();
+    if flight_type != "I" && flight_type != "N" {
+        return Err(ApiError::bad_field(field("TIPOVUELO"), format!("{:?} must be I or N", clip(flight_type))));
+    }
+    let month = match &flight.month {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        _ => None,
+    };
+    let month = month
+        .filter(|m| (1..=12).contains(m))
+        .ok_or_else(|| ApiError::bad_field(field("MES"), "must be a month from 1 to 12"))?;
+    Ok(Features { airline: airline.into(), flight_type: flight_type.into(), month: month as u8 })
+}
+
+/// Echoes at most 60 characters of a client's value in an error.
+fn clip(text: &str) -> &str {
+    text.char_indices().nth(60).map_or(text, |(end, _)| &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use proptest::prelude::*;
+
+    fn model() -> Model {
+        crate::built_in_model()
+    }
+
+    fn is_ok_or_400(result: &Result<Vec<Features>, ApiError>) -> bool {
+        result.as_ref().map_or_else(|e| e.status == StatusCode::BAD_REQUEST, |flights| !flights.is_empty())
+    }
+
+    #[test]
+    fn the_limit_is_counted_while_reading_and_other_keys_are_skipped() {
+        let flight = r#"{"OPERA":"Grupo LATAM","TIPOVUELO":"I","MES":"7","extra":[1,{"a":null}]}"#;
+        let body = |n: usize| format!(r#"{{"meta":{{"x":[1,2]}},"flights":[{}]}}"#, vec![flight; n].join(","));
+        assert_eq!(parse_flights(body(MAX_FLIGHTS).as_bytes(), &model()).unwrap().len(), MAX_FLIGHTS);
+        let error = parse_flights(body(MAX_FLIGHTS + 1).as_bytes(), &model()).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("flights"));
+        assert!(error.message.contains("10000"), "{}", error.message);
+        for bad in [r#"{"flights":{}}"#, r#"[]"#, r#"{"flights":[1]}"#, r#"{"flights":[],"flights":[]}"#, "{} x"] {
+            let error = parse_flights(bad.as_bytes(), &model()).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+        assert_eq!(parse_flights(b"{}", &model()).unwrap_err().field.as_deref(), Some("flights"));
+        let long_airline = format!(r#"{{"flights":[{{"OPERA":"{}","TIPOVUELO":"I","MES":1}}]}}"#, "x".repeat(10_000));
+        assert!(parse_flights(long_airline.as_bytes(), &model()).unwrap_err().message.len() < 200);
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            "\\PC{0,20}".prop_map(Value::from),
+            proptest::sample::select(vec!["OPERA", "TIPOVUELO", "MES", "I", "N", "Grupo LATAM", "12", "0"])
+                .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    proptest::sample::select(vec!["OPERA", "TIPOVUELO", "MES", "flights", "x"]).prop_map(String::from),
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic and never pass as something else than 400.
+        #[test]
+        fn prop_predict_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            prop_assert!(is_ok_or_400(&parse_flights(&body, &model())));
+        }
+
+        /// Arbitrary JSON as the flights (or as the body) is predicted or refused with 400.
+        #[test]
+        fn prop_predict_json_never_panics(flights in json_value(), whole in json_value()) {
+            let wrapped = serde_json::json!({ "flights": flights }).to_string();
+            prop_assert!(is_ok_or_400(&parse_flights(wrapped.as_bytes(), &model())));
+            prop_assert!(is_ok_or_400(&parse_flights(whole.to_string().as_bytes(), &model())));
+        }
+
+        /// Anything over the limit is refused with 400 naming `flights`, whatever the flights hold.
+        #[test]
+        fn prop_predict_over_limit_is_refused(extra in 1usize..300, flight in json_value()) {
+            let flight = flight.to_string();
+            let body = format!(r#"{{"flights":[{}]}}"#, vec![flight.as_str(); MAX_FLIGHTS + extra].join(","));
+            let error = parse_flights(body.as_bytes(), &model()).unwrap_err();
+            prop_assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        }
+    }
+}
