@@ -1,0 +1,285 @@
+//! End-to-end tests of the operator's limits against the local stack: what a pipeline may ask for
+//! (endpoints, images, sizes, TTLs), children that must not take over someone else's objects, and
+//! the per-component limits reaching the running services. Run them with `dev/test`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flightline_operator::crd::{FlightPipeline, HttpLimits, SecretKeyRefs};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Container, Event, Pod, PodSpec, PodTemplateSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use support::*;
+
+/// The example pipeline under another name, with a topic and table of its own.
+fn named(ns: &TestNamespace, name: &str) -> FlightPipeline {
+    let mut fp = example_pipeline(ns);
+    fp.metadata.name = Some(name.into());
+    fp.spec.kafka.topic = format!("{}.{name}", ns.name);
+    fp.spec.clickhouse.table = name.replace('-', "_");
+    fp
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn pipelines_beyond_the_operators_limits_are_invalid_and_touch_nothing() {
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("limits").await;
+    // The harness allows the local stack's endpoints and no other; the size limits are the flags' defaults.
+    let mut operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+
+    type Mutation = fn(&mut FlightPipeline);
+    let cases: [(&str, Mutation, &str); 7] = [
+        (
+            "foreign-kafka",
+            |fp| fp.spec.kafka.bootstrap_servers = "127.0.0.1:1".into(),
+            "spec.kafka.bootstrapServers: \"127.0.0.1:1\" is not allowed by the operator (--allowed-kafka-bootstrap-servers",
+        ),
+        (
+            "foreign-clickhouse",
+            |fp| fp.spec.clickhouse.url = "http://127.0.0.1:1".into(),
+            "spec.clickhouse.url: \"http://127.0.0.1:1\" is not allowed by the operator (--allowed-clickhouse-urls",
+        ),
+        (
+            "foreign-image",
+            |fp| fp.spec.query.workload.image = "registry.evil.example/flightline-query:latest".into(),
+            "spec.query.image: \"registry.evil.example/flightline-query:latest\" is not allowed by the operator \
+             (--allowed-image-prefixes",
+        ),
+        // Tens of thousands of days: scheduled_at + TTL would wrap past 2106 and expire every row.
+        (
+            "endless-ttl",
+            |fp| fp.spec.clickhouse.ttl = "60000d".into(),
+            "spec.clickhouse.ttl: 60000d is more than 1863d",
+        ),
+        (
+            "many-partitions",
+            |fp| fp.spec.kafka.partitions = 101,
+            "spec.kafka.partitions: 101 is more than the operator allows (--max-partitions 100)",
+        ),
+        (
+            "huge-body",
+            |fp| fp.spec.ingest.max_body_bytes = 1 << 30,
+            "spec.ingest.maxBodyBytes: 1073741824 is more than the operator allows (--max-body-bytes 16777216)",
+        ),
+        (
+            "many-pods",
+            |fp| fp.spec.sink.workload.replicas = 50,
+            "spec.sink.replicas: 50 is more than the operator allows (--max-replicas 20)",
+        ),
+    ];
+    for (name, mutate, _) in &cases {
+        let mut fp = named(&ns, name);
+        mutate(&mut fp);
+        apply(&api, &fp).await.unwrap_or_else(|e| panic!("{name} passes the CRD schema: {e}"));
+    }
+    for (name, _, text) in &cases {
+        let fp = wait_condition(&api, name, "Ready", "False", Some("InvalidSpec")).await;
+        let message = &condition(&fp, "Ready").unwrap().message;
+        assert!(message.contains(text), "{name}: expected {text:?} in {message:?}");
+        // Nothing was made for an invalid pipeline: no topic, no table, no workloads.
+        assert!(stack.topic(&format!("{}.{name}", ns.name)).await.is_none(), "{name}: a topic was created");
+        assert_eq!(stack.engine_full(&ns.database, &name.replace('-', "_")).await, None, "{name}: a table was created");
+        let deployments: Api<Deployment> = Api::namespaced(stack.client.clone(), &ns.name);
+        let selector = format!("app.kubernetes.io/instance={name}");
+        assert!(deployments.list(&ListParams::default().labels(&selector)).await.unwrap().items.is_empty());
+    }
+    assert!(operator.is_running());
+
+    // Within the limits the same operator builds the pipeline.
+    let mut fixed: FlightPipeline = api.get("endless-ttl").await.unwrap();
+    fixed.spec.clickhouse.ttl = "1863d".into();
+    apply(&api, &fixed).await.unwrap();
+    wait_condition(&api, "endless-ttl", "ClickHouseReady", "True", None).await;
+    let engine = stack.engine_full(&ns.database, "endless_ttl").await.expect("table created");
+    assert!(engine.contains("toIntervalDay(1863)"), "{engine}");
+}
+
+/// A Deployment made by hand, not by Flightline: no pods (0 replicas), its own labels.
+fn hand_made(name: &str) -> Deployment {
+    let labels = BTreeMap::from([("app".to_string(), "by-hand".to_string())]);
+    Deployment {
+        metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+        spec: DeploymentSpec {
+            replicas: Some(0),
+            selector: LabelSelector { match_labels: Some(labels.clone()), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "app".into(),
+                        image: Some("example.org/someone-elses-app:1".into()),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn an_existing_deployment_of_a_childs_name_is_reported_not_taken_over() {
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("takeover").await;
+    let deployments: Api<Deployment> = Api::namespaced(stack.client.clone(), &ns.name);
+    let params = PostParams { field_manager: Some("someone-else".into()), ..PostParams::default() };
+    let theirs = deployments.create(&params, &hand_made("scl-query")).await.expect("create the hand-made Deployment");
+
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+    apply(&api, &example_pipeline(&ns)).await.unwrap();
+    let fp = wait_condition(&api, "scl", "WorkloadsAvailable", "False", Some("ResourceConflict")).await;
+    let message = &condition(&fp, "WorkloadsAvailable").unwrap().message;
+    assert!(
+        message.contains("Deployment scl-query exists and is not controlled by this pipeline")
+            && message.contains("someone-else"),
+        "{message}"
+    );
+    // Ready carries the conflict, and an Event says it.
+    let fp = wait_condition(&api, "scl", "Ready", "False", Some("ResourceConflict")).await;
+    assert!(condition(&fp, "Ready").unwrap().message.contains("scl-query"));
+    let events: Api<Event> = Api::namespaced(stack.client.clone(), &ns.name);
+    let conflict_event = async || {
+        let events = events.list(&ListParams::default()).await.unwrap().items;
+        events.into_iter().any(|e| {
+            e.reason.as_deref() == Some("ResourceConflict")
+                && e.involved_object.name.as_deref() == Some("scl")
+                && e.message.as_deref().is_some_and(|m| m.contains("scl-query"))
+        })
+    };
+    eventually("a ResourceConflict event", conflict_event).await;
+
+    // The rest of the pipeline is built, owned by it.
+    let uid = fp.uid().unwrap();
+    for name in ["scl-ingest", "scl-sink", "scl-predict"] {
+        let ours = deployments.get(name).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(ours.owner_references()[0].uid, uid, "{name}");
+    }
+
+    // The hand-made Deployment has the spec it was made with, and no field of Flightline's. Several
+    // resyncs later (every 2 s here) nothing has written it at all: the same resourceVersion (its
+    // status was written by the Deployment controller before, if at all).
+    let seen = deployments.get("scl-query").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let now = deployments.get("scl-query").await.unwrap();
+    assert_eq!(now.resource_version(), seen.resource_version());
+    assert_eq!(now.spec, theirs.spec);
+    let managers: Vec<_> = now.metadata.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+    assert!(managers.contains(&"someone-else".to_string()), "{managers:?}");
+    assert!(!managers.iter().any(|m| m.starts_with("flightline")), "{managers:?}");
+    assert!(now.owner_references().is_empty());
+    assert!(!now.labels().contains_key("app.kubernetes.io/managed-by"));
+
+    // Once its owner removes it, the pipeline builds its own query Deployment and becomes ready.
+    deployments.delete("scl-query", &DeleteParams::default()).await.unwrap();
+    wait_condition(&api, "scl", "Ready", "True", None).await;
+    let ours = deployments.get("scl-query").await.unwrap();
+    assert_eq!(ours.owner_references()[0].uid, uid);
+}
+
+/// The environment a pod's process actually runs with (the local node runs containers as processes
+/// and reports `process://<pid>` as the container ID).
+async fn process_env(stack: &Stack, ns: &TestNamespace, component: &str) -> BTreeMap<String, String> {
+    let addr = service_addr(stack, ns, "scl", component).await;
+    let ip = addr.split(':').next().unwrap().to_string();
+    let pods: Api<Pod> = Api::namespaced(stack.client.clone(), &ns.name);
+    let selector = format!("app.kubernetes.io/instance=scl,app.kubernetes.io/component={component}");
+    let pod = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(ip.as_str()))
+        .expect("the ready pod");
+    let container_id = pod.status.unwrap().container_statuses.unwrap()[0].container_id.clone().unwrap();
+    let pid = container_id.strip_prefix("process://").expect("a process of the local node");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("read the process environment");
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| String::from_utf8_lossy(kv).split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn limits_and_query_credentials_reach_the_running_services() {
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("envlimits").await;
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    // Query's own ClickHouse user (the local ClickHouse accepts any user).
+    let secrets: Api<Secret> = Api::namespaced(stack.client.clone(), &ns.name);
+    let reader = Secret {
+        metadata: ObjectMeta { name: Some("scl-reader".into()), ..ObjectMeta::default() },
+        string_data: Some(BTreeMap::from([
+            ("username".to_string(), "flightline_reader".to_string()),
+            ("password".to_string(), "reader-password".to_string()),
+        ])),
+        ..Secret::default()
+    };
+    secrets.create(&PostParams::default(), &reader).await.unwrap();
+
+    let mut fp = example_pipeline(&ns);
+    fp.spec.ingest.limits = HttpLimits {
+        requests_per_second: Some(7),
+        burst: Some(9),
+        max_concurrent_requests: Some(3),
+        request_timeout_seconds: Some(11),
+    };
+    fp.spec.ingest.max_records = 500;
+    fp.spec.sink.max_batch_bytes = 65_536;
+    fp.spec.query.max_execution_seconds = 4;
+    fp.spec.query.limits.burst = Some(123);
+    fp.spec.query.credentials_secret = Some(SecretKeyRefs {
+        name: "scl-reader".into(),
+        username_key: "username".into(),
+        password_key: "password".into(),
+    });
+    let api = pipelines(&stack, &ns);
+    apply(&api, &fp).await.unwrap();
+    wait_condition(&api, "scl", "Ready", "True", None).await;
+
+    let get = |env: &BTreeMap<String, String>, key: &str| env.get(key).cloned().unwrap_or_else(|| "unset".into());
+    let limits = [
+        "HTTP_RATE_LIMIT_RPS",
+        "HTTP_RATE_LIMIT_BURST",
+        "HTTP_MAX_CONCURRENT_REQUESTS",
+        "HTTP_REQUEST_TIMEOUT_SECONDS",
+    ];
+    for (component, want) in [
+        ("ingest", ["7", "9", "3", "11"]),
+        // Query: its defaults, except the burst it sets.
+        ("query", ["1000", "123", "64", "15"]),
+        ("predict", ["1000", "2000", "64", "10"]),
+    ] {
+        let env = process_env(&stack, &ns, component).await;
+        let got: Vec<String> = limits.iter().map(|k| get(&env, k)).collect();
+        assert_eq!(got, want, "{component}");
+        // Pipeline-wide settings come from the ConfigMap, the same in every pod.
+        assert_eq!(get(&env, "INGEST_MAX_RECORDS"), "500", "{component}");
+        assert_eq!(get(&env, "SINK_MAX_BATCH_BYTES"), "65536", "{component}");
+        assert_eq!(get(&env, "QUERY_MAX_EXECUTION_SECONDS"), "4", "{component}");
+    }
+    let query = process_env(&stack, &ns, "query").await;
+    assert_eq!(
+        (get(&query, "CLICKHOUSE_USER"), get(&query, "CLICKHOUSE_PASSWORD")),
+        ("flightline_reader".into(), "reader-password".into())
+    );
+    // The pipeline names no ClickHouse credentials of its own, so only query has a user.
+    let ingest = process_env(&stack, &ns, "ingest").await;
+    assert_eq!(get(&ingest, "CLICKHOUSE_USER"), "unset");
+
+    // And query serves with them.
+    let addr = service_addr(&stack, &ns, "scl", "query").await;
+    let (status, body) = http("GET", &addr, "/v1/stats/delays?by=airline", &[], b"").await;
+    assert_eq!(status, 200, "{body}");
+}
