@@ -112,6 +112,11 @@ pub struct KafkaSpec {
     /// The dead-letter topic that receives records the sink cannot parse, with the reason.
     #[serde(default)]
     pub dead_letter: DeadLetterSpec,
+    /// Use the topic and dead-letter topic even if they already exist and this pipeline did not
+    /// create them: the operator then manages their partitions and configs. Off, an existing topic
+    /// is reported as `ResourceConflict` and left alone. An adopted topic is never deleted.
+    #[serde(default)]
+    pub adopt_existing: bool,
 }
 
 /// The dead-letter topic.
@@ -144,8 +149,9 @@ pub struct ClickHouseSpec {
     #[serde(default = "default_database")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
     pub database: String,
-    /// Table, created if missing. Empty means `<namespace>_<name>_flights` (with `-` as `_`), so
-    /// two pipelines never share a table by accident.
+    /// Table, created if missing. Empty means `<namespace>_<name>_<length of namespace>_flights`
+    /// (with `-` as `_`): distinct for every namespace and name, so two pipelines never share a
+    /// table by accident.
     #[serde(default)]
     #[schemars(length(max = 63), regex(pattern = r"^([a-zA-Z_][a-zA-Z0-9_]*)?$"))]
     pub table: String,
@@ -167,6 +173,11 @@ pub struct ClickHouseSpec {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub extra_columns: Vec<ExtraColumn>,
+    /// Use the table even if it already exists and this pipeline did not create it: the operator
+    /// then adds its columns and sets its TTL. Off, an existing table is reported as
+    /// `ResourceConflict` and left alone. An adopted table is never dropped.
+    #[serde(default)]
+    pub adopt_existing: bool,
 }
 
 /// API authentication: API keys, JWTs, or both (a caller needs one that passes).
@@ -472,6 +483,15 @@ pub struct IngestSpec {
     #[serde(default = "default_max_body_bytes")]
     #[schemars(range(min = 1024, max = 1073741824))]
     pub max_body_bytes: i64,
+    /// Most flight records one request may carry (more get 400). At most the operator's
+    /// `--max-records`.
+    #[serde(default = "default_max_records")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_records: i64,
+    /// Rate, concurrency and time limits of the HTTP API. Defaults: 20 requests per second per
+    /// client, burst 40, 16 requests at once, 60 s per request.
+    #[serde(default)]
+    pub limits: HttpLimits,
 }
 
 /// The sink component.
@@ -482,17 +502,13 @@ pub struct SinkSpec {
     pub workload: WorkloadSpec,
     /// Most records per ClickHouse insert. At most the operator's `--max-batch-size`.
     #[serde(default = "default_batch_size")]
-    /// Most flight records one request may carry (more get 400). At most the operator's
-    /// `--max-records`.
-    #[serde(default = "default_max_records")]
-    #[schemars(range(min = 1, max = 10000000))]
-    pub max_records: i64,
-    /// Rate, concurrency and time limits of the HTTP API. Defaults: 20 requests per second per
-    /// client, burst 40, 16 requests at once, 60 s per request.
-    #[serde(default)]
-    pub limits: HttpLimits,
     #[schemars(range(min = 1, max = 1000000))]
     pub batch_size: i32,
+    /// Most bytes of records per ClickHouse insert (a batch ends at whichever of `batchSize` and
+    /// this comes first). At most the operator's `--max-batch-bytes`.
+    #[serde(default = "default_max_batch_bytes")]
+    #[schemars(range(min = 1024, max = 1073741824))]
+    pub max_batch_bytes: i64,
     /// Longest wait for a batch to fill, in milliseconds.
     #[serde(default = "default_linger_ms")]
     #[schemars(range(min = 0, max = 600000))]
@@ -503,27 +519,12 @@ pub struct SinkSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QuerySpec {
-    /// Most bytes of records per ClickHouse insert (a batch ends at whichever of `batchSize` and
-    /// this comes first). At most the operator's `--max-batch-bytes`.
-    #[serde(default = "default_max_batch_bytes")]
-    #[schemars(range(min = 1024, max = 1073741824))]
-    pub max_batch_bytes: i64,
     #[serde(flatten)]
     pub workload: WorkloadSpec,
     /// Most rows one `GET /v1/flights` page returns.
     #[serde(default = "default_max_rows")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_rows: i32,
-}
-
-/// The predict component.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PredictSpec {
-    #[serde(flatten)]
-    pub workload: WorkloadSpec,
-    /// Path of the model artifact inside the container. Empty means the model built into the image.
-    #[serde(default)]
     /// Longest time ClickHouse may spend on one query statement (`max_execution_time`), in seconds.
     #[serde(default = "default_max_execution_seconds")]
     #[schemars(range(min = 1, max = 3600))]
@@ -536,18 +537,18 @@ pub struct PredictSpec {
     /// client, burst 2000, 64 requests at once, 15 s per request.
     #[serde(default)]
     pub limits: HttpLimits,
-    #[schemars(length(max = 1024))]
-    pub model_path: String,
 }
 
-/// What the operator observed and did.
+/// The predict component.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct FlightPipelineStatus {
-    /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// `Ready`, `KafkaReady`, `ClickHouseReady`, `WorkloadsAvailable`, `AutoscalingReady` and
+pub struct PredictSpec {
+    #[serde(flatten)]
+    pub workload: WorkloadSpec,
+    /// Path of the model artifact inside the container. Empty means the model built into the image.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub model_path: String,
     /// Rate, concurrency and time limits of the HTTP API. Defaults: 1000 requests per second per
     /// client, burst 2000, 64 requests at once, 10 s per request.
     #[serde(default)]
@@ -576,6 +577,16 @@ pub struct HttpLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
     pub request_timeout_seconds: Option<i32>,
+}
+
+/// What the operator observed and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlightPipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `KafkaReady`, `ClickHouseReady`, `WorkloadsAvailable`, `AutoscalingReady` and
     /// `MonitoringReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -597,6 +608,31 @@ pub struct HttpLimits {
     /// Available replicas, by component.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub available_replicas: BTreeMap<String, i32>,
+    /// The topics and the table this pipeline uses, where they are, and whether it created them.
+    /// Written before a resource is created; `deletionPolicy: Delete` deletes only what is recorded
+    /// here as created, at the recorded location. Absent on pipelines reconciled before this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Vec<StorageRecord>>,
+}
+
+/// One external resource a pipeline uses.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageRecord {
+    pub kind: StorageKind,
+    /// Topic name, or `database.table`.
+    pub name: String,
+    /// Kafka bootstrap servers or ClickHouse URL the resource lives at.
+    pub location: String,
+    /// Flightline created it for this pipeline (false: adopted).
+    pub created_by_flightline: bool,
+}
+
+/// Kinds of external resources.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+pub enum StorageKind {
+    Topic,
+    Table,
 }
 
 fn default_true() -> bool {
@@ -668,6 +704,15 @@ fn default_linger_ms() -> i32 {
 fn default_max_rows() -> i32 {
     10_000
 }
+fn default_max_records() -> i64 {
+    100_000
+}
+fn default_max_batch_bytes() -> i64 {
+    16 * 1024 * 1024
+}
+fn default_max_execution_seconds() -> i32 {
+    10
+}
 
 impl Default for KafkaSpec {
     fn default() -> Self {
@@ -679,6 +724,7 @@ impl Default for KafkaSpec {
             retention: default_retention(),
             config: BTreeMap::new(),
             dead_letter: DeadLetterSpec::default(),
+            adopt_existing: false,
         }
     }
 }
@@ -699,19 +745,11 @@ impl Default for ClickHouseSpec {
             ttl: String::new(),
             partition_by: Partitioning::default(),
             extra_columns: Vec::new(),
+            adopt_existing: false,
         }
     }
 }
 
-fn default_max_records() -> i64 {
-    100_000
-}
-fn default_max_batch_bytes() -> i64 {
-    16 * 1024 * 1024
-}
-fn default_max_execution_seconds() -> i32 {
-    10
-}
 impl Default for IngestSpec {
     fn default() -> Self {
         Self {

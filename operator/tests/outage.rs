@@ -65,7 +65,7 @@ async fn kafka_gone_during_delete_blocks_until_let_go_and_never_wedges_the_names
     drop(kafka);
     // The topic and table were let go, not deleted.
     assert!(stack.topic(&format!("{}.scl.flights", ns.name)).await.is_some());
-    assert_eq!(stack.columns(&ns.database, "scl_flights").await.len(), 25);
+    assert_eq!(stack.columns(&ns.database, "scl_flights").await.len(), 26);
 }
 
 #[tokio::test]

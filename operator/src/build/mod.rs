@@ -2,11 +2,13 @@
 //! here is covered by table tests.
 
 pub mod autoscaling;
+pub mod claims;
 pub mod conditions;
 #[cfg(test)]
 pub mod fixtures;
 pub mod labels;
 pub mod monitoring;
+pub mod ownership;
 pub mod resolve;
 pub mod slo;
 pub mod table;

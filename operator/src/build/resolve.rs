@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::build::slo::{Objectives, latency_le, window_seconds};
-use crate::build::table::{BASE_COLUMNS, TableSpec, ttl_days};
+use crate::build::table::{BASE_COLUMNS, MAX_TABLE_LEN, TableSpec, default_table_name, ttl_days};
 use crate::build::topic::{TopicSpec, retention_ms};
 use crate::crd::{
     AutoscalingSpec, FlightPipelineSpec, HttpLimits, JwtSpec, MonitoringSpec, SecretKeyRef, SecretKeyRefs, WorkloadSpec,
@@ -356,11 +356,15 @@ pub fn resolve(
             problems.push(format!("spec.clickhouse.extraColumns: {:?} appears twice", column.name));
         }
     }
-    let table_name = non_empty(&spec.clickhouse.table)
-        .map(String::from)
-        .unwrap_or_else(|| format!("{namespace}_{name}_flights").replace(['-', '.'], "_"));
-    if table_name.len() > 63 {
-        problems.push(format!("spec.clickhouse.table: {table_name:?} is longer than 63 characters; name one"));
+    let table_name = match non_empty(&spec.clickhouse.table) {
+        Some(table) => table.to_string(),
+        None => default_table_name(namespace, name).unwrap_or_else(|e| {
+            problems.push(format!("spec.clickhouse.table: {e}"));
+            String::new()
+        }),
+    };
+    if table_name.len() > MAX_TABLE_LEN {
+        problems.push(format!("spec.clickhouse.table: {table_name:?} is longer than {MAX_TABLE_LEN} characters"));
     }
     let table = TableSpec {
         database: spec.clickhouse.database.clone(),
@@ -385,10 +389,6 @@ pub fn resolve(
         workload(Component::Query, &spec.query.workload, Some(&spec.query.limits), defaults, &mut problems),
         workload(Component::Predict, &spec.predict.workload, Some(&spec.predict.limits), defaults, &mut problems),
     ];
-
-    let objectives = objectives(&spec.slo, &mut problems);
-
-    if !problems.is_empty() {
     for (field, value, flag, max) in [
         ("spec.ingest.maxBodyBytes", spec.ingest.max_body_bytes, "--max-body-bytes", limits.max_body_bytes),
         ("spec.ingest.maxRecords", spec.ingest.max_records, "--max-records", limits.max_records),
@@ -399,6 +399,10 @@ pub fn resolve(
             problems.push(over_limit(field, value, flag, max));
         }
     }
+
+    let objectives = objectives(&spec.slo, &mut problems);
+
+    if !problems.is_empty() {
         return Err(problems);
     }
 
@@ -412,16 +416,16 @@ pub fn resolve(
         ("CLICKHOUSE_DATABASE".into(), table.database.clone()),
         ("CLICKHOUSE_TABLE".into(), table.table.clone()),
         ("INGEST_MAX_BODY_BYTES".into(), spec.ingest.max_body_bytes.to_string()),
+        ("INGEST_MAX_RECORDS".into(), spec.ingest.max_records.to_string()),
         ("SINK_BATCH_SIZE".into(), spec.sink.batch_size.to_string()),
+        ("SINK_MAX_BATCH_BYTES".into(), spec.sink.max_batch_bytes.to_string()),
         ("SINK_LINGER_MS".into(), spec.sink.linger_ms.to_string()),
         ("QUERY_MAX_ROWS".into(), spec.query.max_rows.to_string()),
+        ("QUERY_MAX_EXECUTION_SECONDS".into(), spec.query.max_execution_seconds.to_string()),
         ("PREDICT_MODEL_PATH".into(), spec.predict.model_path.clone()),
-        ("INGEST_MAX_RECORDS".into(), spec.ingest.max_records.to_string()),
     ]);
-        ("SINK_MAX_BATCH_BYTES".into(), spec.sink.max_batch_bytes.to_string()),
 
     Ok(Resolved {
-        ("QUERY_MAX_EXECUTION_SECONDS".into(), spec.query.max_execution_seconds.to_string()),
         namespace: namespace.into(),
         name: name.into(),
         bootstrap_servers,
@@ -429,11 +433,11 @@ pub fn resolve(
         dead_letter,
         clickhouse_url,
         credentials: spec.clickhouse.credentials_secret.clone(),
+        query_credentials: spec.query.credentials_secret.clone().or_else(|| spec.clickhouse.credentials_secret.clone()),
         api_keys: spec.auth.as_ref().and_then(|a| a.api_keys_secret.clone()),
         jwt: spec.auth.as_ref().and_then(|a| a.jwt.clone()),
         table,
         workloads,
-        query_credentials: spec.query.credentials_secret.clone().or_else(|| spec.clickhouse.credentials_secret.clone()),
         settings,
         objectives,
         monitoring: spec.monitoring.clone(),
@@ -478,19 +482,15 @@ fn workload(
     problems: &mut Vec<String>,
 ) -> Workload {
     let field = format!("spec.{}", component.as_str());
-    if spec.replicas < 0 {
-        problems.push(format!("{field}.replicas: {} must not be negative", spec.replicas));
-    }
-    for key in spec.env.keys() {
     let limits = &defaults.limits;
     let default_image = match component {
         Component::Ingest | Component::Sink => &defaults.images.ingest,
         Component::Query => &defaults.images.query,
         Component::Predict => &defaults.images.predict,
     };
-        let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+    if spec.replicas < 0 {
+        problems.push(format!("{field}.replicas: {} must not be negative", spec.replicas));
+    }
     if spec.replicas > limits.max_replicas {
         problems.push(over_limit(&format!("{field}.replicas"), spec.replicas, "--max-replicas", limits.max_replicas));
     }
@@ -505,6 +505,10 @@ fn workload(
             .collect();
         problems.push(not_allowed(&format!("{field}.image"), image, "--allowed-image-prefixes", &prefixes));
     }
+    for key in spec.env.keys() {
+        let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
             problems.push(format!("{field}.env: {key:?} is not a valid environment variable name"));
         }
     }
@@ -530,14 +534,10 @@ fn workload(
         resources: spec.resources.clone(),
         env: spec.env.clone(),
         autoscaling: spec.autoscaling.clone(),
+        http_limits: HttpLimitValues::default_for(component).zip(http_limits).map(|(d, spec)| d.with(spec)),
     }
 }
 
-fn with_retention(configs: &BTreeMap<String, String>, retention_ms: i64) -> BTreeMap<String, String> {
-        http_limits: HttpLimitValues::default_for(component).zip(http_limits).map(|(d, spec)| d.with(spec)),
-    let mut all = configs.clone();
-    all.insert("cleanup.policy".into(), "delete".into());
-    all.insert("retention.ms".into(), retention_ms.to_string());
 fn split_list(list: &str) -> impl Iterator<Item = &str> {
     list.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
@@ -566,6 +566,10 @@ fn over_limit(field: &str, value: impl std::fmt::Display, flag: &str, max: impl 
     format!("{field}: {value} is more than the operator allows ({flag} {max})")
 }
 
+fn with_retention(configs: &BTreeMap<String, String>, retention_ms: i64) -> BTreeMap<String, String> {
+    let mut all = configs.clone();
+    all.insert("cleanup.policy".into(), "delete".into());
+    all.insert("retention.ms".into(), retention_ms.to_string());
     all
 }
 
@@ -615,11 +619,11 @@ mod tests {
             kafka_bootstrap_servers: Some("127.0.0.1:19092".into()),
             clickhouse_url: Some("http://127.0.0.1:18123".into()),
             images: Images::default(),
+            limits: OperatorLimits::default(),
         }
     }
 
     fn problems(name: &str, spec: &FlightPipelineSpec, defaults: &Defaults) -> Vec<String> {
-            limits: OperatorLimits::default(),
         resolve("ns", name, spec, defaults).expect_err("should be invalid")
     }
 
@@ -631,7 +635,7 @@ mod tests {
         assert_eq!(r.topic.configs["retention.ms"], "604800000");
         assert_eq!(r.topic.partitions, 3);
         assert_eq!(r.bootstrap_servers, "127.0.0.1:19092");
-        assert_eq!(r.table.qualified(), "flightline.air_scl_flights");
+        assert_eq!(r.table.qualified(), "flightline.air_scl_3_flights");
         assert_eq!(r.settings["KAFKA_CONSUMER_GROUP"], "flightline.air.scl.sink");
         assert!(r.workload(Component::Sink).image.contains("flightline-ingest"));
     }
@@ -705,7 +709,6 @@ mod tests {
             assert!(found.iter().any(|p| p.starts_with(field)), "expected a problem on {field}, got {found:?}");
         }
     }
-}
 
     #[test]
     fn endpoints_and_images_must_be_the_defaults_or_allowed() {
@@ -876,3 +879,4 @@ mod tests {
             ("100000", "16777216", "10")
         );
     }
+}

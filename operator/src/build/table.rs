@@ -1,9 +1,13 @@
 //! The ClickHouse table for a pipeline: its columns, its DDL and the plan that brings an existing
 //! table to it. Pure: the I/O lives in `reconcile::clickhouse`.
 //!
-//! The sink writes one row per Kafka record and identifies it by `(source_partition, source_offset)`.
-//! Both are in the sorting key of a `ReplacingMergeTree`, so a batch inserted twice (a crash
-//! between insert and offset commit) collapses to one row, and `FINAL` queries never see both.
+//! The sink writes one row per Kafka record and identifies it by `(source_topic, source_partition,
+//! source_offset)`. All three are in the sorting key of a `ReplacingMergeTree`, so a batch inserted
+//! twice (a crash between insert and offset commit) collapses to one row, and `FINAL` queries never
+//! see both; rows of two topics at the same partition and offset stay two rows.
+//!
+//! A table the operator creates carries an owner marker in its `COMMENT`
+//! (`flightline.dev/owner=<namespace>/<name>/<uid>`), so who created it survives a lost status.
 
 use std::collections::BTreeMap;
 
@@ -37,9 +41,16 @@ pub const BASE_COLUMNS: &[(&str, &str)] = &[
     ("ingested_at", "DateTime64(3, 'UTC')"),
     ("source_partition", "Int32"),
     ("source_offset", "Int64"),
+    ("source_topic", "LowCardinality(String)"),
 ];
 
-const SORTING_KEY: &str = "scheduled_at, source_partition, source_offset";
+const SORTING_KEY: &str = "scheduled_at, source_partition, source_offset, source_topic";
+/// The sorting key of tables created before `source_topic`; they get the column and the new key.
+const SORTING_KEY_WITHOUT_TOPIC: &str = "scheduled_at, source_partition, source_offset";
+/// Longest table name the operator accepts (the CRD allows the same for `spec.clickhouse.table`).
+pub const MAX_TABLE_LEN: usize = 63;
+/// Prefix of the owner marker in a table's comment.
+pub const OWNER_MARKER: &str = "flightline.dev/owner=";
 
 /// The table as the pipeline wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +69,10 @@ pub struct ObservedTable {
     pub columns: BTreeMap<String, String>,
     /// `system.tables.partition_key`.
     pub partition_key: String,
+    /// `system.tables.sorting_key`, e.g. `scheduled_at, source_partition, source_offset`.
+    pub sorting_key: String,
+    /// `system.tables.comment`, where the owner marker is.
+    pub comment: String,
     /// The TTL expression, from `system.tables.engine_full`; empty when there is none.
     pub ttl: String,
 }
@@ -67,6 +82,13 @@ pub struct TablePlan {
     pub create: bool,
     pub statements: Vec<String>,
     pub not_supported: Vec<String>,
+}
+
+impl TablePlan {
+    /// Some difference cannot be made: carry out none of the plan.
+    pub fn is_blocked(&self) -> bool {
+        !self.not_supported.is_empty()
+    }
 }
 
 impl TableSpec {
@@ -98,10 +120,12 @@ impl TableSpec {
         format!("CREATE DATABASE IF NOT EXISTS `{}`", self.database)
     }
 
-    pub fn create_table(&self) -> String {
+    /// `CREATE TABLE` without `IF NOT EXISTS`: a table someone else made in the meantime fails the
+    /// statement (code 57) instead of being taken for this pipeline's.
+    pub fn create_table(&self, owner: &TableOwner) -> String {
         let columns: Vec<String> = self.columns().iter().map(|(n, t)| format!("    `{n}` {t}")).collect();
         let mut ddl = format!(
-            "CREATE TABLE IF NOT EXISTS `{}`.`{}`\n(\n{}\n)\nENGINE = ReplacingMergeTree\n",
+            "CREATE TABLE `{}`.`{}`\n(\n{}\n)\nENGINE = ReplacingMergeTree\n",
             self.database,
             self.table,
             columns.join(",\n")
@@ -113,11 +137,9 @@ impl TableSpec {
         if self.ttl_days.is_some() {
             ddl += &format!("TTL {}\n", self.ttl_expression());
         }
+        // Names are DNS labels and a uid is hex and '-': nothing to escape in the quoted string.
+        ddl += &format!("COMMENT '{}'\n", owner.marker());
         ddl
-    }
-
-    pub fn drop_table(&self) -> String {
-        format!("DROP TABLE IF EXISTS `{}`.`{}`", self.database, self.table)
     }
 }
 
@@ -131,14 +153,74 @@ fn extra_type(t: ExtraColumnType) -> &'static str {
     }
 }
 
-pub fn plan_table(want: &TableSpec, have: Option<&ObservedTable>) -> TablePlan {
+/// The pipeline a table was created for, as its comment records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableOwner {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl TableOwner {
+    pub fn marker(&self) -> String {
+        format!("{OWNER_MARKER}{}/{}/{}", self.namespace, self.name, self.uid)
+    }
+
+    /// The owner in a table comment, if it has a marker.
+    pub fn from_comment(comment: &str) -> Option<Self> {
+        let rest = &comment[comment.find(OWNER_MARKER)? + OWNER_MARKER.len()..];
+        let marker = rest.split_whitespace().next().unwrap_or_default();
+        let mut parts = marker.splitn(3, '/');
+        let (namespace, name, uid) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Self { namespace: namespace.into(), name: name.into(), uid: uid.into() })
+    }
+}
+
+/// The default table of a pipeline: `<namespace>_<name>_<length of namespace>_flights`, with '-'
+/// written as '_'. Injective: namespaces and names are DNS labels (no '_'), so reading back from
+/// the end, the number before `_flights` says where the namespace ends and every '_' before it
+/// was a '-'. A name that does not fit in `MAX_TABLE_LEN` is refused: the spec must name a table.
+pub fn default_table_name(namespace: &str, name: &str) -> Result<String, String> {
+    let table = format!("{namespace}_{name}_{}_flights", namespace.len()).replace('-', "_");
+    if table.len() > MAX_TABLE_LEN {
+        return Err(format!(
+            "the default table name {table:?} is longer than {MAX_TABLE_LEN} characters; name a table"
+        ));
+    }
+    Ok(table)
+}
+
+fn without_spaces(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// The statements that bring `have` to `want`, computed in full before anything runs: a plan with
+/// any `not_supported` part must not be carried out at all (the caller checks `is_blocked`).
+pub fn plan_table(want: &TableSpec, have: Option<&ObservedTable>, owner: &TableOwner) -> TablePlan {
     let Some(have) = have else {
-        return TablePlan { create: true, statements: vec![want.create_table()], not_supported: vec![] };
+        return TablePlan { create: true, statements: vec![want.create_table(owner)], not_supported: vec![] };
     };
     let mut plan = TablePlan::default();
     let target = format!("`{}`.`{}`", want.database, want.table);
+    let sorting_key = without_spaces(&have.sorting_key);
+    let adds_source_topic = !have.columns.contains_key("source_topic");
+    if adds_source_topic && sorting_key != without_spaces(SORTING_KEY_WITHOUT_TOPIC) {
+        plan.not_supported.push(format!(
+            "table {} is sorted by ({}) and has no source_topic column; Flightline needs ({SORTING_KEY})",
+            want.qualified(),
+            have.sorting_key
+        ));
+    } else if !adds_source_topic && sorting_key != without_spaces(SORTING_KEY) {
+        plan.not_supported.push(format!(
+            "table {} is sorted by ({}) and Flightline needs ({SORTING_KEY}): the sorting key is fixed",
+            want.qualified(),
+            have.sorting_key
+        ));
+    }
     for (name, wanted_type) in want.columns() {
         match have.columns.get(&name) {
+            // Added below, together with the sorting key that needs it.
+            None if name == "source_topic" => {}
             None => plan.statements.push(format!("ALTER TABLE {target} ADD COLUMN IF NOT EXISTS `{name}` {wanted_type}")),
             Some(actual) if *actual != wanted_type => plan.not_supported.push(format!(
                 "column {name} of {} is {actual} and the spec asks for {wanted_type}: changing a column's type is not supported",
@@ -153,6 +235,12 @@ pub fn plan_table(want: &TableSpec, have: Option<&ObservedTable>) -> TablePlan {
             want.qualified(),
             have.partition_key,
             want.partition_key()
+        ));
+    }
+    if adds_source_topic {
+        // ClickHouse extends a sorting key only with a column added by the same ALTER.
+        plan.statements.push(format!(
+            "ALTER TABLE {target} ADD COLUMN `source_topic` LowCardinality(String) DEFAULT '', MODIFY ORDER BY ({SORTING_KEY})"
         ));
     }
     let ttl = want.ttl_expression();
@@ -202,32 +290,125 @@ mod tests {
         }
     }
 
+    fn owner() -> TableOwner {
+        TableOwner { namespace: "air".into(), name: "scl".into(), uid: "0b6e-11".into() }
+    }
+
+    fn plan_for(want: &TableSpec, have: Option<&ObservedTable>) -> TablePlan {
+        plan_table(want, have, &owner())
+    }
+
     fn observed(spec: &TableSpec) -> ObservedTable {
         ObservedTable {
             columns: spec.columns().into_iter().collect(),
             partition_key: spec.partition_key().into(),
+            sorting_key: SORTING_KEY.into(),
+            comment: owner().marker(),
             ttl: spec.ttl_expression(),
         }
     }
 
     #[test]
-    fn ddl_has_every_column_and_the_dedup_key() {
-        let ddl = spec().create_table();
-        assert_eq!(BASE_COLUMNS.len(), 25);
+    fn ddl_has_every_column_the_dedup_key_and_the_owner() {
+        let ddl = spec().create_table(&owner());
+        assert_eq!(BASE_COLUMNS.len(), 26);
         for (name, ty) in BASE_COLUMNS {
             assert!(ddl.contains(&format!("`{name}` {ty}")), "{name} missing from {ddl}");
         }
+        assert!(ddl.starts_with("CREATE TABLE `db`.`flights`"), "no IF NOT EXISTS: {ddl}");
         assert!(ddl.contains("ENGINE = ReplacingMergeTree"));
-        assert!(ddl.contains("ORDER BY (scheduled_at, source_partition, source_offset)"));
+        assert!(ddl.contains("ORDER BY (scheduled_at, source_partition, source_offset, source_topic)"));
         assert!(ddl.contains("PARTITION BY toYYYYMM(scheduled_at)"));
+        assert!(ddl.contains("COMMENT 'flightline.dev/owner=air/scl/0b6e-11'"));
         assert!(!ddl.contains("TTL"));
     }
 
     #[test]
     fn missing_table_is_created_and_matching_table_is_left_alone() {
-        assert!(plan_table(&spec(), None).create);
-        let plan = plan_table(&spec(), Some(&observed(&spec())));
+        assert!(plan_for(&spec(), None).create);
+        let plan = plan_for(&spec(), Some(&observed(&spec())));
         assert_eq!(plan, TablePlan::default());
+    }
+
+    #[test]
+    fn a_table_without_source_topic_gets_it_in_the_sorting_key_in_one_alter() {
+        let mut have = observed(&spec());
+        have.columns.remove("source_topic");
+        have.sorting_key = SORTING_KEY_WITHOUT_TOPIC.into();
+        let plan = plan_for(&spec(), Some(&have));
+        assert!(!plan.is_blocked(), "{plan:?}");
+        assert_eq!(
+            plan.statements,
+            vec![
+                "ALTER TABLE `db`.`flights` ADD COLUMN `source_topic` LowCardinality(String) DEFAULT '', \
+                 MODIFY ORDER BY (scheduled_at, source_partition, source_offset, source_topic)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_foreign_table_is_not_supported_as_a_whole() {
+        // The hand-made `victim.t (id UInt64)`: another sorting key and no partitions.
+        let have = ObservedTable {
+            columns: BTreeMap::from([("id".to_string(), "UInt64".to_string())]),
+            sorting_key: "id".into(),
+            ..ObservedTable::default()
+        };
+        let mut want = spec();
+        want.ttl_days = Some(1);
+        let plan = plan_for(&want, Some(&have));
+        assert!(plan.is_blocked());
+        assert_eq!(plan.not_supported.len(), 2, "sorting key and partition key: {plan:?}");
+        let mut wrong_key = observed(&spec());
+        wrong_key.sorting_key = "scheduled_at".into();
+        assert!(plan_table(&spec(), Some(&wrong_key), &owner()).is_blocked());
+    }
+
+    #[test]
+    fn owner_marker_round_trips_and_is_found_in_a_longer_comment() {
+        assert_eq!(TableOwner::from_comment(&owner().marker()), Some(owner()));
+        let comment = format!("team data; {} (do not edit)", owner().marker());
+        assert_eq!(TableOwner::from_comment(&comment), Some(owner()));
+        assert_eq!(TableOwner::from_comment("made by hand"), None);
+        assert_eq!(TableOwner::from_comment("flightline.dev/owner=only-one-part"), None);
+    }
+
+    #[test]
+    fn default_table_names_are_distinct_per_namespace_and_name() {
+        let cases = [
+            ("air", "scl", "air_scl_3_flights"),
+            ("a-b", "c", "a_b_c_3_flights"),
+            ("a", "b-c", "a_b_c_1_flights"),
+            ("a--b", "c", "a__b_c_4_flights"),
+            ("a", "b--c", "a_b__c_1_flights"),
+            ("a-1", "b", "a_1_b_3_flights"),
+            ("a", "1-b", "a_1_b_1_flights"),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for (namespace, name, table) in cases {
+            assert_eq!(default_table_name(namespace, name).as_deref(), Ok(table), "{namespace}/{name}");
+            assert!(seen.insert(table), "{table} twice");
+        }
+        // Exhaustively over labels of 1 to 4 characters from {a, 1, -}: no two pairs share a name.
+        let mut labels = vec!["a".to_string()];
+        for _ in 0..3 {
+            let longer: Vec<String> = labels.iter().flat_map(|l| ["a", "1", "-"].map(|c| format!("{l}{c}"))).collect();
+            labels.extend(longer);
+        }
+        labels.sort();
+        labels.dedup();
+        labels.retain(|l| !l.ends_with('-'));
+        let mut names = std::collections::BTreeMap::new();
+        for namespace in &labels {
+            for name in &labels {
+                let table = default_table_name(namespace, name).unwrap();
+                if let Some(other) = names.insert(table.clone(), (namespace, name)) {
+                    panic!("{table}: {other:?} and {:?}", (namespace, name));
+                }
+            }
+        }
+        let long = default_table_name(&"n".repeat(40), &"p".repeat(20));
+        assert!(long.unwrap_err().contains("name a table"));
     }
 
     #[test]
@@ -235,7 +416,7 @@ mod tests {
         let before = spec();
         let mut after = spec();
         after.extra_columns.push(("gate".into(), ExtraColumnType::String));
-        let plan = plan_table(&after, Some(&observed(&before)));
+        let plan = plan_for(&after, Some(&observed(&before)));
         assert_eq!(plan.statements, vec!["ALTER TABLE `db`.`flights` ADD COLUMN IF NOT EXISTS `gate` String"]);
     }
 
@@ -244,7 +425,7 @@ mod tests {
         let mut have = observed(&spec());
         have.columns.insert("delay_minutes".into(), "Float64".into());
         have.partition_key = "toYYYYMMDD(scheduled_at)".into();
-        let plan = plan_table(&spec(), Some(&have));
+        let plan = plan_for(&spec(), Some(&have));
         assert!(plan.statements.is_empty());
         assert_eq!(plan.not_supported.len(), 2, "{plan:?}");
     }
@@ -253,9 +434,9 @@ mod tests {
     fn ttl_is_modified_and_removed() {
         let mut want = spec();
         want.ttl_days = Some(30);
-        let plan = plan_table(&want, Some(&observed(&spec())));
+        let plan = plan_for(&want, Some(&observed(&spec())));
         assert_eq!(plan.statements, vec!["ALTER TABLE `db`.`flights` MODIFY TTL scheduled_at + toIntervalDay(30)"]);
-        let plan = plan_table(&spec(), Some(&observed(&want)));
+        let plan = plan_for(&spec(), Some(&observed(&want)));
         assert_eq!(plan.statements, vec!["ALTER TABLE `db`.`flights` REMOVE TTL"]);
     }
 

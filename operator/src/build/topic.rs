@@ -37,6 +37,11 @@ impl TopicPlan {
     pub fn is_noop(&self) -> bool {
         !self.create && self.grow_partitions_to.is_none() && self.set_configs.is_empty()
     }
+
+    /// Some difference cannot be made: carry out none of the plan.
+    pub fn is_blocked(&self) -> bool {
+        !self.not_supported.is_empty()
+    }
 }
 
 pub fn plan_topic(want: &TopicSpec, have: Option<&ObservedTopic>) -> TopicPlan {

@@ -1,12 +1,12 @@
 //! ClickHouse I/O: read a table back from `system.tables` / `system.columns`, run a `TablePlan`,
-//! drop the table.
+//! drop a table this pipeline created.
 
 use std::time::Duration;
 
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 
-use crate::build::table::{ObservedTable, TablePlan, TableSpec, ttl_from_engine_full};
+use crate::build::table::{ObservedTable, TableOwner, TablePlan, TableSpec, ttl_from_engine_full};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClickHouseError {
@@ -14,7 +14,13 @@ pub enum ClickHouseError {
     Unreachable { url: String, source: clickhouse::error::Error },
     #[error("ClickHouse at {url} refused {statement:?}: {source}")]
     Refused { url: String, statement: String, source: clickhouse::error::Error },
+    /// A create found the table there: someone else made it since it was described.
+    #[error("table {table} was created by someone else meanwhile")]
+    Exists { table: String },
 }
+
+/// ClickHouse's `TABLE_ALREADY_EXISTS`.
+const TABLE_ALREADY_EXISTS: &str = "Code: 57.";
 
 impl ClickHouseError {
     pub fn is_transient(&self) -> bool {
@@ -25,7 +31,14 @@ impl ClickHouseError {
 #[derive(Row, Deserialize)]
 struct TableRow {
     partition_key: String,
+    sorting_key: String,
     engine_full: String,
+    comment: String,
+}
+
+#[derive(Row, Deserialize)]
+struct CommentRow {
+    comment: String,
 }
 
 #[derive(Row, Deserialize)]
@@ -78,7 +91,8 @@ impl ClickHouseAdmin {
     }
 
     pub async fn describe(&self, want: &TableSpec) -> Result<Option<ObservedTable>, ClickHouseError> {
-        let tables_sql = "SELECT partition_key, engine_full FROM system.tables WHERE database = ? AND name = ?";
+        let tables_sql = "SELECT partition_key, sorting_key, engine_full, comment FROM system.tables \
+                          WHERE database = ? AND name = ?";
         let query = self.client.query(tables_sql).bind(&want.database).bind(&want.table);
         let tables = self.bounded(tables_sql, query.fetch_all::<TableRow>()).await?;
         let Some(table) = tables.into_iter().next() else {
@@ -90,6 +104,8 @@ impl ClickHouseAdmin {
         Ok(Some(ObservedTable {
             columns: columns.into_iter().map(|c| (c.name, c.column_type)).collect(),
             partition_key: table.partition_key,
+            sorting_key: table.sorting_key,
+            comment: table.comment,
             ttl: ttl_from_engine_full(&table.engine_full),
         }))
     }
@@ -100,12 +116,32 @@ impl ClickHouseAdmin {
         }
         for statement in &plan.statements {
             tracing::info!(table = %want.qualified(), %statement, "changing ClickHouse table");
-            self.execute(statement).await?;
+            match self.execute(statement).await {
+                Err(ClickHouseError::Refused { source: clickhouse::error::Error::BadResponse(text), .. })
+                    if plan.create && text.contains(TABLE_ALREADY_EXISTS) =>
+                {
+                    return Err(ClickHouseError::Exists { table: want.qualified() });
+                }
+                result => result?,
+            }
         }
         Ok(())
     }
 
-    pub async fn drop(&self, want: &TableSpec) -> Result<(), ClickHouseError> {
-        self.execute(&want.drop_table()).await
+    /// Drops a table this pipeline created, unless its comment now names another owner (then it
+    /// was dropped and made again by someone else, and is theirs).
+    pub async fn drop_created(&self, database: &str, table: &str, me: &TableOwner) -> Result<bool, ClickHouseError> {
+        let sql = "SELECT comment FROM system.tables WHERE database = ? AND name = ?";
+        let query = self.client.query(sql).bind(database).bind(table);
+        let comments = self.bounded(sql, query.fetch_all::<CommentRow>()).await?;
+        let Some(CommentRow { comment }) = comments.into_iter().next() else {
+            return Ok(false);
+        };
+        if TableOwner::from_comment(&comment).is_some_and(|owner| owner.uid != me.uid) {
+            tracing::warn!(%database, %table, %comment, "not dropping a table another pipeline created");
+            return Ok(false);
+        }
+        self.execute(&format!("DROP TABLE IF EXISTS `{database}`.`{table}`")).await?;
+        Ok(true)
     }
 }

@@ -29,6 +29,9 @@ pub enum KafkaError {
     Wire(#[from] WireError),
     #[error("Kafka refused to {action} topic {topic}: {detail}")]
     Refused { action: &'static str, topic: String, code: i16, detail: String },
+    /// A create found the topic there: someone else made it since it was described.
+    #[error("topic {topic} was created by someone else meanwhile")]
+    Exists { topic: String },
 }
 
 /// Error codes a retry can cure: leadership moving, a controller change, a slow broker.
@@ -45,6 +48,7 @@ impl KafkaError {
         match self {
             Self::Wire(e) => e.is_transient(),
             Self::Refused { code, .. } => RETRIABLE_CODES.contains(code),
+            Self::Exists { .. } => false,
         }
     }
     pub fn is_unsupported(&self) -> bool {
@@ -207,8 +211,11 @@ impl KafkaAdmin {
         request.timeout_ms = OPERATION_TIMEOUT_MS;
         let (response, _) = self.controller().await?.call(request, 7).await?;
         for result in &response.topics {
-            // Another writer won the race: adopt the topic, the next reconcile compares it.
-            if result.error_code != 0 && result.error_code != TOPIC_ALREADY_EXISTS {
+            // Another writer won the race: the topic is not this pipeline's.
+            if result.error_code == TOPIC_ALREADY_EXISTS {
+                return Err(KafkaError::Exists { topic: want.name.clone() });
+            }
+            if result.error_code != 0 {
                 return Err(KafkaError::Refused {
                     action: "create",
                     topic: want.name.clone(),

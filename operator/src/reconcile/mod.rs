@@ -7,26 +7,25 @@ pub mod kafka;
 pub mod kafka_wire;
 pub mod kubernetes;
 pub mod status;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 
-use self::clickhouse::{ClickHouseAdmin, ClickHouseError};
-use self::kafka::{KafkaAdmin, KafkaError};
+use self::clickhouse::ClickHouseError;
+use self::kafka::KafkaError;
 use self::status::Facts;
 use crate::build::conditions::{self, Finding, reason};
 use crate::build::monitoring::DashboardSettings;
-use crate::build::resolve::{Defaults, Resolved, resolve};
-use crate::build::table::{TableSpec, plan_table};
-use crate::build::topic::plan_topic;
+use crate::build::resolve::{Defaults, resolve};
 use crate::build::workloads::Scrape;
 use crate::crd::{DeletionPolicy, FINALIZER, FlightPipeline, SKIP_CLEANUP_ANNOTATION};
 use crate::telemetry::Metrics;
@@ -81,6 +80,11 @@ pub struct Context {
     pub prometheus_url: Option<String>,
     /// How dashboards are labelled for Grafana's sidecar.
     pub dashboards: DashboardSettings,
+    /// Every FlightPipeline the controller watches (its reflector store): claims between
+    /// pipelines are checked against it without an API call.
+    pub pipelines: Store<FlightPipeline>,
+    /// What each pipeline's spec resolves to, by uid, with the generation it was resolved at.
+    pub claim_keys: Mutex<storage::KeyCache>,
 }
 
 pub async fn reconcile(fp: Arc<FlightPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -154,30 +158,26 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
     let owner = fp.controller_owner_ref(&()).expect("FlightPipeline has a name and uid");
 
     // Storage first: the topic and table exist before the services that need them start.
-    let kafka = ensure_kafka(&resolved, ctx).await;
-    let clickhouse = ensure_clickhouse(&resolved, ctx).await;
-    for (outcome, noun) in [(&kafka, "topic"), (&clickhouse, "table")] {
-        if outcome.changed {
-            status::publish(
-                &ctx.recorder,
-                fp,
-                EventType::Normal,
-                "Reconciled",
-                &format!("{noun}: {}", outcome.finding.message),
-            )
-            .await;
+    let storage = storage::ensure(fp, &resolved, ctx).await;
+    for (changed, finding, noun) in
+        [(storage.topic_changed, &storage.kafka, "topic"), (storage.table_changed, &storage.clickhouse, "table")]
+    {
+        if changed {
+            let note = format!("{noun}: {}", finding.message);
+            status::publish(&ctx.recorder, fp, EventType::Normal, "Reconciled", &note).await;
         }
     }
 
-    let mut findings = vec![kafka.finding.clone(), clickhouse.finding.clone()];
+    let mut findings = vec![storage.kafka.clone(), storage.clickhouse.clone()];
     let mut facts = Facts {
         topic: Some(resolved.topic.name.clone()),
         dead_letter_topic: Some(resolved.dead_letter.as_ref().map(|t| t.name.clone())),
         table: Some(resolved.table.qualified()),
-        partitions: kafka.partitions,
+        partitions: storage.partitions,
+        storage: storage.records.clone(),
         ..Facts::default()
     };
-    if kafka.usable && clickhouse.usable {
+    if storage.usable {
         let discovered = discovery::discover(&ctx.client).await?;
         let scrape = if discovered.service_monitor && resolved.monitoring.service_monitor {
             Scrape::ByServiceMonitor
@@ -195,163 +195,25 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
             findings.push(Finding::failed(type_, reason::WAITING, "applied once the topic and the table exist"));
         }
     }
-    let ready = conditions::ready(&findings);
+    // A conflict is what the user must act on: it names Ready even when listed after a wait.
+    let mut by_urgency = findings.clone();
+    by_urgency.sort_by_key(|f| f.reason != reason::RESOURCE_CONFLICT);
+    let ready = conditions::ready(&by_urgency);
     ctx.metrics.set_pipeline_ready(&namespace, &name, ready.ok);
     findings.insert(0, ready);
     status::update(&api, &ctx.recorder, fp, &findings, facts).await?;
 
     // Unreachable systems are retried with backoff; everything else waits for the next resync.
-    if let Some(error) = kafka.error.or(clickhouse.error) {
+    if let Some(error) = storage.error {
         return Err(error);
     }
     Ok(Action::requeue(ctx.resync))
 }
 
-/// What one external system's step found.
-struct StorageOutcome {
-    finding: Finding,
-    /// The resource exists, so workloads can run (possibly with a `NotSupported` difference).
-    usable: bool,
-    /// Something was created or changed.
-    changed: bool,
-    partitions: Option<i32>,
-    /// A transient error to retry with backoff.
-    error: Option<Error>,
-}
-
-impl StorageOutcome {
-    fn failed(
-        type_: &'static str,
-        error: impl Into<Error> + std::fmt::Display,
-        transient: bool,
-        unavailable: &'static str,
-        other: &'static str,
-    ) -> Self {
-        let finding = Finding::failed(type_, if transient { unavailable } else { other }, error.to_string());
-        Self { finding, usable: false, changed: false, partitions: None, error: transient.then(|| error.into()) }
-    }
-}
-
-async fn ensure_kafka(resolved: &Resolved, ctx: &Context) -> StorageOutcome {
-    let fail = |e: KafkaError| {
-        let transient = e.is_transient();
-        StorageOutcome::failed(conditions::KAFKA_READY, e, transient, reason::KAFKA_UNAVAILABLE, reason::KAFKA_ERROR)
-    };
-    let mut admin = match KafkaAdmin::connect(&resolved.bootstrap_servers, ctx.io_timeout).await {
-        Ok(admin) => admin,
-        Err(e) => return fail(e),
-    };
-    let mut not_supported = Vec::new();
-    let mut changed = false;
-    let mut partitions = None;
-    for topic in std::iter::once(&resolved.topic).chain(resolved.dead_letter.as_ref()) {
-        let observed = match admin.describe(&topic.name).await {
-            Ok(observed) => observed,
-            Err(e) => return fail(e),
-        };
-        let plan = plan_topic(topic, observed.as_ref());
-        not_supported.extend(plan.not_supported.iter().cloned());
-        let mut now_has = observed.as_ref().map(|o| o.partitions).unwrap_or(topic.partitions);
-        if !plan.is_noop() {
-            tracing::info!(topic = %topic.name, ?plan, "changing Kafka topic");
-            match admin.apply(topic, &plan).await {
-                Ok(()) => {
-                    changed = true;
-                    now_has = plan.grow_partitions_to.unwrap_or(now_has);
-                }
-                // A broker without CreatePartitions (or config APIs): report, do not retry. Without
-                // CreateTopics there is no topic, so the workloads cannot start either.
-                Err(e) if e.is_unsupported() && plan.create => {
-                    let mut outcome = fail(e);
-                    outcome.finding.reason = reason::NOT_SUPPORTED;
-                    return outcome;
-                }
-                Err(e) if e.is_unsupported() => {
-                    not_supported.push(format!("{e}; topic {} was left as it is", topic.name))
-                }
-                Err(e) => return fail(e),
-            }
-        }
-        if topic.name == resolved.topic.name {
-            partitions = Some(now_has);
-        }
-    }
-    let finding = if not_supported.is_empty() {
-        let dlq =
-            resolved.dead_letter.as_ref().map(|t| format!(" and dead-letter topic {}", t.name)).unwrap_or_default();
-        Finding::ok(
-            conditions::KAFKA_READY,
-            reason::TOPIC_READY,
-            format!("topic {} ({} partitions){dlq} ready", resolved.topic.name, partitions.unwrap_or_default()),
-        )
-    } else {
-        Finding::failed(conditions::KAFKA_READY, reason::NOT_SUPPORTED, not_supported.join("; "))
-    };
-    StorageOutcome { finding, usable: true, changed, partitions, error: None }
-}
-
-async fn ensure_clickhouse(resolved: &Resolved, ctx: &Context) -> StorageOutcome {
-    let fail = |e: Error| {
-        let transient = matches!(&e, Error::ClickHouse(c) if c.is_transient());
-        StorageOutcome::failed(
-            conditions::CLICKHOUSE_READY,
-            e,
-            transient,
-            reason::CLICKHOUSE_UNAVAILABLE,
-            reason::CLICKHOUSE_ERROR,
-        )
-    };
-    let admin = match clickhouse_admin(resolved, ctx).await {
-        Ok(admin) => admin,
-        Err(e) => return fail(e),
-    };
-    let observed = match admin.describe(&resolved.table).await {
-        Ok(observed) => observed,
-        Err(e) => return fail(e.into()),
-    };
-    let plan = plan_table(&resolved.table, observed.as_ref());
-    let changed = !plan.statements.is_empty();
-    if let Err(e) = admin.apply(&resolved.table, &plan).await {
-        return fail(e.into());
-    }
-    let finding = if plan.not_supported.is_empty() {
-        Finding::ok(
-            conditions::CLICKHOUSE_READY,
-            reason::TABLE_READY,
-            format!("table {} ready", resolved.table.qualified()),
-        )
-    } else {
-        Finding::failed(conditions::CLICKHOUSE_READY, reason::NOT_SUPPORTED, plan.not_supported.join("; "))
-    };
-    StorageOutcome { finding, usable: true, changed, partitions: None, error: None }
-}
-
-async fn clickhouse_admin(resolved: &Resolved, ctx: &Context) -> Result<ClickHouseAdmin, Error> {
-    let credentials = match &resolved.credentials {
-        None => None,
-        Some(refs) => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &resolved.namespace);
-            let secret = secrets
-                .get_opt(&refs.name)
-                .await?
-                .ok_or_else(|| Error::Credentials(format!("Secret {} not found", refs.name)))?;
-            let read = |key: &str| {
-                secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-                    .ok_or_else(|| Error::Credentials(format!("Secret {} has no key {key}", refs.name)))
-            };
-            Some((read(&refs.username_key)?, read(&refs.password_key)?))
-        }
-    };
-    Ok(ClickHouseAdmin::new(&resolved.clickhouse_url, credentials, ctx.io_timeout))
-}
-
 /// Runs when a pipeline is deleted. `Retain` (the default) and the skip annotation touch nothing
-/// outside Kubernetes; `Delete` removes the topics and the table. A failure here keeps the
-/// finalizer and retries with backoff; the Warning event says how to let go.
+/// outside Kubernetes; `Delete` removes the topics and the table this pipeline created (as its
+/// status records them, where they were created), never one it adopted or another pipeline claims.
+/// A failure here keeps the finalizer and retries with backoff; the Warning event says how to let go.
 async fn cleanup(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.forget_pipeline(&fp.namespace().unwrap_or_default(), &fp.name_any());
     let skip = fp.annotations().get(SKIP_CLEANUP_ANNOTATION).is_some_and(|v| v == "true");
@@ -360,48 +222,28 @@ async fn cleanup(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let namespace = fp.namespace().unwrap_or_default();
-    let result = delete_external(fp, &namespace, ctx).await;
-    if let Err(e) = &result {
-        let note = format!(
-            "could not delete the topics and table ({e}); retrying. To let go without deleting them: \
-             kubectl annotate flightpipeline {} -n {namespace} {SKIP_CLEANUP_ANNOTATION}=true",
-            fp.name_any()
-        );
-        status::publish(&ctx.recorder, fp, EventType::Warning, "CleanupFailed", &note).await;
+    match storage::delete_created(fp, ctx).await {
+        Ok(deleted) => {
+            let note = if deleted.is_empty() {
+                "deleted nothing outside Kubernetes: this pipeline created no topic or table that is still its own"
+                    .into()
+            } else {
+                format!("deleted {}", deleted.join(", "))
+            };
+            tracing::info!(pipeline = %fp.name_any(), %namespace, %note, "cleaned up");
+            status::publish(&ctx.recorder, fp, EventType::Normal, "Deleted", &note).await;
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            let note = format!(
+                "could not delete the topics and table ({e}); retrying. To let go without deleting them: \
+                 kubectl annotate flightpipeline {} -n {namespace} {SKIP_CLEANUP_ANNOTATION}=true",
+                fp.name_any()
+            );
+            status::publish(&ctx.recorder, fp, EventType::Warning, "CleanupFailed", &note).await;
+            Err(e)
+        }
     }
-    result.map(|_| Action::await_change())
-}
-
-async fn delete_external(fp: &FlightPipeline, namespace: &str, ctx: &Context) -> Result<(), Error> {
-    // An invalid spec cannot name what to delete; the status still says what was in use.
-    let Ok(resolved) = resolve(namespace, &fp.name_any(), &fp.spec, &ctx.defaults) else {
-        tracing::warn!(pipeline = %fp.name_any(), "deleted with an invalid spec; nothing external to clean up");
-        return Ok(());
-    };
-    let status = fp.status.clone().unwrap_or_default();
-    let topics: Vec<String> = status
-        .topic
-        .into_iter()
-        .chain(status.dead_letter_topic)
-        .chain(std::iter::once(resolved.topic.name.clone()))
-        .chain(resolved.dead_letter.as_ref().map(|t| t.name.clone()))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    // Credentials first: if their Secret is gone, fail before deleting anything.
-    let clickhouse = clickhouse_admin(&resolved, ctx).await?;
-    KafkaAdmin::connect(&resolved.bootstrap_servers, ctx.io_timeout).await?.delete(&topics).await?;
-    let table: &TableSpec = &resolved.table;
-    clickhouse.drop(table).await?;
-    status::publish(
-        &ctx.recorder,
-        fp,
-        EventType::Normal,
-        "Deleted",
-        &format!("deleted topics {} and table {}", topics.join(", "), table.qualified()),
-    )
-    .await;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub struct Facts {
     pub partitions: Option<i32>,
     pub endpoints: Option<std::collections::BTreeMap<String, String>>,
     pub available_replicas: Option<std::collections::BTreeMap<String, i32>>,
+    /// `status.storage`: the resources in use and whether this pipeline created them.
+    pub storage: Option<Vec<crate::crd::StorageRecord>>,
     /// Keep `observedGeneration` as it is: the spec was not acted on (paused).
     pub spec_not_acted_on: bool,
 }
@@ -61,6 +63,9 @@ pub async fn update(
     }
     if let Some(replicas) = facts.available_replicas {
         new.available_replicas = replicas;
+    }
+    if let Some(records) = facts.storage {
+        new.storage = Some(records);
     }
     if new == old {
         return Ok(());

@@ -1,0 +1,509 @@
+//! The topics and the table of a pipeline: claims first, then read everything, decide ownership
+//! and plan in full, and only then change anything (or nothing, when any part is a conflict or
+//! not supported). Creates are recorded in the status before they run; Delete removes only what
+//! was recorded as created, where it was created.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::clickhouse::{ClickHouseAdmin, ClickHouseError};
+use super::kafka::{KafkaAdmin, KafkaError};
+use super::{Context, Error};
+use crate::build::claims::{Claimant, ResourceKey, conflicts, resource_keys};
+use crate::build::conditions::{self, Finding, reason};
+use crate::build::ownership::{self, Found, Ownership};
+use crate::build::resolve::{Resolved, resolve};
+use crate::build::table::{ObservedTable, TableOwner, TablePlan, plan_table};
+use crate::build::topic::{ObservedTopic, TopicPlan, TopicSpec, plan_topic};
+use crate::crd::{FlightPipeline, SecretKeyRefs, StorageKind, StorageRecord};
+
+/// What the storage step found and did.
+pub struct Storage {
+    pub kafka: Finding,
+    pub clickhouse: Finding,
+    /// Every resource exists and is this pipeline's to use: the workloads may run.
+    pub usable: bool,
+    pub topic_changed: bool,
+    pub table_changed: bool,
+    pub partitions: Option<i32>,
+    /// `status.storage` after this step; `None` keeps what is there.
+    pub records: Option<Vec<StorageRecord>>,
+    /// A transient error to retry with backoff.
+    pub error: Option<Error>,
+}
+
+/// The pipeline as the owner of what it creates.
+pub fn owner_of(fp: &FlightPipeline) -> TableOwner {
+    TableOwner { namespace: fp.namespace().unwrap_or_default(), name: fp.name_any(), uid: fp.uid().unwrap_or_default() }
+}
+
+/// The records to decide with: the status's, or for a pipeline reconciled before they existed,
+/// what its status names (as adopted).
+fn current_records(fp: &FlightPipeline, resolved: &Resolved) -> Vec<StorageRecord> {
+    let status = fp.status.clone().unwrap_or_default();
+    match status.storage {
+        Some(records) => records,
+        None => {
+            let topics: Vec<String> = status.topic.into_iter().chain(status.dead_letter_topic).collect();
+            ownership::legacy_records(
+                &topics,
+                status.table.as_deref(),
+                &resolved.bootstrap_servers,
+                &resolved.clickhouse_url,
+            )
+        }
+    }
+}
+
+/// Every pipeline the controller knows, with what it claims. Resolving is memoized per uid and
+/// generation, so a check over 1,000 pipelines is a store read and key comparisons.
+pub fn claimants(ctx: &Context) -> Vec<Claimant> {
+    let pipelines = ctx.pipelines.state();
+    let mut cache = ctx.claim_keys.lock().expect("claim keys lock");
+    cache.retain(|uid, _| pipelines.iter().any(|fp| fp.uid().as_deref() == Some(uid)));
+    pipelines.iter().map(|fp| claimant(fp, &ctx.defaults, &mut cache)).collect()
+}
+
+/// Resource keys of each pipeline's spec, by uid, with the generation they were resolved at.
+pub type KeyCache = HashMap<String, (Option<i64>, Vec<ResourceKey>)>;
+
+fn claimant(fp: &FlightPipeline, defaults: &crate::build::resolve::Defaults, cache: &mut KeyCache) -> Claimant {
+    let uid = fp.uid().unwrap_or_default();
+    let namespace = fp.namespace().unwrap_or_default();
+    let generation = fp.metadata.generation;
+    let spec_keys = match cache.get(&uid) {
+        Some((g, keys)) if *g == generation => keys.clone(),
+        _ => {
+            let keys =
+                resolve(&namespace, &fp.name_any(), &fp.spec, defaults).map(|r| resource_keys(&r)).unwrap_or_default();
+            cache.insert(uid.clone(), (generation, keys.clone()));
+            keys
+        }
+    };
+    let recorded = fp.status.as_ref().and_then(|s| s.storage.as_ref()).into_iter().flatten();
+    Claimant {
+        pipeline: format!("{namespace}/{}", fp.name_any()),
+        uid,
+        created: fp.creation_timestamp().map(|t| t.0),
+        keys: spec_keys.into_iter().chain(recorded.map(ResourceKey::from)).collect(),
+    }
+}
+
+/// One topic, read and decided.
+struct TopicPart {
+    spec: TopicSpec,
+    key: ResourceKey,
+    observed: Option<ObservedTopic>,
+    ownership: Ownership,
+    plan: TopicPlan,
+}
+
+struct TablePart {
+    key: ResourceKey,
+    ownership: Ownership,
+    plan: TablePlan,
+}
+
+pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> Storage {
+    let me = owner_of(fp);
+    let keys = resource_keys(resolved);
+
+    // 1. Claims of older pipelines: change nothing, contact nothing.
+    let mine = Claimant {
+        pipeline: format!("{}/{}", me.namespace, me.name),
+        uid: me.uid.clone(),
+        created: fp.creation_timestamp().map(|t| t.0),
+        keys: keys.clone(),
+    };
+    let lost = conflicts(&mine, &claimants(ctx));
+    if !lost.is_empty() {
+        let finding = |type_, kind| {
+            let messages: Vec<String> = lost.iter().filter(|c| c.key.kind == kind).map(|c| c.message()).collect();
+            if messages.is_empty() {
+                Finding::failed(type_, reason::RESOURCE_CONFLICT, "left as it is while another resource is in conflict")
+            } else {
+                Finding::failed(type_, reason::RESOURCE_CONFLICT, messages.join("; "))
+            }
+        };
+        return Storage {
+            kafka: finding(conditions::KAFKA_READY, StorageKind::Topic),
+            clickhouse: finding(conditions::CLICKHOUSE_READY, StorageKind::Table),
+            records: Some(current_records(fp, resolved)),
+            ..Storage::nothing()
+        };
+    }
+
+    // 2. Read both systems. One unreachable: the other still goes on, by its own plan.
+    let records = current_records(fp, resolved);
+    let topics = [Some(&resolved.topic), resolved.dead_letter.as_ref()];
+    let kafka = observe_topics(resolved, ctx, topics.into_iter().flatten()).await;
+    let clickhouse =
+        match clickhouse_admin(&resolved.namespace, resolved.credentials.as_ref(), &resolved.clickhouse_url, ctx).await
+        {
+            Ok(admin) => admin.describe(&resolved.table).await.map(|t| (admin, t)).map_err(Error::from),
+            Err(e) => Err(e),
+        };
+
+    // 3. Decide and plan everything before changing anything.
+    let kafka = kafka.map(|(admin, observed)| {
+        let parts: Vec<TopicPart> = observed
+            .into_iter()
+            .map(|(spec, observed)| {
+                let key = ResourceKey::topic(&spec.name, &resolved.bootstrap_servers);
+                let found = observed.as_ref().map(|_| Found { marker: None });
+                let ownership = ownership::decide(&key, found, &me, &records, fp.spec.kafka.adopt_existing);
+                let plan = plan_topic(&spec, observed.as_ref());
+                TopicPart { spec, key, observed, ownership, plan }
+            })
+            .collect();
+        (admin, parts)
+    });
+    let clickhouse = clickhouse.map(|(admin, observed): (ClickHouseAdmin, Option<ObservedTable>)| {
+        let key = ResourceKey::table(&resolved.table.qualified(), &resolved.clickhouse_url);
+        let marker = observed.as_ref().and_then(|t| TableOwner::from_comment(&t.comment));
+        let found = observed.as_ref().map(|_| Found { marker: marker.as_ref() });
+        let ownership = ownership::decide(&key, found, &me, &records, fp.spec.clickhouse.adopt_existing);
+        let plan = plan_table(&resolved.table, observed.as_ref(), &me);
+        (admin, TablePart { key, ownership, plan })
+    });
+
+    let topic_conflicts: Vec<String> = match &kafka {
+        Ok((_, parts)) => parts.iter().filter_map(|p| conflict_message(&p.ownership)).collect(),
+        Err(_) => vec![],
+    };
+    let topic_blocks: Vec<String> = match &kafka {
+        Ok((_, parts)) => parts.iter().flat_map(|p| p.plan.not_supported.iter().cloned()).collect(),
+        Err(_) => vec![],
+    };
+    let table_conflicts: Vec<String> = match &clickhouse {
+        Ok((_, part)) => conflict_message(&part.ownership).into_iter().collect(),
+        Err(_) => vec![],
+    };
+    let table_blocks: Vec<String> = match &clickhouse {
+        Ok((_, part)) => part.plan.not_supported.clone(),
+        Err(_) => vec![],
+    };
+    // A conflict anywhere stops everything; so does a difference that cannot be made.
+    let conflict = !topic_conflicts.is_empty() || !table_conflicts.is_empty();
+    let blocked = conflict || !topic_blocks.is_empty() || !table_blocks.is_empty();
+
+    // 4. Record what is about to be created, then carry the plans out.
+    // A missing resource becomes this pipeline's only when it is about to be created.
+    let use_of = |key: &ResourceKey, ownership: &Ownership| match ownership {
+        Ownership::Created => Some((key.clone(), true)),
+        Ownership::Missing if !blocked => Some((key.clone(), true)),
+        Ownership::Adopted => Some((key.clone(), false)),
+        Ownership::Missing | Ownership::Conflict(_) => None,
+    };
+    let mut in_use: Vec<(ResourceKey, bool)> = Vec::new();
+    match &kafka {
+        Ok((_, parts)) => in_use.extend(parts.iter().filter_map(|p| use_of(&p.key, &p.ownership))),
+        Err(_) => in_use.extend(records_for(&records, &keys, StorageKind::Topic)),
+    }
+    match &clickhouse {
+        Ok((_, part)) => in_use.extend(use_of(&part.key, &part.ownership)),
+        Err(_) => in_use.extend(records_for(&records, &keys, StorageKind::Table)),
+    }
+    // In a conflict nothing is this pipeline's that was not before.
+    let next = if conflict { records.clone() } else { ownership::next_records(&records, &in_use) };
+    let creates = !blocked
+        && (kafka.as_ref().is_ok_and(|(_, parts)| parts.iter().any(|p| p.ownership == Ownership::Missing))
+            || clickhouse.as_ref().is_ok_and(|(_, part)| part.ownership == Ownership::Missing));
+    if creates && let Err(e) = write_records(fp, ctx, &next).await {
+        let message = format!("could not record the resources about to be created ({e}); nothing was created");
+        return Storage {
+            kafka: Finding::failed(conditions::KAFKA_READY, reason::WAITING, message.clone()),
+            clickhouse: Finding::failed(conditions::CLICKHOUSE_READY, reason::WAITING, message),
+            error: Some(e.into()),
+            records: Some(records),
+            ..Storage::nothing()
+        };
+    }
+    let held_back = "changes wait: another part of the plan is a conflict or cannot be made, so nothing was changed";
+
+    let mut storage = Storage { records: Some(next), ..Storage::nothing() };
+    let mut lost_races: Vec<ResourceKey> = Vec::new();
+    let mut topics_exist = false;
+    storage.kafka = match kafka {
+        Err(e) => kafka_failure(e, &mut storage.error),
+        Ok(_) if !topic_conflicts.is_empty() => {
+            Finding::failed(conditions::KAFKA_READY, reason::RESOURCE_CONFLICT, topic_conflicts.join("; "))
+        }
+        Ok((_, parts)) if !topic_blocks.is_empty() => {
+            topics_exist = parts.iter().all(|p| p.observed.is_some());
+            Finding::failed(
+                conditions::KAFKA_READY,
+                reason::NOT_SUPPORTED,
+                format!("{}; nothing was changed", topic_blocks.join("; ")),
+            )
+        }
+        Ok((_, parts)) if blocked && !parts.iter().all(|p| p.plan.is_noop()) => {
+            topics_exist = parts.iter().all(|p| p.observed.is_some());
+            Finding::failed(conditions::KAFKA_READY, reason::WAITING, held_back)
+        }
+        Ok((mut admin, parts)) => {
+            let mut failure = None;
+            for part in parts.iter().filter(|p| !p.plan.is_noop()) {
+                tracing::info!(topic = %part.spec.name, plan = ?part.plan, "changing Kafka topic");
+                match admin.apply(&part.spec, &part.plan).await {
+                    Ok(()) => storage.topic_changed = true,
+                    Err(KafkaError::Exists { .. }) => lost_races.push(part.key.clone()),
+                    Err(e) => {
+                        failure = Some((e, part.plan.create));
+                        break;
+                    }
+                }
+            }
+            let main = parts.iter().find(|p| p.spec.name == resolved.topic.name);
+            storage.partitions = main.map(|p| {
+                let had = p.observed.as_ref().map(|o| o.partitions).unwrap_or(p.spec.partitions);
+                if failure.is_none() { p.plan.grow_partitions_to.unwrap_or(had) } else { had }
+            });
+            match failure {
+                // A broker without CreatePartitions (or config APIs): report, do not retry. Without
+                // CreateTopics there is no topic, so the workloads cannot start either.
+                Some((e, create)) if e.is_unsupported() => {
+                    topics_exist = !create;
+                    let mut finding = kafka_failure(e, &mut storage.error);
+                    finding.reason = reason::NOT_SUPPORTED;
+                    finding
+                }
+                Some((e, _)) => kafka_failure(e, &mut storage.error),
+                None => {
+                    topics_exist = true;
+                    let dlq = resolved
+                        .dead_letter
+                        .as_ref()
+                        .map(|t| format!(" and dead-letter topic {}", t.name))
+                        .unwrap_or_default();
+                    let partitions = storage.partitions.unwrap_or_default();
+                    let message = format!("topic {} ({partitions} partitions){dlq} ready", resolved.topic.name);
+                    Finding::ok(conditions::KAFKA_READY, reason::TOPIC_READY, message)
+                }
+            }
+        }
+    };
+    let mut table_exists = false;
+    storage.clickhouse = match clickhouse {
+        Err(e) => clickhouse_failure(e, &mut storage.error),
+        Ok(_) if !table_conflicts.is_empty() => {
+            Finding::failed(conditions::CLICKHOUSE_READY, reason::RESOURCE_CONFLICT, table_conflicts.join("; "))
+        }
+        Ok((_, part)) if !table_blocks.is_empty() => {
+            table_exists = !part.plan.create;
+            Finding::failed(
+                conditions::CLICKHOUSE_READY,
+                reason::NOT_SUPPORTED,
+                format!("{}; nothing was changed", table_blocks.join("; ")),
+            )
+        }
+        Ok((_, part)) if blocked && !part.plan.statements.is_empty() => {
+            table_exists = !part.plan.create;
+            Finding::failed(conditions::CLICKHOUSE_READY, reason::WAITING, held_back)
+        }
+        Ok((admin, part)) => match admin.apply(&resolved.table, &part.plan).await {
+            Err(ClickHouseError::Exists { .. }) => {
+                lost_races.push(part.key.clone());
+                Finding::failed(conditions::CLICKHOUSE_READY, reason::RESOURCE_CONFLICT, "")
+            }
+            Err(e) => clickhouse_failure(e.into(), &mut storage.error),
+            Ok(()) => {
+                table_exists = true;
+                storage.table_changed = !part.plan.statements.is_empty();
+                let message = format!("table {} ready", resolved.table.qualified());
+                Finding::ok(conditions::CLICKHOUSE_READY, reason::TABLE_READY, message)
+            }
+        },
+    };
+
+    // 5. A create that found the resource there lost a race: it is not this pipeline's.
+    if !lost_races.is_empty() {
+        let kept: Vec<StorageRecord> = storage
+            .records
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| !lost_races.iter().any(|k| k.same_as(&ResourceKey::from(r))))
+            .collect();
+        if let Err(e) = write_records(fp, ctx, &kept).await {
+            storage.error = Some(e.into());
+        }
+        for key in &lost_races {
+            let finding = match key.kind {
+                StorageKind::Topic => &mut storage.kafka,
+                StorageKind::Table => &mut storage.clickhouse,
+            };
+            let message = format!(
+                "{} was created by someone else while this pipeline was creating it; it is left as it is",
+                key.describe()
+            );
+            *finding = Finding::failed(finding.type_, reason::RESOURCE_CONFLICT, message);
+        }
+        storage.records = Some(kept);
+        topics_exist = false;
+    }
+    storage.usable = topics_exist && table_exists && !conflict && storage.error.is_none();
+    storage
+}
+
+fn conflict_message(ownership: &Ownership) -> Option<String> {
+    match ownership {
+        Ownership::Conflict(message) => Some(message.clone()),
+        _ => None,
+    }
+}
+
+/// The recorded resources of one kind that are still wanted, when their system could not be read.
+fn records_for(records: &[StorageRecord], keys: &[ResourceKey], kind: StorageKind) -> Vec<(ResourceKey, bool)> {
+    records
+        .iter()
+        .filter(|r| r.kind == kind)
+        .map(|r| (ResourceKey::from(r), r.created_by_flightline))
+        .filter(|(k, _)| keys.iter().any(|want| want.same_as(k)))
+        .collect()
+}
+
+impl Storage {
+    fn nothing() -> Self {
+        Storage {
+            kafka: Finding::failed(conditions::KAFKA_READY, reason::WAITING, ""),
+            clickhouse: Finding::failed(conditions::CLICKHOUSE_READY, reason::WAITING, ""),
+            usable: false,
+            topic_changed: false,
+            table_changed: false,
+            partitions: None,
+            records: None,
+            error: None,
+        }
+    }
+}
+
+fn kafka_failure(e: KafkaError, error: &mut Option<Error>) -> Finding {
+    let transient = e.is_transient();
+    let why = if transient { reason::KAFKA_UNAVAILABLE } else { reason::KAFKA_ERROR };
+    let finding = Finding::failed(conditions::KAFKA_READY, why, e.to_string());
+    if transient {
+        *error = Some(e.into());
+    }
+    finding
+}
+
+fn clickhouse_failure(e: Error, error: &mut Option<Error>) -> Finding {
+    let transient = matches!(&e, Error::ClickHouse(c) if c.is_transient());
+    let why = if transient { reason::CLICKHOUSE_UNAVAILABLE } else { reason::CLICKHOUSE_ERROR };
+    let finding = Finding::failed(conditions::CLICKHOUSE_READY, why, e.to_string());
+    if transient && error.is_none() {
+        *error = Some(e);
+    }
+    finding
+}
+
+async fn observe_topics<'a>(
+    resolved: &Resolved,
+    ctx: &Context,
+    topics: impl Iterator<Item = &'a TopicSpec>,
+) -> Result<(KafkaAdmin, Vec<(TopicSpec, Option<ObservedTopic>)>), KafkaError> {
+    let mut admin = KafkaAdmin::connect(&resolved.bootstrap_servers, ctx.io_timeout).await?;
+    let mut observed = Vec::new();
+    for topic in topics {
+        let have = admin.describe(&topic.name).await?;
+        observed.push((topic.clone(), have));
+    }
+    Ok((admin, observed))
+}
+
+/// Writes `status.storage` at once (a merge patch of that field alone), before a create runs, so a
+/// crash between create and the status update cannot forget who created the resource.
+async fn write_records(fp: &FlightPipeline, ctx: &Context, records: &[StorageRecord]) -> Result<(), kube::Error> {
+    let api: Api<FlightPipeline> = Api::namespaced(ctx.client.clone(), &fp.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": FlightPipeline::api_version(&()),
+        "kind": FlightPipeline::kind(&()),
+        "status": { "storage": records },
+    });
+    api.patch_status(&fp.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+pub async fn clickhouse_admin(
+    namespace: &str,
+    credentials: Option<&SecretKeyRefs>,
+    url: &str,
+    ctx: &Context,
+) -> Result<ClickHouseAdmin, Error> {
+    let credentials = match credentials {
+        None => None,
+        Some(refs) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+            let secret = secrets
+                .get_opt(&refs.name)
+                .await?
+                .ok_or_else(|| Error::Credentials(format!("Secret {} not found", refs.name)))?;
+            let read = |key: &str| {
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                    .ok_or_else(|| Error::Credentials(format!("Secret {} has no key {key}", refs.name)))
+            };
+            Some((read(&refs.username_key)?, read(&refs.password_key)?))
+        }
+    };
+    Ok(ClickHouseAdmin::new(url, credentials, ctx.io_timeout))
+}
+
+/// Deletes what this pipeline created, where it created it, except what another pipeline uses now
+/// (has in its `status.storage`, i.e. adopted). Returns what was deleted, in words.
+pub async fn delete_created(fp: &FlightPipeline, ctx: &Context) -> Result<Vec<String>, Error> {
+    let me = owner_of(fp);
+    let records = fp.status.as_ref().and_then(|s| s.storage.clone()).unwrap_or_default();
+    let pipelines = ctx.pipelines.state();
+    let users = pipelines.iter().filter(|other| other.uid().as_deref() != Some(me.uid.as_str()));
+    let others: Vec<(String, Vec<ResourceKey>)> = users
+        .map(|other| {
+            let recorded = other.status.as_ref().and_then(|s| s.storage.as_ref()).into_iter().flatten();
+            let name = format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any());
+            (name, recorded.map(ResourceKey::from).collect())
+        })
+        .collect();
+    let mut deletable = Vec::new();
+    for record in ownership::to_delete(&records) {
+        let key = ResourceKey::from(record);
+        match others.iter().find(|(_, keys)| keys.iter().any(|k| k.same_as(&key))) {
+            Some((other, _)) => {
+                tracing::warn!(resource = %key.describe(), user = %other, "not deleting a resource another pipeline uses")
+            }
+            None => deletable.push(key),
+        }
+    }
+    // Credentials first: if their Secret is gone, fail before deleting anything.
+    let credentials = fp.spec.clickhouse.credentials_secret.as_ref();
+    let mut tables = Vec::new();
+    for key in deletable.iter().filter(|k| k.kind == StorageKind::Table) {
+        tables.push((key, clickhouse_admin(&me.namespace, credentials, &key.location, ctx).await?));
+    }
+    let mut deleted = Vec::new();
+    let mut by_cluster: Vec<(&str, Vec<String>)> = Vec::new();
+    for key in deletable.iter().filter(|k| k.kind == StorageKind::Topic) {
+        match by_cluster.iter_mut().find(|(location, _)| *location == key.location) {
+            Some((_, names)) => names.push(key.name.clone()),
+            None => by_cluster.push((&key.location, vec![key.name.clone()])),
+        }
+    }
+    for (location, names) in by_cluster {
+        KafkaAdmin::connect(location, ctx.io_timeout).await?.delete(&names).await?;
+        deleted.extend(names.iter().map(|n| format!("topic {n} at {location}")));
+    }
+    for (key, admin) in tables {
+        let (database, table) = key.name.split_once('.').unwrap_or(("", &key.name));
+        if admin.drop_created(database, table, &me).await? {
+            deleted.push(key.describe());
+        }
+    }
+    Ok(deleted)
+}
