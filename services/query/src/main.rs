@@ -1,12 +1,21 @@
 //! `flightline-query`: stored flights (`GET /v1/flights`, filters and cursor pagination) and delay
 //! statistics (`GET /v1/stats/delays?by=...`), computed in ClickHouse. Every value a user sends
-//! reaches ClickHouse as a typed query parameter (`{name:Type}`), never as SQL text; unknown or
-//! malformed parameters get 400 naming the parameter.
+//! reaches ClickHouse as a typed query parameter (`{name:Type}`), never as SQL text; unknown,
+//! repeated or malformed parameters get 400 naming the parameter.
+//!
+//! Every statement runs with `readonly=2` (reads only; 2 so the limits below can still be set per
+//! query), `max_execution_time` (`QUERY_MAX_EXECUTION_SECONDS`, default 10), and result limits
+//! (`max_result_rows`/`max_result_bytes` sized to a page or a statistics answer, with
+//! `result_overflow_mode=throw`). Every call also has a client-side timeout 2 s longer, so a hung
+//! ClickHouse gives a 504 instead of a hung request. Give query a read-only user as well (README).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Query, State};
+use axum::http::{StatusCode, Uri};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
@@ -27,6 +36,29 @@ struct AppState {
     /// `` `database`.`table` ``, from the operator's (validated) settings.
     table: Arc<str>,
     max_rows: u32,
+    /// How long a ClickHouse call may take before the client gives up.
+    call_timeout: Duration,
+}
+
+/// Result bounds: a page holds at most `QUERY_MAX_ROWS` + 1 rows of well under 4 KiB each; a
+/// statistics answer holds one row per group (airlines, destinations, months: tens to hundreds).
+const PAGE_MAX_RESULT_BYTES: u64 = 64 * 1024 * 1024;
+const STATS_MAX_GROUPS: u32 = 10_000;
+const STATS_MAX_RESULT_BYTES: u64 = 4 * 1024 * 1024;
+/// The client waits this much longer than `max_execution_time`, so ClickHouse's own error wins
+/// when the server is alive.
+const CALL_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
+
+/// Settings every statement runs with.
+fn read_only(client: clickhouse::Client, max_execution_seconds: u32) -> clickhouse::Client {
+    client
+        .with_setting("readonly", "2")
+        .with_setting("max_execution_time", max_execution_seconds.to_string())
+        .with_setting("result_overflow_mode", "throw")
+}
+
+fn result_limits(query: clickhouse::query::Query, rows: u32, bytes: u64) -> clickhouse::query::Query {
+    query.with_setting("max_result_rows", rows.to_string()).with_setting("max_result_bytes", bytes.to_string())
 }
 
 #[tokio::main]
@@ -48,11 +80,16 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(user) = config::required("CLICKHOUSE_USER") {
         clickhouse = clickhouse.with_user(user).with_password(std::env::var("CLICKHOUSE_PASSWORD").unwrap_or_default());
     }
+    let max_execution_seconds: u32 = config::parsed("QUERY_MAX_EXECUTION_SECONDS", 10)?;
+    anyhow::ensure!(max_execution_seconds > 0, "QUERY_MAX_EXECUTION_SECONDS must be at least 1");
+    let clickhouse = read_only(clickhouse, max_execution_seconds);
     let state = AppState {
         clickhouse: clickhouse.clone(),
         table: format!("`{database}`.`{table}`").into(),
         max_rows: config::parsed("QUERY_MAX_ROWS", 10_000u32)?.max(1),
+        call_timeout: Duration::from_secs(max_execution_seconds.into()) + CALL_TIMEOUT_MARGIN,
     };
+    // The server caches the answer and gives up after a few seconds: a hung ClickHouse is "not ready".
     let ready: ReadyCheck = Arc::new(move || {
         let clickhouse = clickhouse.clone();
         Box::pin(async move { clickhouse.query("SELECT 1").execute().await.map_err(|e| format!("ClickHouse: {e}")) })
@@ -77,12 +114,26 @@ struct Filters {
 
 const FILTER_PARAMS: [&str; 7] = ["from", "to", "airline", "origin", "destination", "type", "delayed"];
 
-/// Rejects parameters this endpoint does not know.
-fn check_known(params: &BTreeMap<String, String>, extra: &[&str]) -> Result<(), ApiError> {
-    match params.keys().find(|k| !FILTER_PARAMS.contains(&k.as_str()) && !extra.contains(&k.as_str())) {
-        Some(unknown) => Err(ApiError::bad_field(unknown.clone(), "unknown query parameter")),
-        None => Ok(()),
+/// At most this much of a client's text is echoed in an error.
+fn clip(text: &str) -> &str {
+    text.char_indices().nth(60).map_or(text, |(end, _)| &text[..end])
+}
+
+/// The query string as name → value, each name known to this endpoint and given once.
+fn query_params(uri: &Uri, extra: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let mut params = BTreeMap::new();
+    for (name, value) in pairs {
+        if !FILTER_PARAMS.contains(&name.as_str()) && !extra.contains(&name.as_str()) {
+            return Err(ApiError::bad_field(clip(&name), "unknown query parameter"));
+        }
+        if params.contains_key(&name) {
+            return Err(ApiError::bad_field(name, "is given more than once"));
+        }
+        params.insert(name, value);
     }
+    Ok(params)
 }
 
 /// `YYYY-MM-DD` or `YYYY-MM-DD HH:MM:SS`; a bare `to` date includes that whole day.
@@ -192,11 +243,32 @@ fn where_clause(conditions: &[&str]) -> String {
 
 fn database_error(e: clickhouse::error::Error) -> ApiError {
     tracing::error!(error = %e, "ClickHouse query failed");
-    ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "clickhouse_unavailable",
-        "the flight store did not answer",
-    )
+    // Code 159: TIMEOUT_EXCEEDED (max_execution_time).
+    if e.to_string().contains("Code: 159.") {
+        return store_timeout("the query ran longer than its time limit");
+    }
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "clickhouse_unavailable", "the flight store did not answer")
+    }
+}
+
+fn store_timeout(message: &str) -> ApiError {
+    ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::GATEWAY_TIMEOUT, "clickhouse_timeout", message) }
+}
+
+/// A ClickHouse call within the client-side timeout.
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, clickhouse::error::Error>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(database_error),
+        Err(_) => {
+            tracing::error!(seconds = timeout.as_secs(), "ClickHouse did not answer in time");
+            Err(store_timeout(&format!("the flight store did not answer within {} s", timeout.as_secs())))
+        }
+    }
 }
 
 /// A page position: the sort key of the last row returned.
@@ -290,20 +362,33 @@ struct FlightsPage {
     next_cursor: Option<String>,
 }
 
-async fn flights(
-    State(state): State<AppState>,
-    Query(params): Query<BTreeMap<String, String>>,
-) -> Result<Json<FlightsPage>, ApiError> {
-    check_known(&params, &["limit", "cursor"])?;
-    let filters = Filters::parse(&params)?;
-    let limit =
-        match params.get("limit") {
-            None => 100.min(state.max_rows),
-            Some(v) => v.parse::<u32>().ok().filter(|n| (1..=state.max_rows).contains(n)).ok_or_else(|| {
-                ApiError::bad_field("limit", format!("must be a number from 1 to {}", state.max_rows))
-            })?,
+/// What `GET /v1/flights` asks for.
+#[derive(Debug)]
+struct FlightsRequest {
+    filters: Filters,
+    limit: u32,
+    cursor: Option<Cursor>,
+}
+
+impl FlightsRequest {
+    fn parse(uri: &Uri, max_rows: u32) -> Result<Self, ApiError> {
+        let params = query_params(uri, &["limit", "cursor"])?;
+        let filters = Filters::parse(&params)?;
+        let limit = match params.get("limit") {
+            None => 100.min(max_rows),
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=max_rows).contains(n))
+                .ok_or_else(|| ApiError::bad_field("limit", format!("must be a number from 1 to {max_rows}")))?,
         };
-    let cursor = params.get("cursor").map(|c| Cursor::parse(c)).transpose()?;
+        let cursor = params.get("cursor").map(|c| Cursor::parse(c)).transpose()?;
+        Ok(Self { filters, limit, cursor })
+    }
+}
+
+async fn flights(State(state): State<AppState>, uri: Uri) -> Result<Json<FlightsPage>, ApiError> {
+    let FlightsRequest { filters, limit, cursor } = FlightsRequest::parse(&uri, state.max_rows)?;
     let mut conditions = filters.conditions();
     if cursor.is_some() {
         conditions.push(
@@ -316,11 +401,12 @@ async fn flights(
         state.table,
         where_clause(&conditions)
     );
-    let mut query = filters.bind(state.clickhouse.query(&sql)).param("limit", limit + 1);
+    let query = result_limits(state.clickhouse.query(&sql), limit + 1, PAGE_MAX_RESULT_BYTES);
+    let mut query = filters.bind(query).param("limit", limit + 1);
     if let Some(c) = &cursor {
         query = query.param("c_at", c.scheduled_at).param("c_p", c.partition).param("c_o", c.offset);
     }
-    let mut rows = query.fetch_all::<FlightOut>().await.map_err(database_error)?;
+    let mut rows = bounded(state.call_timeout, query.fetch_all::<FlightOut>()).await?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
         rows.last().map(|r| {
@@ -371,25 +457,37 @@ fn group(key: String, flights: u64, delayed: u64) -> Group {
     Group { key, flights, delayed, delay_rate }
 }
 
-async fn delays(
-    State(state): State<AppState>,
-    Query(params): Query<BTreeMap<String, String>>,
-) -> Result<Json<DelayStats>, ApiError> {
-    check_known(&params, &["by"])?;
-    let by = params.get("by").ok_or_else(|| ApiError::bad_field("by", "is required"))?;
-    let expression = group_expression(by)
-        .ok_or_else(|| ApiError::bad_field("by", "must be airline, month, destination, period_day or type"))?;
-    let filters = Filters::parse(&params)?;
+/// What `GET /v1/stats/delays` asks for.
+#[derive(Debug)]
+struct StatsRequest {
+    by: String,
+    expression: &'static str,
+    filters: Filters,
+}
+
+impl StatsRequest {
+    fn parse(uri: &Uri) -> Result<Self, ApiError> {
+        let params = query_params(uri, &["by"])?;
+        let by = params.get("by").ok_or_else(|| ApiError::bad_field("by", "is required"))?;
+        let expression = group_expression(by)
+            .ok_or_else(|| ApiError::bad_field("by", "must be airline, month, destination, period_day or type"))?;
+        Ok(Self { by: by.clone(), expression, filters: Filters::parse(&params)? })
+    }
+}
+
+async fn delays(State(state): State<AppState>, uri: Uri) -> Result<Json<DelayStats>, ApiError> {
+    let StatsRequest { by, expression, filters } = StatsRequest::parse(&uri)?;
     let sql = format!(
         "SELECT {expression} AS key, count() AS flights, toUInt64(countIf(delayed)) AS delayed FROM {} FINAL {} \
          GROUP BY key ORDER BY flights DESC, key",
         state.table,
         where_clause(&filters.conditions())
     );
-    let rows = filters.bind(state.clickhouse.query(&sql)).fetch_all::<GroupRow>().await.map_err(database_error)?;
+    let query = result_limits(state.clickhouse.query(&sql), STATS_MAX_GROUPS, STATS_MAX_RESULT_BYTES);
+    let rows = bounded(state.call_timeout, filters.bind(query).fetch_all::<GroupRow>()).await?;
     let (flights, delayed) = rows.iter().fold((0, 0), |(f, d), r| (f + r.flights, d + r.delayed));
     Ok(Json(DelayStats {
-        by: by.clone(),
+        by,
         total: group("all".into(), flights, delayed),
         groups: rows.into_iter().map(|r| group(r.key, r.flights, r.delayed)).collect(),
     }))
@@ -425,13 +523,44 @@ mod tests {
         );
     }
 
+    fn uri(query: &str) -> Uri {
+        format!("/v1/flights?{query}").parse().unwrap()
+    }
+
     #[test]
-    fn unknown_parameters_and_groupings_are_rejected() {
-        assert_eq!(
-            check_known(&params(&[("limit", "1"), ("sort", "x")]), &["limit"]).unwrap_err().field.as_deref(),
-            Some("sort")
-        );
+    fn unknown_repeated_or_huge_parameters_are_rejected_by_name() {
+        for (query, field) in [
+            ("limit=1&sort=x", "sort"),
+            ("limit=1&limit=2", "limit"),
+            ("limit=99999999999999999999", "limit"),
+            ("limit=0", "limit"),
+            ("cursor=1.2", "cursor"),
+            (&format!("cursor={}", "9".repeat(10_000)), "cursor"),
+            (&format!("airline={}", "x".repeat(10_000)), "airline"),
+            (&format!("from={}", "2".repeat(10_000)), "from"),
+            ("from=2017-02-30", "from"),
+            ("to=%FF%FE", "to"),
+        ] {
+            let error = FlightsRequest::parse(&uri(query), 10_000).unwrap_err();
+            assert_eq!((error.status, error.field.as_deref()), (StatusCode::BAD_REQUEST, Some(field)), "{query}");
+        }
+        let long_name = format!("{}=1", "n".repeat(10_000));
+        assert!(FlightsRequest::parse(&uri(&long_name), 10_000).unwrap_err().field.unwrap().len() <= 60);
+        let by = |query: &str| StatsRequest::parse(&format!("/v1/stats/delays?{query}").parse().unwrap());
+        assert_eq!(by("").unwrap_err().field.as_deref(), Some("by"));
+        assert_eq!(by("by=airline;DROP").unwrap_err().field.as_deref(), Some("by"));
+        assert_eq!(by("by=month&delayed=true").unwrap().expression, "toString(month)");
         assert!(group_expression("airline; DROP TABLE t").is_none());
+        let ok = FlightsRequest::parse(&uri("limit=5&cursor=1.2.3&airline=Grupo+LATAM"), 10_000).unwrap();
+        assert_eq!((ok.limit, ok.filters.airline.as_deref()), (5, Some("Grupo LATAM")));
+    }
+
+    #[tokio::test]
+    async fn a_hung_call_gives_504_within_the_timeout() {
+        let started = std::time::Instant::now();
+        let error = bounded::<()>(Duration::from_millis(200), std::future::pending()).await.unwrap_err();
+        assert_eq!((error.status, error.error), (StatusCode::GATEWAY_TIMEOUT, "clickhouse_timeout"));
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
@@ -446,6 +575,82 @@ mod tests {
         assert_eq!(Cursor::parse(&c.encode()).unwrap(), c);
         for bad in ["", "1.2", "1.2.3.4", "a.b.c", "1.2.3; DROP"] {
             assert!(Cursor::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn refused_by_name(error: &ApiError) -> bool {
+        error.status == StatusCode::BAD_REQUEST && (error.field.is_some() || error.error == "invalid_query")
+    }
+
+    /// Query-string text: anything a URI may hold, weighted towards the characters that matter.
+    fn query_text() -> impl Strategy<Value = String> {
+        let names = proptest::sample::select(vec![
+            "from",
+            "to",
+            "airline",
+            "origin",
+            "destination",
+            "type",
+            "delayed",
+            "limit",
+            "cursor",
+            "by",
+            "x",
+        ]);
+        let value = prop_oneof![
+            "[-0-9.:% +&=a-zA-Z]{0,40}",
+            "\\PC{0,20}",
+            "[0-9]{1,30}",
+            "[0-9]{1,12}\\.-?[0-9]{1,12}\\.-?[0-9]{1,22}"
+        ];
+        proptest::collection::vec((names, value), 0..6).prop_map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(name, value)| {
+                    let encoded: String = value
+                        .bytes()
+                        .map(|b| {
+                            if b.is_ascii_alphanumeric() || b"-.%+=&".contains(&b) {
+                                (b as char).to_string()
+                            } else {
+                                format!("%{b:02X}")
+                            }
+                        })
+                        .collect();
+                    format!("{name}={encoded}")
+                })
+                .collect::<Vec<_>>()
+                .join("&")
+        })
+    }
+
+    proptest! {
+        /// Any query string is parsed or refused with 400 naming the parameter; never a 5xx or a panic.
+        #[test]
+        fn prop_query_parameters_never_5xx(query in query_text()) {
+            let uri: Uri = format!("/v1/flights?{query}").parse().unwrap();
+            if let Err(e) = FlightsRequest::parse(&uri, 10_000) {
+                prop_assert!(refused_by_name(&e), "{query}: {e:?}");
+            }
+            let uri: Uri = format!("/v1/stats/delays?{query}").parse().unwrap();
+            if let Err(e) = StatsRequest::parse(&uri) {
+                prop_assert!(refused_by_name(&e), "{query}: {e:?}");
+            }
+        }
+
+        /// Any cursor text round-trips or is refused naming `cursor`.
+        #[test]
+        fn prop_cursor_never_panics(text in prop_oneof!["\\PC{0,60}", "-?[0-9]{0,12}\\.-?[0-9]{0,12}\\.-?[0-9]{0,22}"]) {
+            match Cursor::parse(&text) {
+                Ok(cursor) => prop_assert_eq!(Cursor::parse(&cursor.encode()).unwrap(), cursor),
+                Err(e) => prop_assert_eq!(e.field.as_deref(), Some("cursor")),
+            }
         }
     }
 }
