@@ -147,8 +147,59 @@ pub fn is_subset(want: &Value, have: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_subset;
+    use super::{holder, is_controlled_by, is_subset};
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, OwnerReference};
     use serde_json::json;
+
+    fn deployment(owners: Vec<(&str, Option<bool>)>, managers: &[&str]) -> Deployment {
+        let owner_references = owners
+            .into_iter()
+            .map(|(uid, controller)| OwnerReference {
+                api_version: "flightline.dev/v1alpha1".into(),
+                kind: "FlightPipeline".into(),
+                name: format!("pipeline-{uid}"),
+                uid: uid.into(),
+                controller,
+                block_owner_deletion: None,
+            })
+            .collect();
+        let managed_fields = managers
+            .iter()
+            .map(|m| ManagedFieldsEntry { manager: Some(m.to_string()), ..ManagedFieldsEntry::default() })
+            .collect();
+        Deployment {
+            metadata: ObjectMeta {
+                name: Some("scl-query".into()),
+                owner_references: Some(owner_references),
+                managed_fields: Some(managed_fields),
+                ..ObjectMeta::default()
+            },
+            ..Deployment::default()
+        }
+    }
+
+    #[test]
+    fn only_a_controller_reference_with_the_pipelines_uid_makes_an_object_its_own() {
+        assert!(is_controlled_by(&deployment(vec![("uid-1", Some(true))], &[]), "uid-1"));
+        assert!(!is_controlled_by(&deployment(vec![], &[]), "uid-1"));
+        assert!(!is_controlled_by(&deployment(vec![("uid-1", None)], &[]), "uid-1"));
+        assert!(!is_controlled_by(&deployment(vec![("uid-1", Some(false))], &[]), "uid-1"));
+        assert!(!is_controlled_by(&deployment(vec![("uid-2", Some(true))], &[]), "uid-1"));
+    }
+
+    #[test]
+    fn a_conflict_names_the_object_its_controller_and_its_field_managers() {
+        let want = json!({"kind": "Deployment"});
+        let theirs = deployment(vec![("uid-2", Some(true))], &["kubectl", "kube-controller-manager", "kubectl"]);
+        assert_eq!(
+            holder(&want, &theirs),
+            "Deployment scl-query exists and is not controlled by this pipeline (controller: FlightPipeline \
+             pipeline-uid-2; field managers: kube-controller-manager, kubectl); left as it is"
+        );
+        let by_hand = deployment(vec![], &[]);
+        assert!(holder(&want, &by_hand).contains("(controller: none; field managers: none)"));
+    }
 
     #[test]
     fn defaults_on_the_live_object_do_not_count_as_drift() {
