@@ -319,3 +319,45 @@ async fn pipeline_c_in_a_b_and_pipeline_b_c_in_a_get_different_topics_and_tables
         assert!(table_facts(&stack, database, table).await.comment.ends_with(uid.as_str()), "{table} is marked");
     }
 }
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn an_adopted_table_of_the_old_shape_gets_source_topic_in_its_sorting_key_and_keeps_its_rows() {
+    use flightline_operator::build::table::BASE_COLUMNS;
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("old-shape").await;
+    // The table as Flightline made it before source_topic: same columns less one, old sorting key.
+    let columns: Vec<String> =
+        BASE_COLUMNS.iter().filter(|(n, _)| *n != "source_topic").map(|(n, t)| format!("`{n}` {t}")).collect();
+    execute(&stack, &format!("CREATE DATABASE IF NOT EXISTS `{}`", ns.database)).await;
+    execute(
+        &stack,
+        &format!(
+            "CREATE TABLE `{}`.old ({}) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(scheduled_at) \
+             ORDER BY (scheduled_at, source_partition, source_offset)",
+            ns.database,
+            columns.join(", ")
+        ),
+    )
+    .await;
+    execute(&stack, &format!("INSERT INTO `{}`.old (scheduled_at, source_offset) VALUES (now(), 1)", ns.database))
+        .await;
+
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+    let mut fp = storage_only(&ns, "old", "", &ns.database, "old");
+    fp.spec.clickhouse.adopt_existing = true;
+    apply(&api, &fp).await.unwrap();
+    wait_condition(&api, "old", "Ready", "True", None).await;
+    assert_eq!(stack.columns(&ns.database, "old").await["source_topic"], "LowCardinality(String)");
+    let engine = table_facts(&stack, &ns.database, "old").await.engine_full;
+    assert!(engine.contains("ORDER BY (scheduled_at, source_partition, source_offset, source_topic)"), "{engine}");
+    // Same partition and offset from another topic: two rows, not one.
+    let insert = format!(
+        "INSERT INTO `{}`.old (scheduled_at, source_offset, source_topic) SELECT scheduled_at, 1, 'other' FROM `{}`.old",
+        ns.database, ns.database
+    );
+    execute(&stack, &insert).await;
+    execute(&stack, &format!("OPTIMIZE TABLE `{}`.old FINAL", ns.database)).await;
+    assert_eq!(rows(&stack, &ns.database, "old").await, 2);
+}

@@ -238,9 +238,10 @@ pub fn plan_table(want: &TableSpec, have: Option<&ObservedTable>, owner: &TableO
         ));
     }
     if adds_source_topic {
-        // ClickHouse extends a sorting key only with a column added by the same ALTER.
+        // ClickHouse extends a sorting key only with a column added by the same ALTER, and only
+        // one without a default expression (code 36 otherwise); existing rows get '' anyway.
         plan.statements.push(format!(
-            "ALTER TABLE {target} ADD COLUMN `source_topic` LowCardinality(String) DEFAULT '', MODIFY ORDER BY ({SORTING_KEY})"
+            "ALTER TABLE {target} ADD COLUMN `source_topic` LowCardinality(String), MODIFY ORDER BY ({SORTING_KEY})"
         ));
     }
     let ttl = want.ttl_expression();
@@ -340,8 +341,8 @@ mod tests {
         assert_eq!(
             plan.statements,
             vec![
-                "ALTER TABLE `db`.`flights` ADD COLUMN `source_topic` LowCardinality(String) DEFAULT '', \
-                 MODIFY ORDER BY (scheduled_at, source_partition, source_offset, source_topic)"
+                "ALTER TABLE `db`.`flights` ADD COLUMN `source_topic` LowCardinality(String), MODIFY ORDER BY \
+                 (scheduled_at, source_partition, source_offset, source_topic)"
             ]
         );
     }
