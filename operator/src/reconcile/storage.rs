@@ -61,7 +61,9 @@ fn current_records(fp: &FlightPipeline, resolved: &Resolved) -> Vec<StorageRecor
 
 /// Every pipeline the controller knows, with what it claims. Resolving is memoized per uid and
 /// generation, so a check over 1,000 pipelines is a store read and key comparisons.
-pub fn claimants(ctx: &Context) -> Vec<Claimant> {
+pub async fn claimants(ctx: &Context) -> Vec<Claimant> {
+    // Before the first full list the store may lack an older claimant: wait for it.
+    let _ = ctx.pipelines.wait_until_ready().await;
     let pipelines = ctx.pipelines.state();
     let mut cache = ctx.claim_keys.lock().expect("claim keys lock");
     cache.retain(|uid, _| pipelines.iter().any(|fp| fp.uid().as_deref() == Some(uid)));
@@ -119,7 +121,7 @@ pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> 
         created: fp.creation_timestamp().map(|t| t.0),
         keys: keys.clone(),
     };
-    let lost = conflicts(&mine, &claimants(ctx));
+    let lost = conflicts(&mine, &claimants(ctx).await);
     if !lost.is_empty() {
         let finding = |type_, kind| {
             let messages: Vec<String> = lost.iter().filter(|c| c.key.kind == kind).map(|c| c.message()).collect();
@@ -462,6 +464,7 @@ pub async fn clickhouse_admin(
 pub async fn delete_created(fp: &FlightPipeline, ctx: &Context) -> Result<Vec<String>, Error> {
     let me = owner_of(fp);
     let records = fp.status.as_ref().and_then(|s| s.storage.clone()).unwrap_or_default();
+    let _ = ctx.pipelines.wait_until_ready().await;
     let pipelines = ctx.pipelines.state();
     let users = pipelines.iter().filter(|other| other.uid().as_deref() != Some(me.uid.as_str()));
     let others: Vec<(String, Vec<ResourceKey>)> = users
