@@ -1,8 +1,16 @@
 //! Flight records: the data set's 18 columns as they arrive (JSON or CSV), validation into a typed
 //! `Flight`, and the derived columns (delay, delayed, period of day, high season).
+//!
+//! Request bodies are read as a stream, record by record (`read_flights`): nothing but the record
+//! at hand is held, and reading stops at the first limit (`max_records` records; `MAX_FIELD_BYTES`
+//! per field, longer values are measured, never copied). A record that passes `RawRecord::validate`
+//! is one the sink can store: both times within a ClickHouse `DateTime`, every text within the limit.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::ControlFlow;
 
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 /// The data set's column names, in file order.
@@ -30,6 +38,28 @@ pub const COLUMNS: [&str; 18] = [
 /// Columns a record must have (the rest may be empty: one row of the data set has no `Vlo-O`).
 const REQUIRED: [&str; 10] =
     ["Fecha-I", "Ori-I", "Des-I", "Emp-I", "Fecha-O", "DIA", "MES", "AÑO", "TIPOVUELO", "OPERA"];
+
+/// The longest value a field may have, in bytes (UTF-8, before trimming). The data set's longest
+/// is 24 bytes; longer values are refused with a 400 naming the field, never cut.
+pub const MAX_FIELD_BYTES: usize = 256;
+
+/// Default of `INGEST_MAX_RECORDS`: records in one request body (the data set's 68,206 fit).
+pub const DEFAULT_MAX_RECORDS: usize = 100_000;
+
+/// Records whose errors an answer lists, at most (the counts are always complete).
+pub const MAX_LISTED_RECORDS: usize = 100;
+
+/// Problems kept per record (a record with thousands of unknown keys is named once per key up to this).
+const MAX_ERRORS_PER_RECORD: usize = 24;
+
+/// Unknown column names are quoted in errors up to this many bytes.
+const MAX_NAME_IN_ERROR: usize = 64;
+
+/// First and last second a ClickHouse `DateTime` (UInt32 seconds) holds, in whole days:
+/// 1970-01-01 00:00:00 to 2106-02-06 23:59:59 (the type ends at 2106-02-07 06:28:15).
+pub const FIRST_DATETIME: &str = "1970-01-01 00:00:00";
+pub const LAST_DATETIME: &str = "2106-02-06 23:59:59";
+const END_EPOCH: i64 = 49_710 * 86_400; // 2106-02-07 00:00:00
 
 /// A flight exactly as a producer sent it: column name → text (numbers are accepted as text).
 pub type RawFlight = BTreeMap<String, String>;
@@ -119,76 +149,11 @@ pub struct Derived {
 impl Flight {
     /// Validates a raw record; every problem is reported, not just the first.
     pub fn parse(raw: &RawFlight) -> Result<Flight, Vec<FieldError>> {
-        let mut errors = Vec::new();
-        for name in raw.keys() {
-            if !COLUMNS.contains(&name.as_str()) {
-                errors.push(FieldError { field: name.clone(), message: "is not a column of the data set".into() });
-            }
+        let mut record = RawRecord::default();
+        for (name, value) in raw {
+            record.set(column(name), Value::Text(value));
         }
-        let text = |name: &str| raw.get(name).map(|v| v.trim().to_string()).unwrap_or_default();
-        for name in REQUIRED {
-            if text(name).is_empty() {
-                errors.push(FieldError { field: name.into(), message: "is required".into() });
-            }
-        }
-        let mut check_time = |name: &str| {
-            let value = text(name);
-            if !value.is_empty() && parse_datetime(&value).is_none() {
-                errors.push(FieldError {
-                    field: name.into(),
-                    message: format!("{value:?} is not a date-time YYYY-MM-DD HH:MM:SS"),
-                });
-            }
-        };
-        check_time("Fecha-I");
-        check_time("Fecha-O");
-        let mut number = |name: &str, min: u16, max: u16| -> u16 {
-            let value = text(name);
-            match value.parse::<u16>() {
-                Ok(n) if (min..=max).contains(&n) => n,
-                _ if value.is_empty() => 0,
-                _ => {
-                    errors.push(FieldError {
-                        field: name.into(),
-                        message: format!("{value:?} must be a number from {min} to {max}"),
-                    });
-                    0
-                }
-            }
-        };
-        let day = number("DIA", 1, 31) as u8;
-        let month = number("MES", 1, 12) as u8;
-        let year = number("AÑO", 1900, 2100);
-        let flight_type = text("TIPOVUELO");
-        if !flight_type.is_empty() && flight_type != "I" && flight_type != "N" {
-            errors.push(FieldError {
-                field: "TIPOVUELO".into(),
-                message: format!("{flight_type:?} must be I (international) or N (national)"),
-            });
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        Ok(Flight {
-            scheduled_at: text("Fecha-I"),
-            scheduled_flight: text("Vlo-I"),
-            scheduled_origin: text("Ori-I"),
-            scheduled_destination: text("Des-I"),
-            scheduled_airline: text("Emp-I"),
-            operated_at: text("Fecha-O"),
-            operated_flight: text("Vlo-O"),
-            operated_origin: text("Ori-O"),
-            operated_destination: text("Des-O"),
-            operated_airline: text("Emp-O"),
-            day,
-            month,
-            year,
-            day_name: text("DIANOM"),
-            flight_type,
-            airline_name: text("OPERA"),
-            origin_city: text("SIGLAORI"),
-            destination_city: text("SIGLADES"),
-        })
+        record.validate()
     }
 
     /// Kafka key: the scheduled flight, so all records of one flight keep their order.
@@ -229,6 +194,7 @@ pub fn high_season(month: u8, day: u8) -> bool {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DateTime {
+    pub year: u16,
     pub month: u8,
     pub day: u8,
     pub hour: u8,
@@ -258,7 +224,7 @@ pub fn parse_datetime(text: &str) -> Option<DateTime> {
         return None;
     }
     let epoch = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
-    Some(DateTime { month: month as u8, day: day as u8, hour: hour as u8, epoch })
+    Some(DateTime { year: year as u16, month: month as u8, day: day as u8, hour: hour as u8, epoch })
 }
 
 fn days_in_month(year: i64, month: i64) -> i64 {
@@ -281,8 +247,8 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Reads CSV in the data set's own format (header row with the 18 column names).
-/// Returns the records, or the first structural error (unreadable CSV, unknown header).
+/// Reads a trusted CSV file in the data set's own format (header row with the 18 column names)
+/// whole, for tools and tests. Request bodies go through `read_flights`, which bounds memory.
 pub fn read_csv(body: &[u8]) -> Result<Vec<RawFlight>, String> {
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(body);
     let headers: Vec<String> = reader
@@ -302,32 +268,627 @@ pub fn read_csv(body: &[u8]) -> Result<Vec<RawFlight>, String> {
     Ok(records)
 }
 
-/// Reads JSON: one record object or an array of them; numbers are taken as their text.
-pub fn read_json(body: &[u8]) -> Result<Vec<RawFlight>, String> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
-    let items = match value {
-        serde_json::Value::Array(items) => items,
-        object @ serde_json::Value::Object(_) => vec![object],
-        _ => return Err("expected a flight object or an array of them".into()),
-    };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| match item {
-            serde_json::Value::Object(map) => Ok(map
-                .into_iter()
-                .map(|(k, v)| {
-                    let text = match v {
-                        serde_json::Value::String(s) => s,
-                        serde_json::Value::Null => String::new(),
-                        other => other.to_string(),
-                    };
-                    (k, text)
-                })
-                .collect()),
-            _ => Err(format!("item {i} is not an object")),
+/// A column of a record as named by the producer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Column {
+    /// Index into `COLUMNS`.
+    Known(usize),
+    /// Not a column of the data set; the name is cut to `MAX_NAME_IN_ERROR` bytes.
+    Unknown(String),
+}
+
+/// Looks a column name up (exact match, as the data set spells it).
+pub fn column(name: &str) -> Column {
+    match COLUMNS.iter().position(|c| *c == name) {
+        Some(i) => Column::Known(i),
+        None => Column::Unknown(cut(name, MAX_NAME_IN_ERROR)),
+    }
+}
+
+/// A field's value as read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value<'a> {
+    Text(&'a str),
+    /// Longer than `MAX_FIELD_BYTES`: only its length was kept.
+    TooLong(usize),
+    /// A JSON array or object where text or a number belongs.
+    NotText,
+    /// Bytes that are not UTF-8 (CSV).
+    NotUtf8,
+}
+
+/// One record's fields as read, before validation: at most `MAX_FIELD_BYTES` per field, and the
+/// problems met while reading (unknown columns, values too long or not text).
+#[derive(Clone, Debug, Default)]
+pub struct RawRecord {
+    values: [String; 18],
+    /// Columns with a reading problem already reported (not checked again).
+    flagged: u32,
+    problems: Vec<FieldError>,
+}
+
+impl RawRecord {
+    pub fn set(&mut self, column: Column, value: Value<'_>) {
+        let index = match column {
+            Column::Known(i) => i,
+            Column::Unknown(name) => return self.problem(name, "is not a column of the data set".into()),
+        };
+        let name = COLUMNS[index];
+        let problem = match value {
+            Value::Text(text) if text.len() <= MAX_FIELD_BYTES => {
+                self.values[index] = text.to_string();
+                return;
+            }
+            Value::Text(text) => too_long(text.len()),
+            Value::TooLong(len) => too_long(len),
+            Value::NotText => "must be text or a number".to_string(),
+            Value::NotUtf8 => "is not UTF-8 text".to_string(),
+        };
+        if self.flagged & (1 << index) == 0 {
+            self.flagged |= 1 << index;
+            self.problem(name.to_string(), problem);
+        }
+    }
+
+    fn problem(&mut self, field: String, message: String) {
+        if self.problems.len() < MAX_ERRORS_PER_RECORD {
+            self.problems.push(FieldError { field, message });
+        }
+    }
+
+    fn text(&self, name: &str) -> &str {
+        COLUMNS.iter().position(|c| *c == name).map(|i| self.values[i].trim()).unwrap_or_default()
+    }
+
+    fn flagged(&self, name: &str) -> bool {
+        COLUMNS.iter().position(|c| *c == name).is_some_and(|i| self.flagged & (1 << i) != 0)
+    }
+
+    /// Validates the record; every problem is reported, not just the first.
+    pub fn validate(mut self) -> Result<Flight, Vec<FieldError>> {
+        let mut errors = std::mem::take(&mut self.problems);
+        let mut error = |field: &str, message: String| {
+            if errors.len() < MAX_ERRORS_PER_RECORD {
+                errors.push(FieldError { field: field.into(), message });
+            }
+        };
+        for name in REQUIRED {
+            if self.text(name).is_empty() && !self.flagged(name) {
+                error(name, "is required".into());
+            }
+        }
+        let mut time = |name: &str| {
+            let value = self.text(name);
+            if value.is_empty() {
+                return None;
+            }
+            match parse_datetime(value) {
+                None => error(name, format!("{value:?} is not a date-time YYYY-MM-DD HH:MM:SS")),
+                Some(t) if !(0..END_EPOCH).contains(&t.epoch) => error(
+                    name,
+                    format!(
+                        "{value:?} is outside what the table's DateTime holds ({FIRST_DATETIME} to {LAST_DATETIME})"
+                    ),
+                ),
+                Some(t) => return Some(t),
+            }
+            None
+        };
+        time("Fecha-I");
+        let operated = time("Fecha-O");
+        let mut number = |name: &str, min: u16, max: u16| -> Option<u16> {
+            let value = self.text(name);
+            match value.parse::<u16>() {
+                Ok(n) if (min..=max).contains(&n) => Some(n),
+                _ if value.is_empty() => None,
+                _ => {
+                    error(name, format!("{value:?} must be a number from {min} to {max}"));
+                    None
+                }
+            }
+        };
+        let day = number("DIA", 1, 31);
+        let month = number("MES", 1, 12);
+        let year = number("AÑO", 1970, 2106);
+        // DIA, MES and AÑO are the date of Fecha-O in every row of the data set (not of Fecha-I:
+        // 306 rows differ from it); a record that disagrees with itself is refused.
+        if let Some(t) = operated {
+            let at = self.text("Fecha-O");
+            for (name, got, want) in [("DIA", day, t.day as u16), ("MES", month, t.month as u16), ("AÑO", year, t.year)]
+            {
+                if got.is_some_and(|got| got != want) {
+                    error(name, format!("{} does not match the date of Fecha-O ({at:?})", self.text(name)));
+                }
+            }
+        }
+        let flight_type = self.text("TIPOVUELO");
+        if !flight_type.is_empty() && flight_type != "I" && flight_type != "N" {
+            error("TIPOVUELO", format!("{flight_type:?} must be I (international) or N (national)"));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut values = self.values.map(|v| if v.trim().len() == v.len() { v } else { v.trim().to_string() });
+        let mut take = |name: &str| std::mem::take(&mut values[COLUMNS.iter().position(|c| *c == name).unwrap_or(0)]);
+        Ok(Flight {
+            scheduled_at: take("Fecha-I"),
+            scheduled_flight: take("Vlo-I"),
+            scheduled_origin: take("Ori-I"),
+            scheduled_destination: take("Des-I"),
+            scheduled_airline: take("Emp-I"),
+            operated_at: take("Fecha-O"),
+            operated_flight: take("Vlo-O"),
+            operated_origin: take("Ori-O"),
+            operated_destination: take("Des-O"),
+            operated_airline: take("Emp-O"),
+            day: day.unwrap_or_default() as u8,
+            month: month.unwrap_or_default() as u8,
+            year: year.unwrap_or_default(),
+            day_name: take("DIANOM"),
+            flight_type: take("TIPOVUELO"),
+            airline_name: take("OPERA"),
+            origin_city: take("SIGLAORI"),
+            destination_city: take("SIGLADES"),
         })
-        .collect()
+    }
+}
+
+fn too_long(len: usize) -> String {
+    format!("is {len} bytes long; the limit is {MAX_FIELD_BYTES}")
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Body formats `read_flights` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One flight object or an array of them; numbers are taken as their text.
+    Json,
+    /// The data set's format: a header row with column names, then one row per flight.
+    Csv,
+}
+
+/// Why a body as a whole cannot be taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not JSON or CSV of flight records.
+    Unreadable(String),
+    /// More records than the limit (reading stopped there).
+    TooManyRecords { limit: usize },
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::Unreadable(why) => f.write_str(why),
+            BodyError::TooManyRecords { limit } => write!(f, "the body holds more than {limit} records"),
+        }
+    }
+}
+
+/// The outcome of one record.
+pub type Outcome = Result<Flight, Vec<FieldError>>;
+
+/// Reads a body record by record and hands each record's outcome to `each`, in order. Stops
+/// with `TooManyRecords` before handling record `max_records + 1`, or when `each` breaks. Returns
+/// the number of records handed over. Memory: the body, one record, and the parser's own
+/// buffer (at most one JSON string of the body).
+pub fn read_flights(
+    body: &[u8],
+    format: Format,
+    max_records: usize,
+    each: &mut dyn FnMut(Outcome) -> ControlFlow<()>,
+) -> Result<usize, BodyError> {
+    let mut reader = Records { max_records, each, count: 0, stop: None };
+    match format {
+        Format::Json => reader.json(body)?,
+        Format::Csv => reader.csv(body)?,
+    }
+    Ok(reader.count)
+}
+
+/// Reads one flight from a JSON object (a Kafka record written by ingest). `Err` says why not:
+/// a body error (not one JSON object) or the record's field errors.
+pub fn read_one_json(payload: &[u8]) -> Result<Flight, Result<BodyError, Vec<FieldError>>> {
+    let mut outcome = None;
+    let count = read_flights(payload, Format::Json, 1, &mut |o| {
+        outcome = Some(o);
+        ControlFlow::Continue(())
+    })
+    .map_err(|e| match e {
+        BodyError::TooManyRecords { .. } => Ok(BodyError::Unreadable("expected one flight, found several".into())),
+        other => Ok(other),
+    })?;
+    match outcome {
+        Some(o) if count == 1 => o.map_err(Err),
+        _ => Err(Ok(BodyError::Unreadable("expected one flight, found none".into()))),
+    }
+}
+
+/// One record's errors in an answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RecordErrors {
+    /// Position in the body, from 0.
+    pub record: usize,
+    pub errors: Vec<FieldError>,
+}
+
+/// Counts of a whole body, and the errors of its first `MAX_LISTED_RECORDS` rejected records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub accepted: usize,
+    pub rejected: usize,
+    pub errors: Vec<RecordErrors>,
+}
+
+impl Summary {
+    /// Validates a whole body without keeping its flights.
+    pub fn of(body: &[u8], format: Format, max_records: usize) -> Result<Summary, BodyError> {
+        let mut summary = Summary::default();
+        let mut record = 0;
+        read_flights(body, format, max_records, &mut |outcome| {
+            match outcome {
+                Ok(_) => summary.accepted += 1,
+                Err(errors) => {
+                    summary.rejected += 1;
+                    if summary.errors.len() < MAX_LISTED_RECORDS {
+                        summary.errors.push(RecordErrors { record, errors });
+                    }
+                }
+            }
+            record += 1;
+            ControlFlow::Continue(())
+        })?;
+        Ok(summary)
+    }
+}
+
+enum Stop {
+    TooMany,
+    ByCaller,
+}
+
+/// The reading state shared by both formats.
+struct Records<'f> {
+    max_records: usize,
+    each: &'f mut dyn FnMut(Outcome) -> ControlFlow<()>,
+    count: usize,
+    stop: Option<Stop>,
+}
+
+impl Records<'_> {
+    /// Called when one more record is there: whether it may be read.
+    fn room(&mut self) -> bool {
+        if self.count >= self.max_records {
+            self.stop = Some(Stop::TooMany);
+        }
+        self.stop.is_none()
+    }
+
+    fn full(&self) -> bool {
+        self.count >= self.max_records
+    }
+
+    fn hand_over(&mut self, record: RawRecord) {
+        self.count += 1;
+        if (self.each)(record.validate()).is_break() {
+            self.stop = Some(Stop::ByCaller);
+        }
+    }
+
+    fn stopped(&self) -> Result<(), BodyError> {
+        match self.stop {
+            Some(Stop::TooMany) => Err(BodyError::TooManyRecords { limit: self.max_records }),
+            _ => Ok(()),
+        }
+    }
+
+    fn json(&mut self, body: &[u8]) -> Result<(), BodyError> {
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let read = serde::Deserializer::deserialize_any(&mut deserializer, &mut *self)
+            .and_then(|()| if self.stop.is_none() { deserializer.end() } else { Ok(()) });
+        self.stopped()?;
+        match (read, &self.stop) {
+            (Err(_), Some(Stop::ByCaller)) | (Ok(()), _) => Ok(()),
+            (Err(e), _) => Err(BodyError::Unreadable(format!("invalid JSON: {e}"))),
+        }
+    }
+
+    fn csv(&mut self, body: &[u8]) -> Result<(), BodyError> {
+        let mut csv = CsvRows::new(body);
+        let Some((header, _)) = csv.next_row() else {
+            return Ok(());
+        };
+        let mut columns = Vec::with_capacity(header.len());
+        for field in header {
+            let name = match field {
+                CsvField::Text(name) => name.trim().to_string(),
+                CsvField::TooLong(len) => return Err(unreadable_header(&format!("a column name of {len} bytes"))),
+                CsvField::NotUtf8 => return Err(unreadable_header("a column name that is not UTF-8")),
+            };
+            match column(&name) {
+                Column::Known(i) if columns.contains(&i) => {
+                    return Err(BodyError::Unreadable(format!("CSV header {name:?} appears twice")));
+                }
+                Column::Known(i) => columns.push(i),
+                Column::Unknown(name) => {
+                    return Err(BodyError::Unreadable(format!("CSV header {name:?} is not a column of the data set")));
+                }
+            }
+        }
+        let mut row_number = 0;
+        while self.stop.is_none() {
+            let Some((row, fields)) = csv.next_row() else { break };
+            if !self.room() {
+                break;
+            }
+            row_number += 1;
+            if fields != columns.len() {
+                return Err(BodyError::Unreadable(format!(
+                    "CSV row {row_number} has {fields} fields and the header {}",
+                    columns.len()
+                )));
+            }
+            let mut record = RawRecord::default();
+            for (&index, field) in columns.iter().zip(row) {
+                let value = match field {
+                    CsvField::Text(text) => Value::Text(text),
+                    CsvField::TooLong(len) => Value::TooLong(*len),
+                    CsvField::NotUtf8 => Value::NotUtf8,
+                };
+                record.set(Column::Known(index), value);
+            }
+            self.hand_over(record);
+        }
+        if let Some(why) = csv.error.take() {
+            return Err(BodyError::Unreadable(why));
+        }
+        self.stopped()
+    }
+}
+
+fn unreadable_header(what: &str) -> BodyError {
+    BodyError::Unreadable(format!("CSV header: {what} is not a column of the data set"))
+}
+
+/// The top level of a JSON body: one object or an array of objects.
+impl<'de> Visitor<'de> for &mut Records<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a flight object or an array of them")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        if !self.room() {
+            return Err(de::Error::custom("stopped"));
+        }
+        let record = JsonRecord { full: false }.visit_map(map)?;
+        self.hand_over(record);
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while self.stop.is_none() {
+            let full = self.full();
+            match seq.next_element_seed(JsonRecord { full }) {
+                Ok(Some(record)) => self.hand_over(record),
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    if full {
+                        self.room();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // Stopped: serde_json must not read on to check the rest of the array.
+        Err(de::Error::custom("stopped"))
+    }
+}
+
+/// One JSON object → a `RawRecord`; when `full`, the record is not read: reading stops there.
+struct JsonRecord {
+    full: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for JsonRecord {
+    type Value = RawRecord;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<RawRecord, D::Error> {
+        if self.full {
+            return Err(de::Error::custom("stopped"));
+        }
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonRecord {
+    type Value = RawRecord;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a flight object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRecord, A::Error> {
+        let mut record = RawRecord::default();
+        while let Some(column) = map.next_key_seed(JsonKey)? {
+            let value = map.next_value_seed(JsonValue)?;
+            record.set(column, value.as_value());
+        }
+        Ok(record)
+    }
+}
+
+struct JsonKey;
+
+impl<'de> DeserializeSeed<'de> for JsonKey {
+    type Value = Column;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Column, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonKey {
+    type Value = Column;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a column name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Column, E> {
+        Ok(column(name))
+    }
+}
+
+/// A JSON field value, owned only when short enough to keep.
+enum JsonText {
+    Text(String),
+    TooLong(usize),
+    NotText,
+}
+
+impl JsonText {
+    fn as_value(&self) -> Value<'_> {
+        match self {
+            JsonText::Text(text) => Value::Text(text),
+            JsonText::TooLong(len) => Value::TooLong(*len),
+            JsonText::NotText => Value::NotText,
+        }
+    }
+
+    fn of(text: &str) -> JsonText {
+        if text.len() > MAX_FIELD_BYTES { JsonText::TooLong(text.len()) } else { JsonText::Text(text.to_string()) }
+    }
+}
+
+struct JsonValue;
+
+impl<'de> DeserializeSeed<'de> for JsonValue {
+    type Value = JsonText;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<JsonText, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonValue {
+    type Value = JsonText;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("text or a number")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<JsonText, E> {
+        Ok(JsonText::of(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<JsonText, E> {
+        Ok(JsonText::Text(v.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<JsonText, E> {
+        Ok(JsonText::Text(v.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<JsonText, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(JsonText::NotText, |n| JsonText::Text(n.to_string())))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<JsonText, E> {
+        Ok(JsonText::Text(v.to_string()))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<JsonText, E> {
+        Ok(JsonText::Text(String::new()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JsonText, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(JsonText::NotText)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonText, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(JsonText::NotText)
+    }
+}
+
+/// A CSV field: its text up to `MAX_FIELD_BYTES`, or what is wrong with it.
+enum CsvField {
+    Text(String),
+    TooLong(usize),
+    NotUtf8,
+}
+
+/// CSV rows, field by field (csv-core), keeping at most `COLUMNS.len()` fields of a row and
+/// `MAX_FIELD_BYTES` of a field: a row of millions of commas or one huge field costs nothing.
+struct CsvRows<'a> {
+    reader: csv_core::Reader,
+    input: &'a [u8],
+    row: Vec<CsvField>,
+    /// Fields of the last row beyond the ones kept.
+    extra_fields: usize,
+    error: Option<String>,
+}
+
+impl<'a> CsvRows<'a> {
+    fn new(input: &'a [u8]) -> Self {
+        Self { reader: csv_core::Reader::new(), input, row: Vec::new(), extra_fields: 0, error: None }
+    }
+
+    /// The next row's kept fields and how many fields it has in all.
+    fn next_row(&mut self) -> Option<(&[CsvField], usize)> {
+        self.row.clear();
+        self.extra_fields = 0;
+        let mut chunk = [0u8; 1024];
+        let mut field = Vec::new();
+        let mut len = 0;
+        loop {
+            let (result, read, written) = self.reader.read_field(self.input, &mut chunk);
+            self.input = &self.input[read..];
+            len += written;
+            if len <= MAX_FIELD_BYTES {
+                field.extend_from_slice(&chunk[..written]);
+            }
+            match result {
+                csv_core::ReadFieldResult::InputEmpty | csv_core::ReadFieldResult::OutputFull => {
+                    if read == 0 && written == 0 && !self.input.is_empty() {
+                        self.error = Some("unreadable CSV".into());
+                        return None;
+                    }
+                }
+                csv_core::ReadFieldResult::Field { record_end } => {
+                    if self.row.len() < COLUMNS.len() {
+                        self.row.push(if len > MAX_FIELD_BYTES {
+                            CsvField::TooLong(len)
+                        } else {
+                            String::from_utf8(std::mem::take(&mut field)).map_or(CsvField::NotUtf8, CsvField::Text)
+                        });
+                    } else {
+                        self.extra_fields += 1;
+                    }
+                    field.clear();
+                    len = 0;
+                    if record_end {
+                        return Some((&self.row, self.row.len() + self.extra_fields));
+                    }
+                }
+                csv_core::ReadFieldResult::End => return None,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -392,7 +953,9 @@ mod tests {
         raw.insert("Fecha-O".into(), "2017-01-01 23:46:00".into());
         assert!(Flight::parse(&raw).unwrap().derive().unwrap().delayed);
         raw.insert("Fecha-O".into(), "2017-01-02 00:10:00".into());
+        raw.insert("DIA".into(), "2".into());
         assert_eq!(Flight::parse(&raw).unwrap().derive().unwrap().delay_minutes, 40);
+        raw.insert("DIA".into(), "1".into());
         raw.insert("Fecha-O".into(), "2017-01-01 23:20:00".into());
         assert_eq!(Flight::parse(&raw).unwrap().derive().unwrap().delay_minutes, -10);
     }
@@ -439,13 +1002,182 @@ mod tests {
         }
     }
 
+    /// Reads a body whole: its flights, or each rejected record's fields.
+    fn read(body: &[u8], format: Format, max: usize) -> Result<Vec<Outcome>, BodyError> {
+        let mut out = Vec::new();
+        read_flights(body, format, max, &mut |o| {
+            out.push(o);
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    fn fields(outcome: &Outcome) -> Vec<&str> {
+        outcome.as_ref().unwrap_err().iter().map(|e| e.field.as_str()).collect()
+    }
+
+    fn sample_json(change: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Vec<u8> {
+        let mut map: serde_json::Map<_, _> = sample().into_iter().map(|(k, v)| (k, v.into())).collect();
+        change(&mut map);
+        serde_json::to_vec(&map).unwrap()
+    }
+
+    fn sample_csv(rows: usize) -> Vec<u8> {
+        let raw = sample();
+        let mut csv = COLUMNS.join(",") + "\n";
+        let row: Vec<&str> = COLUMNS.iter().map(|c| raw[*c].as_str()).collect();
+        for _ in 0..rows {
+            csv += &(row.join(",") + "\n");
+        }
+        csv.into_bytes()
+    }
+
     #[test]
     fn json_accepts_one_or_many_and_numbers() {
-        let one = read_json(br#"{"MES": 3, "OPERA": "Sky Airline"}"#).unwrap();
-        assert_eq!(one[0]["MES"], "3");
-        assert_eq!(read_json(br#"[{"MES": 1}, {"MES": 2}]"#).unwrap().len(), 2);
-        assert!(read_json(b"[1]").is_err());
-        assert!(read_json(b"{").is_err());
+        let one = read(&sample_json(|m| _ = m.insert("MES".into(), 1.into())), Format::Json, 10).unwrap();
+        assert_eq!(one[0].as_ref().unwrap().month, 1);
+        let many = [sample_json(|_| {}), sample_json(|_| {})].join(&b","[..]);
+        let many = [&b"["[..], &many, b"]"].concat();
+        assert_eq!(read(&many, Format::Json, 10).unwrap().len(), 2);
+        let nested =
+            read(&sample_json(|m| _ = m.insert("OPERA".into(), serde_json::json!({"a": [1]}))), Format::Json, 1);
+        assert_eq!(fields(&nested.unwrap()[0]), ["OPERA"]);
+        for bad in [&b"[1]"[..], b"{", b"7", b"[{}] x", b""] {
+            assert!(matches!(read(bad, Format::Json, 10), Err(BodyError::Unreadable(_))), "{bad:?}");
+        }
+        assert_eq!(read(b"[]", Format::Json, 10).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn reading_stops_at_the_record_limit() {
+        let many = format!("[{}]", ["{}"; 11].join(","));
+        assert_eq!(read(many.as_bytes(), Format::Json, 11).unwrap().len(), 11);
+        assert_eq!(read(many.as_bytes(), Format::Json, 10), Err(BodyError::TooManyRecords { limit: 10 }));
+        assert_eq!(read(&sample_csv(11), Format::Csv, 10), Err(BodyError::TooManyRecords { limit: 10 }));
+        assert_eq!(read(&sample_csv(10), Format::Csv, 10).unwrap().len(), 10);
+        // The issue's case: 8 MB of one-column rows is refused at the limit, long before the end.
+        let body = [&b"DIA\n"[..], &b"1\n".repeat(4_000_000)].concat();
+        let started = std::time::Instant::now();
+        assert_eq!(Summary::of(&body, Format::Csv, 100_000), Err(BodyError::TooManyRecords { limit: 100_000 }));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_caller_can_stop_reading() {
+        let mut seen = 0;
+        let count = read_flights(&sample_csv(5), Format::Csv, 10, &mut |_| {
+            seen += 1;
+            if seen == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        });
+        assert_eq!((count, seen), (Ok(2), 2));
+        let json = format!("[{}]", vec![String::from_utf8(sample_json(|_| {})).unwrap(); 5].join(","));
+        let mut seen = 0;
+        let count = read_flights(json.as_bytes(), Format::Json, 10, &mut |_| {
+            seen += 1;
+            ControlFlow::Break(())
+        });
+        assert_eq!((count, seen), (Ok(1), 1));
+    }
+
+    #[test]
+    fn long_fields_are_refused_by_name_without_being_kept() {
+        let long = "x".repeat(MAX_FIELD_BYTES + 1);
+        let at_limit = "y".repeat(MAX_FIELD_BYTES);
+        let json = read(&sample_json(|m| _ = m.insert("OPERA".into(), long.clone().into())), Format::Json, 1).unwrap();
+        assert_eq!(fields(&json[0]), ["OPERA"]);
+        assert!(json[0].as_ref().unwrap_err()[0].message.contains("257 bytes"));
+        let ok = read(&sample_json(|m| _ = m.insert("OPERA".into(), at_limit.clone().into())), Format::Json, 1);
+        assert_eq!(ok.unwrap()[0].as_ref().unwrap().airline_name, at_limit);
+        let csv = String::from_utf8(sample_csv(1)).unwrap().replace("American Airlines", &format!("\"{long}\""));
+        assert_eq!(fields(&read(csv.as_bytes(), Format::Csv, 1).unwrap()[0]), ["OPERA"]);
+        // A name longer than the limit is cut in the error.
+        let key = "k".repeat(10_000);
+        let json = read(&sample_json(|m| _ = m.insert(key.clone(), 1.into())), Format::Json, 1).unwrap();
+        assert!(fields(&json[0])[0].len() < 100);
+    }
+
+    #[test]
+    fn dates_must_fit_the_tables_datetime() {
+        for (at, ok) in [
+            ("1970-01-01 00:00:00", true),
+            ("1969-12-31 23:59:59", false),
+            ("2106-02-06 23:59:59", true),
+            ("2106-02-07 00:00:00", false),
+            ("9999-12-31 00:00:00", false),
+        ] {
+            let mut raw = sample();
+            raw.insert("Fecha-I".into(), at.into());
+            let outcome = Flight::parse(&raw);
+            assert_eq!(outcome.is_ok(), ok, "{at}: {outcome:?}");
+            if let Ok(flight) = outcome {
+                assert!(flight.derive().is_some());
+            } else {
+                assert_eq!(outcome.unwrap_err()[0].field, "Fecha-I");
+            }
+        }
+        let mut raw = sample();
+        raw.insert("Fecha-O".into(), "1969-12-31 23:59:59".into());
+        assert!(fields(&Flight::parse(&raw)).contains(&"Fecha-O"));
+    }
+
+    #[test]
+    fn day_month_and_year_are_the_date_of_fecha_o() {
+        let mut raw = sample();
+        raw.insert("Fecha-O".into(), "2018-02-02 00:10:00".into());
+        assert_eq!(fields(&Flight::parse(&raw)), ["DIA", "MES", "AÑO"]);
+        raw.insert("DIA".into(), "2".into());
+        raw.insert("MES".into(), "2".into());
+        raw.insert("AÑO".into(), "2018".into());
+        assert!(Flight::parse(&raw).is_ok());
+        // Fecha-I may be another day (a flight operated after midnight).
+        raw.insert("Fecha-I".into(), "2018-02-01 23:50:00".into());
+        assert_eq!(Flight::parse(&raw).unwrap().derive().unwrap().delay_minutes, 20);
+    }
+
+    #[test]
+    fn csv_structure_errors_refuse_the_body() {
+        for (body, why) in [
+            ("Gate\n1\n", "not a column"),
+            ("DIA,DIA\n1,1\n", "twice"),
+            ("DIA,MES\n1\n", "row 1 has 1 fields"),
+            ("DIA\n1,2,3\n", "row 1 has 3 fields"),
+        ] {
+            match read(body.as_bytes(), Format::Csv, 10) {
+                Err(BodyError::Unreadable(message)) => assert!(message.contains(why), "{message}"),
+                other => panic!("{body:?}: {other:?}"),
+            }
+        }
+        // A row of a million commas is counted, not kept.
+        let wide = [&b"DIA\n"[..], &b",".repeat(1_000_000)].concat();
+        assert!(matches!(read(&wide, Format::Csv, 10), Err(BodyError::Unreadable(m)) if m.contains("1000001 fields")));
+        // A UTF-8 BOM, CRLF line ends, quoted fields and blank lines are the data set's CSV too.
+        let csv = String::from_utf8(sample_csv(2)).unwrap().replace('\n', "\r\n").replace("Miami", "\"Mia,mi\"");
+        let body = [&b"\xEF\xBB\xBF"[..], csv.as_bytes(), b"\r\n\r\n"].concat();
+        let flights = read(&body, Format::Csv, 10).unwrap();
+        assert_eq!(flights.len(), 2);
+        assert_eq!(flights[1].as_ref().unwrap().destination_city, "Mia,mi");
+        let latin1 = String::from_utf8(sample_csv(1)).unwrap().replace("Domingo", "D\u{1}");
+        let latin1 = latin1.replace('\u{1}', "").into_bytes();
+        let latin1 = [&latin1[..latin1.len() - 40], &b"\xf1"[..], &latin1[latin1.len() - 40..]].concat();
+        assert!(fields(&read(&latin1, Format::Csv, 10).unwrap()[0]).len() == 1);
+    }
+
+    #[test]
+    fn a_summary_counts_all_and_lists_the_first_hundred() {
+        let mut body = String::from_utf8(sample_csv(150)).unwrap();
+        body += &"2017-01-01 23:30:00,,,,,,,,,,,,,,,,,\n".repeat(150);
+        let summary = Summary::of(body.as_bytes(), Format::Csv, 1_000).unwrap();
+        assert_eq!((summary.accepted, summary.rejected, summary.errors.len()), (150, 150, MAX_LISTED_RECORDS));
+        assert_eq!(summary.errors[0].record, 150);
+    }
+
+    #[test]
+    fn one_kafka_record_reads_as_one_flight() {
+        let flight = Flight::parse(&sample()).unwrap();
+        assert_eq!(read_one_json(&serde_json::to_vec(&flight).unwrap()).unwrap(), flight);
+        assert!(matches!(read_one_json(b"[]"), Err(Ok(BodyError::Unreadable(_)))));
+        assert!(matches!(read_one_json(b"[{},{}]"), Err(Ok(BodyError::Unreadable(_)))));
+        assert!(matches!(read_one_json(b"{\"MES\": 13}"), Err(Err(_))));
     }
 
     #[test]
@@ -458,6 +1190,126 @@ mod tests {
         let delayed = flights.iter().filter(|f| f.derive().unwrap().delayed).count();
         assert_eq!(delayed, 12_614);
         assert_eq!(flights.iter().filter(|f| f.flight_type == "I").count(), 31_240);
+        // The streaming reader of request bodies takes the same file whole, in one request.
+        let summary = Summary::of(&csv, Format::Csv, DEFAULT_MAX_RECORDS).unwrap();
+        assert_eq!((summary.accepted, summary.rejected), (68_206, 0));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::collection::{btree_map, vec};
+        use proptest::prelude::*;
+
+        fn datetime() -> impl Strategy<Value = String> {
+            (1965i32..2110, 0u8..14, 0u8..33, 0u8..25, 0u8..61)
+                .prop_map(|(y, mo, d, h, mi)| format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:00"))
+        }
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec!["I", "N", "X", "", " 1 ", "2017", "Santiago", "\"q\",\n"])
+                    .prop_map(String::from),
+                (0u32..3000).prop_map(|n| n.to_string()),
+                vec(any::<char>(), 0..300).prop_map(|c| c.into_iter().collect()),
+            ]
+        }
+
+        /// Records near the valid ones: any column may be anything, missing or unknown, and
+        /// DIA/MES/AÑO mostly agree with Fecha-O.
+        fn record() -> impl Strategy<Value = BTreeMap<String, String>> {
+            let columns = btree_map(prop::sample::select(COLUMNS.to_vec()).prop_map(String::from), text(), 0..18);
+            (datetime(), datetime(), columns, any::<bool>(), any::<bool>()).prop_map(
+                |(scheduled, operated, others, agree, unknown)| {
+                    let mut raw = sample();
+                    raw.extend(others);
+                    raw.insert("Fecha-I".into(), scheduled);
+                    if agree && let Some(t) = parse_datetime(&operated) {
+                        raw.insert("DIA".into(), t.day.to_string());
+                        raw.insert("MES".into(), t.month.to_string());
+                        raw.insert("AÑO".into(), t.year.to_string());
+                    }
+                    raw.insert("Fecha-O".into(), operated);
+                    if unknown {
+                        raw.insert("Gate".into(), "7".into());
+                    }
+                    raw
+                },
+            )
+        }
+
+        fn csv_of(records: &[BTreeMap<String, String>]) -> Vec<u8> {
+            let mut out = csv::Writer::from_writer(Vec::new());
+            out.write_record(COLUMNS).unwrap();
+            for raw in records {
+                out.write_record(COLUMNS.map(|c| raw.get(c).map(String::as_str).unwrap_or(""))).unwrap();
+            }
+            out.into_inner().unwrap()
+        }
+
+        /// What "the sink can store it" means: see `sink::to_row` and the table's types.
+        fn assert_storable(flight: &Flight) {
+            let derived = flight.derive().expect("times within DateTime");
+            assert!(i64::from(derived.scheduled_epoch) < END_EPOCH && i64::from(derived.operated_epoch) < END_EPOCH);
+            let text = serde_json::to_value(flight).unwrap();
+            for (name, value) in text.as_object().unwrap() {
+                if let Some(s) = value.as_str() {
+                    assert!(s.len() <= MAX_FIELD_BYTES, "{name} is {} bytes", s.len());
+                }
+            }
+            assert!(flight.flight_type == "I" || flight.flight_type == "N");
+            let operated = parse_datetime(&flight.operated_at).unwrap();
+            assert_eq!((flight.day, flight.month, flight.year), (operated.day, operated.month, operated.year));
+            assert_eq!(read_one_json(&serde_json::to_vec(flight).unwrap()).as_ref(), Ok(flight));
+        }
+
+        fn check(body: &[u8], format: Format, records: usize, max: usize) -> Result<(), TestCaseError> {
+            let mut accepted = Vec::new();
+            let mut count = 0;
+            let result = read_flights(body, format, max, &mut |o| {
+                count += 1;
+                if let Ok(f) = o {
+                    accepted.push(f);
+                }
+                ControlFlow::Continue(())
+            });
+            prop_assert!(count <= max);
+            if records > max {
+                prop_assert_eq!(result, Err(BodyError::TooManyRecords { limit: max }));
+            } else {
+                prop_assert_eq!(result, Ok(records));
+            }
+            accepted.iter().for_each(assert_storable);
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn prop_arbitrary_bytes_never_panic(body in vec(any::<u8>(), 0..4096), max in 0usize..50) {
+                for format in [Format::Json, Format::Csv] {
+                    let _ = Summary::of(&body, format, max);
+                }
+            }
+
+            #[test]
+            fn prop_json_records_hold_the_limits_and_store(records in vec(record(), 0..12), max in 1usize..14) {
+                let body = serde_json::to_vec(&records).unwrap();
+                check(&body, Format::Json, records.len(), max)?;
+            }
+
+            #[test]
+            fn prop_csv_records_hold_the_limits_and_store(records in vec(record(), 0..12), max in 1usize..14) {
+                check(&csv_of(&records), Format::Csv, records.len(), max)?;
+            }
+
+            #[test]
+            fn prop_mangled_json_never_panics(records in vec(record(), 1..4), cut in any::<prop::sample::Index>(), byte in any::<u8>()) {
+                let mut body = serde_json::to_vec(&records).unwrap();
+                let at = cut.index(body.len());
+                body[at] = byte;
+                let _ = Summary::of(&body, Format::Json, 10);
+                let _ = Summary::of(&body[..at], Format::Json, 10);
+            }
+        }
     }
 
     /// The test reads the committed .gz with the system's gzip (no compression crate needed).

@@ -2,7 +2,14 @@
 //! The answer (202) comes only after the broker has acknowledged every accepted record
 //! (idempotent producer, acks=all); a full producer queue or a broker that does not answer in
 //! time gets 503 with Retry-After.
+//!
+//! Memory per request: the body (at most `INGEST_MAX_BODY_BYTES`) plus a window of records in
+//! flight. The body is read twice, as a stream: once to validate every record and count (stopping
+//! at `INGEST_MAX_RECORDS`, 413), then again to publish the accepted records as they are read,
+//! at most `IN_FLIGHT` unacknowledged at a time. No list of all records is ever built.
 
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,18 +20,20 @@ use axum::routing::post;
 use axum::{Json, Router};
 use flightline_service::auth::Auth;
 use flightline_service::config;
-use flightline_service::flight::{FieldError, Flight, read_csv, read_json};
+use flightline_service::flight::{
+    BodyError, DEFAULT_MAX_RECORDS, Flight, Format, MAX_FIELD_BYTES, RecordErrors, Summary, read_flights,
+};
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
-use futures::future::join_all;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
-/// Errors listed in a response, at most (the counts are always complete).
-const MAX_LISTED_ERRORS: usize = 100;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records sent and not yet acknowledged, per request: bounds what librdkafka holds for it.
+const IN_FLIGHT: usize = 4_096;
 
 #[derive(Clone)]
 struct AppState {
@@ -32,15 +41,10 @@ struct AppState {
     producer: Arc<RwLock<FutureProducer>>,
     bootstrap: Arc<str>,
     topic: Arc<str>,
+    max_records: usize,
     accepted: Counter,
     rejected: Counter,
     produce_errors: Counter,
-}
-
-#[derive(Serialize)]
-struct RecordErrors {
-    record: usize,
-    errors: Vec<FieldError>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +62,8 @@ pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
         .set("linger.ms", "5")
         .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
         .set("queue.buffering.max.messages", "500000")
+        // What all requests together may queue (librdkafka's default is 1 GiB): past it, 503.
+        .set("queue.buffering.max.kbytes", "65536")
         .create()?)
 }
 
@@ -66,10 +72,12 @@ pub async fn serve() -> anyhow::Result<()> {
     let bootstrap = config::required("KAFKA_BOOTSTRAP_SERVERS")?;
     let topic: Arc<str> = config::required("KAFKA_TOPIC")?.into();
     let max_body: usize = config::parsed("INGEST_MAX_BODY_BYTES", 16 * 1024 * 1024)?;
+    let max_records: usize = config::parsed("INGEST_MAX_RECORDS", DEFAULT_MAX_RECORDS)?.max(1);
     let state = AppState {
         producer: Arc::new(RwLock::new(producer(&bootstrap)?)),
         bootstrap: bootstrap.clone().into(),
         topic: topic.clone(),
+        max_records,
         accepted: Counter::default(),
         rejected: Counter::default(),
         produce_errors: Counter::default(),
@@ -120,57 +128,77 @@ async fn ingest(
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let body = body.map_err(server::body_error)?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let raw = if content_type.starts_with("text/csv") {
-        read_csv(&body)
+    let format = if content_type.starts_with("text/csv") {
+        Format::Csv
     } else if content_type.starts_with("application/json") {
-        read_json(&body)
+        Format::Json
     } else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send application/json (a flight or an array) or text/csv (the data set's format)",
         ));
-    }
-    .map_err(|why| ApiError::bad_field("body", why))?;
+    };
 
-    let mut flights = Vec::with_capacity(raw.len());
-    let mut errors = Vec::new();
-    let mut rejected = 0;
-    for (record, r) in raw.iter().enumerate() {
-        match Flight::parse(r) {
-            Ok(flight) => flights.push(flight),
-            Err(e) => {
-                rejected += 1;
-                if errors.len() < MAX_LISTED_ERRORS {
-                    errors.push(RecordErrors { record, errors: e });
-                }
-            }
-        }
-    }
-    state.rejected.inc_by(rejected as u64);
-    if flights.is_empty() {
-        let message = if raw.is_empty() {
-            "no records in the body".to_string()
-        } else {
-            format!("all {rejected} records are invalid")
+    // Parsing a large body takes a while: off the async workers.
+    let summary = {
+        let (body, max_records) = (body.clone(), state.max_records);
+        tokio::task::spawn_blocking(move || Summary::of(&body, format, max_records))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+            .map_err(|e| body_refused(e, state.max_records))?
+    };
+    state.rejected.inc_by(summary.rejected as u64);
+    if summary.accepted == 0 {
+        let message = match summary.rejected {
+            0 => "no records in the body".to_string(),
+            n => format!("all {n} records are invalid (fields are at most {MAX_FIELD_BYTES} bytes)"),
         };
-        return Err(
-            ApiError::bad_field("body", message).with_details(serde_json::to_value(&errors).unwrap_or_default())
-        );
+        return Err(ApiError::bad_field("body", message)
+            .with_details(serde_json::to_value(&summary.errors).unwrap_or_default()));
     }
 
-    publish(&state, &flights).await?;
-    state.accepted.inc_by(flights.len() as u64);
-    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted: flights.len(), rejected, errors })))
+    publish(&state, body, format, summary.accepted).await?;
+    state.accepted.inc_by(summary.accepted as u64);
+    let Summary { accepted, rejected, errors } = summary;
+    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted, rejected, errors })))
 }
 
-/// Sends every flight and waits for every acknowledgement. After a batch Kafka did not fully
-/// acknowledge, the producer is replaced by a fresh one: a broker that lost or cannot resume the
-/// idempotent producer's session (Tansu after a restart) then gets a new producer id instead of
-/// failing every later batch.
-async fn publish(state: &AppState, flights: &[Flight]) -> Result<(), ApiError> {
+fn body_refused(error: BodyError, max_records: usize) -> ApiError {
+    match error {
+        BodyError::Unreadable(why) => ApiError::bad_field("body", why),
+        BodyError::TooManyRecords { .. } => ApiError {
+            field: Some("body".into()),
+            ..ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_records",
+                format!("body: more than {max_records} records (INGEST_MAX_RECORDS); send them in several requests"),
+            )
+        },
+    }
+}
+
+/// Reads the body again and publishes its valid records as they come, waiting for every
+/// acknowledgement. After a batch Kafka did not fully acknowledge, the producer is replaced by a
+/// fresh one: a broker that lost or cannot resume the idempotent producer's session (Tansu after
+/// a restart) then gets a new producer id instead of failing every later batch.
+async fn publish(state: &AppState, body: Bytes, format: Format, accepted: usize) -> Result<(), ApiError> {
     let producer = state.producer.read().expect("producer lock").clone();
-    let result = send_all(state, &producer, flights).await;
+    let (flights, mut incoming) = mpsc::channel::<Flight>(1_024);
+    let max_records = state.max_records;
+    // Ends early when the receiver is gone (a failed send).
+    let reader = tokio::task::spawn_blocking(move || {
+        read_flights(&body, format, max_records, &mut |outcome| match outcome {
+            Ok(flight) => match flights.blocking_send(flight) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            },
+            Err(_) => ControlFlow::Continue(()),
+        })
+    });
+    let result = send_all(state, &producer, &mut incoming, accepted).await;
+    drop(incoming);
+    let _ = reader.await;
     if result.is_err() {
         match self::producer(&state.bootstrap) {
             Ok(fresh) => {
@@ -183,14 +211,23 @@ async fn publish(state: &AppState, flights: &[Flight]) -> Result<(), ApiError> {
     result
 }
 
-async fn send_all(state: &AppState, producer: &FutureProducer, flights: &[Flight]) -> Result<(), ApiError> {
-    let mut deliveries = Vec::with_capacity(flights.len());
-    for flight in flights {
-        let payload = serde_json::to_vec(flight).expect("a flight serializes");
+async fn send_all(
+    state: &AppState,
+    producer: &FutureProducer,
+    flights: &mut mpsc::Receiver<Flight>,
+    accepted: usize,
+) -> Result<(), ApiError> {
+    let mut in_flight = VecDeque::with_capacity(IN_FLIGHT);
+    let mut acknowledged = 0;
+    while let Some(flight) = flights.recv().await {
+        if in_flight.len() >= IN_FLIGHT {
+            acknowledge(state, in_flight.pop_front(), &mut acknowledged, accepted).await?;
+        }
+        let payload = serde_json::to_vec(&flight).expect("a flight serializes");
         let key = flight.key();
         let record = FutureRecord::to(&state.topic).key(&key).payload(&payload);
         match producer.send_result(record) {
-            Ok(delivery) => deliveries.push(delivery),
+            Ok(delivery) => in_flight.push_back(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 state.produce_errors.inc();
                 return Err(unavailable("the Kafka producer queue is full"));
@@ -201,31 +238,34 @@ async fn send_all(state: &AppState, producer: &FutureProducer, flights: &[Flight
             }
         }
     }
-    let mut failed = 0;
-    let mut first_error = None;
-    for outcome in join_all(deliveries).await {
-        match outcome {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                failed += 1;
-                first_error.get_or_insert(e.to_string());
-            }
-            Err(_) => {
-                failed += 1;
-                first_error.get_or_insert("delivery cancelled".into());
-            }
-        }
-    }
-    if failed > 0 {
-        state.produce_errors.inc_by(failed);
-        tracing::warn!(failed, error = ?first_error, "records not acknowledged by Kafka");
-        return Err(unavailable(&format!(
-            "Kafka did not acknowledge {failed} of {} records ({}); send them again",
-            flights.len(),
-            first_error.unwrap_or_default()
-        )));
+    while !in_flight.is_empty() {
+        acknowledge(state, in_flight.pop_front(), &mut acknowledged, accepted).await?;
     }
     Ok(())
+}
+
+/// Waits for one record's acknowledgement.
+async fn acknowledge(
+    state: &AppState,
+    delivery: Option<DeliveryFuture>,
+    acknowledged: &mut usize,
+    accepted: usize,
+) -> Result<(), ApiError> {
+    let Some(delivery) = delivery else { return Ok(()) };
+    let error = match delivery.await {
+        Ok(Ok(_)) => {
+            *acknowledged += 1;
+            return Ok(());
+        }
+        Ok(Err((e, _))) => e.to_string(),
+        Err(_) => "delivery cancelled".to_string(),
+    };
+    state.produce_errors.inc();
+    tracing::warn!(acknowledged = *acknowledged, accepted, %error, "a record was not acknowledged by Kafka");
+    Err(unavailable(&format!(
+        "Kafka did not acknowledge a record ({error}); {} of {accepted} records were acknowledged: send them again",
+        *acknowledged
+    )))
 }
 
 fn unavailable(message: &str) -> ApiError {

@@ -1,19 +1,31 @@
 //! `flightline-ingest sink`: Kafka → ClickHouse in batches.
 //!
 //! Each batch is inserted, then (and only then) its offsets are committed. A crash between the two
-//! redelivers the batch; rows carry their `(source_partition, source_offset)` in the table's
-//! sorting key (a `ReplacingMergeTree`), so the second copy collapses into the first and `FINAL`
-//! queries never see it. Records that cannot be parsed go to the dead-letter topic with the reason
-//! in a header, before their offsets are committed. A ClickHouse outage is retried with backoff
-//! without committing, so nothing is lost.
+//! redelivers the batch; rows carry their `(source_topic, source_partition, source_offset)` in the
+//! table's sorting key (a `ReplacingMergeTree`), so the second copy collapses into the first and
+//! `FINAL` queries never see it.
+//!
+//! Nothing is lost and nothing stalls the partition:
+//! - A batch holds at most `SINK_BATCH_SIZE` records and `SINK_MAX_BATCH_BYTES` of payload.
+//! - Its rows are grouped by day of `scheduled_at` and inserted at most `MAX_DAYS_PER_INSERT` days
+//!   at a time, so no insert reaches ClickHouse's limit of 100 partitions per insert, whatever the
+//!   table's partitioning (month, day or none).
+//! - A ClickHouse error is transient (network, timeout, overload, anything unknown: retried with
+//!   backoff, nothing committed) or permanent (the rows themselves: see `PERMANENT_CODES`). A
+//!   permanent one splits the insert in halves until the refused rows are alone; they go to the
+//!   dead-letter topic with ClickHouse's message, the rest is stored.
+//! - Records that are not a valid flight go to the dead-letter topic as well. Sending there is
+//!   retried until the broker takes them. With no dead-letter topic, each dropped record is
+//!   logged and counted in `flightline_sink_dropped_records_total{reason}`.
 
-use std::sync::Arc;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clickhouse::Row;
 use flightline_service::config;
-use flightline_service::flight::{Flight, PeriodDay, read_json};
+use flightline_service::flight::{PeriodDay, read_one_json};
 use flightline_service::server::{self, ReadyCheck, Telemetry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +37,17 @@ use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
+
+/// Days of `scheduled_at` in one insert: ClickHouse refuses an insert touching more than 100
+/// partitions (`max_partitions_per_insert_block`), and a day is the finest partitioning a table has.
+pub const MAX_DAYS_PER_INSERT: usize = 100;
+/// Default of `SINK_MAX_BATCH_BYTES`: payload bytes in one batch.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// ClickHouse's message in a dead letter's `flightline.reason` header and in logs, at most.
+const MAX_REASON_BYTES: usize = 1_024;
+const INSERT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+const INSERT_END_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A table row; field order and types follow `operator/src/build/table.rs`.
 #[derive(Row, Serialize, Debug, Clone, PartialEq)]
@@ -57,19 +80,56 @@ pub struct FlightRow {
     pub ingested_at: i64,
     pub source_partition: i32,
     pub source_offset: i64,
+    pub source_topic: String,
 }
 
-/// Parses a Kafka record into a row, or says why it cannot be stored.
-pub fn to_row(payload: Option<&[u8]>, partition: i32, offset: i64, ingested_at_ms: i64) -> Result<FlightRow, String> {
-    let payload = payload.ok_or("empty message")?;
-    let mut records = read_json(payload)?;
-    if records.len() != 1 {
-        return Err(format!("expected one flight, found {}", records.len()));
+/// Why a record was not stored: a fixed set, the `reason` label of the dropped-records metric.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not one JSON flight object.
+    Unparseable,
+    /// A flight with invalid fields.
+    Invalid,
+    /// ClickHouse refused the row itself (a permanent error).
+    RefusedByClickhouse,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [DropReason::Unparseable, DropReason::Invalid, DropReason::RefusedByClickhouse];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Unparseable => "unparseable",
+            DropReason::Invalid => "invalid",
+            DropReason::RefusedByClickhouse => "refused_by_clickhouse",
+        }
     }
-    let flight = Flight::parse(&records.remove(0)).map_err(|errors| {
-        errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+}
+
+/// Where a record comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct Source<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Parses a Kafka record into a row, or says why it cannot be stored. The checks are ingest's own
+/// (`Flight` validation), so a record ingest accepted always becomes a row.
+pub fn to_row(
+    payload: Option<&[u8]>,
+    source: Source<'_>,
+    ingested_at_ms: i64,
+) -> Result<FlightRow, (DropReason, String)> {
+    let payload = payload.ok_or((DropReason::Unparseable, "empty message".to_string()))?;
+    let flight = read_one_json(payload).map_err(|e| match e {
+        Ok(body) => (DropReason::Unparseable, body.to_string()),
+        Err(errors) => (
+            DropReason::Invalid,
+            errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "),
+        ),
     })?;
-    let d = flight.derive().ok_or("times out of range")?;
+    let d = flight.derive().ok_or((DropReason::Invalid, "times out of range".to_string()))?;
     Ok(FlightRow {
         scheduled_at: d.scheduled_epoch,
         operated_at: d.operated_epoch,
@@ -83,8 +143,9 @@ pub fn to_row(payload: Option<&[u8]>, partition: i32, offset: i64, ingested_at_m
         },
         high_season: d.high_season,
         ingested_at: ingested_at_ms,
-        source_partition: partition,
-        source_offset: offset,
+        source_partition: source.partition,
+        source_offset: source.offset,
+        source_topic: source.topic.to_string(),
         scheduled_flight: flight.scheduled_flight,
         scheduled_origin: flight.scheduled_origin,
         scheduled_destination: flight.scheduled_destination,
@@ -103,14 +164,111 @@ pub fn to_row(payload: Option<&[u8]>, partition: i32, offset: i64, ingested_at_m
     })
 }
 
+/// Sorts rows by day of `scheduled_at` and cuts them into inserts of at most `max_days` days each.
+pub fn chunks_by_day<T>(rows: &mut [T], scheduled_at: impl Fn(&T) -> u32, max_days: usize) -> Vec<Range<usize>> {
+    rows.sort_by_key(|r| scheduled_at(r) / 86_400);
+    let mut chunks = Vec::new();
+    let (mut start, mut days, mut last_day) = (0, 0, None);
+    for (i, row) in rows.iter().enumerate() {
+        let day = scheduled_at(row) / 86_400;
+        if last_day != Some(day) {
+            if days == max_days {
+                chunks.push(start..i);
+                (start, days) = (i, 0);
+            }
+            days += 1;
+            last_day = Some(day);
+        }
+    }
+    if start < rows.len() {
+        chunks.push(start..rows.len());
+    }
+    chunks
+}
+
+/// What to do about a failed insert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// ClickHouse or the way to it is unwell: retry the same rows later, commit nothing.
+    Transient,
+    /// The rows themselves are refused: split the insert to find them.
+    Permanent,
+}
+
+/// ClickHouse error codes caused by the rows of an insert (bad data): parse and conversion
+/// errors, values out of a type's range, a table CONSTRAINT or a `throwIf` default violated.
+/// Everything else, known or not, is transient: 159 TIMEOUT_EXCEEDED, 202
+/// TOO_MANY_SIMULTANEOUS_QUERIES, 241 MEMORY_LIMIT_EXCEEDED, 242 TABLE_IS_READ_ONLY, 60/81
+/// UNKNOWN_TABLE/DATABASE and 16 NO_SUCH_COLUMN_IN_TABLE (the operator repairs the table), 516
+/// authentication, 5xx without a code, network errors and client timeouts. Retrying a permanent
+/// error would stall the partition for ever; sending a transient one to the dead-letter topic
+/// would empty a healthy batch into it, so only codes known to be about the data are here.
+pub const PERMANENT_CODES: [(u32, &str); 14] = [
+    (6, "CANNOT_PARSE_TEXT"),
+    (27, "CANNOT_PARSE_INPUT_ASSERTION_FAILED"),
+    (38, "CANNOT_PARSE_DATE"),
+    (41, "CANNOT_PARSE_DATETIME"),
+    (53, "TYPE_MISMATCH"),
+    (69, "ARGUMENT_OUT_OF_BOUND"),
+    (70, "CANNOT_CONVERT_TYPE"),
+    (72, "CANNOT_PARSE_NUMBER"),
+    (117, "INCORRECT_DATA"),
+    (131, "TOO_LARGE_STRING_SIZE"),
+    (321, "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE"),
+    (395, "FUNCTION_THROW_IF_VALUE_IS_NON_ZERO"),
+    (469, "VIOLATED_CONSTRAINT"),
+    (691, "UNKNOWN_ELEMENT_OF_ENUM"),
+];
+
+/// 252 TOO_MANY_PARTS is both "too many partitions for single INSERT block" (these rows: split)
+/// and "too many parts" (merges behind: wait).
+const TOO_MANY_PARTS: u32 = 252;
+const TOO_MANY_PARTITIONS_MESSAGE: &str = "Too many partitions for single INSERT block";
+
+/// Sorts a ClickHouse error message (`Code: N. DB::Exception: ...`, as the HTTP interface sends it).
+pub fn classify_message(message: &str) -> Failure {
+    let code = message.find("Code: ").and_then(|at| {
+        let digits: String = message[at + 6..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    match code {
+        Some(TOO_MANY_PARTS) if message.contains(TOO_MANY_PARTITIONS_MESSAGE) => Failure::Permanent,
+        Some(code) if PERMANENT_CODES.iter().any(|(c, _)| *c == code) => Failure::Permanent,
+        _ => Failure::Transient,
+    }
+}
+
+pub fn classify(error: &clickhouse::error::Error) -> Failure {
+    match error {
+        clickhouse::error::Error::BadResponse(message) => classify_message(message),
+        _ => Failure::Transient,
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabels {
     partition: i32,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 struct Metrics {
     rows: Counter,
     dead_letters: Counter,
+    dead_letter_errors: Counter,
+    dropped: Family<ReasonLabels, Counter>,
     batch_size: Histogram,
     insert_seconds: Histogram,
     insert_errors: Counter,
@@ -123,6 +281,8 @@ impl Metrics {
         let m = Self {
             rows: Counter::default(),
             dead_letters: Counter::default(),
+            dead_letter_errors: Counter::default(),
+            dropped: Family::default(),
             batch_size: Histogram::new([1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0]),
             insert_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             insert_errors: Counter::default(),
@@ -131,11 +291,25 @@ impl Metrics {
                 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
             ]),
         };
+        // Every reason is there from the start, at 0: a rate over it never sees a missing series.
+        for reason in DropReason::ALL {
+            let _ = m.dropped.get_or_create(&ReasonLabels { reason: reason.as_str() });
+        }
         telemetry.register("rows", "Rows inserted into ClickHouse", m.rows.clone());
         telemetry.register("dead_letters", "Records sent to the dead-letter topic", m.dead_letters.clone());
+        telemetry.register(
+            "dead_letter_errors",
+            "Failed sends to the dead-letter topic (retried)",
+            m.dead_letter_errors.clone(),
+        );
+        telemetry.register(
+            "dropped_records",
+            "Records not stored and not dead-lettered (no dead-letter topic), by reason",
+            m.dropped.clone(),
+        );
         telemetry.register("batch_size", "Records per batch", m.batch_size.clone());
         telemetry.register_with_unit("insert_duration", "ClickHouse insert latency", m.insert_seconds.clone());
-        telemetry.register("insert_errors", "Failed ClickHouse inserts (retried)", m.insert_errors.clone());
+        telemetry.register("insert_errors", "Failed ClickHouse inserts (retried or split)", m.insert_errors.clone());
         telemetry.register("consumer_lag", "Records in the topic not yet committed, by partition", m.lag.clone());
         telemetry.register_with_unit(
             "freshness",
@@ -147,9 +321,11 @@ impl Metrics {
 }
 
 struct Settings {
+    bootstrap: String,
     topic: String,
     dead_letter_topic: Option<String>,
     batch_size: usize,
+    batch_bytes: usize,
     linger: Duration,
     table: String,
 }
@@ -157,16 +333,20 @@ struct Settings {
 pub async fn run() -> anyhow::Result<()> {
     let telemetry = Telemetry::new("sink");
     let metrics = Metrics::register(&telemetry);
-    let bootstrap = config::required("KAFKA_BOOTSTRAP_SERVERS")?;
     let settings = Settings {
+        bootstrap: config::required("KAFKA_BOOTSTRAP_SERVERS")?,
         topic: config::required("KAFKA_TOPIC")?,
         dead_letter_topic: std::env::var("KAFKA_DLQ_TOPIC").ok().filter(|t| !t.is_empty()),
         batch_size: config::parsed("SINK_BATCH_SIZE", 10_000usize)?.max(1),
+        batch_bytes: config::parsed("SINK_MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES)?.max(1),
         linger: Duration::from_millis(config::parsed("SINK_LINGER_MS", 1_000u64)?),
         table: config::required("CLICKHOUSE_TABLE")?,
     };
+    if settings.dead_letter_topic.is_none() {
+        tracing::warn!("no dead-letter topic: records that cannot be stored are dropped (logged and counted)");
+    }
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", &settings.bootstrap)
         .set("group.id", config::required("KAFKA_CONSUMER_GROUP")?)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -174,7 +354,7 @@ pub async fn run() -> anyhow::Result<()> {
         .set("max.poll.interval.ms", "900000")
         .create()?;
     consumer.subscribe(&[&settings.topic])?;
-    let dead_letters = crate::produce::producer(&bootstrap)?;
+    let dead_letters = RwLock::new(crate::produce::producer(&settings.bootstrap)?);
     let mut clickhouse = clickhouse::Client::default()
         .with_url(config::required("CLICKHOUSE_URL")?)
         .with_database(config::required("CLICKHOUSE_DATABASE")?)
@@ -209,18 +389,26 @@ pub async fn run() -> anyhow::Result<()> {
 
 struct Sink {
     consumer: StreamConsumer,
-    dead_letters: FutureProducer,
+    /// Replaced after a failed send, as ingest does (a broker that lost the producer's session).
+    dead_letters: RwLock<FutureProducer>,
     clickhouse: clickhouse::Client,
     settings: Settings,
     metrics: Arc<Metrics>,
     consuming: Arc<AtomicBool>,
 }
 
+/// A record that is not stored, and why.
+struct Dropped<'m> {
+    message: &'m BorrowedMessage<'m>,
+    reason: DropReason,
+    why: String,
+}
+
 impl Sink {
     async fn run(&self) -> anyhow::Result<()> {
         let mut last_lag = Instant::now();
         loop {
-            let batch = self.next_batch().await?;
+            let batch = self.next_batch().await;
             self.consuming.store(true, Ordering::Relaxed);
             // Also when idle: a lag measured before the last batch would otherwise stay up for ever.
             if last_lag.elapsed() > Duration::from_secs(5) {
@@ -231,70 +419,117 @@ impl Sink {
                 continue;
             }
             let mut rows = Vec::with_capacity(batch.len());
-            let mut rejected = Vec::new();
+            let mut dropped = Vec::new();
             let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-            for message in &batch {
-                match to_row(message.payload(), message.partition(), message.offset(), now_ms) {
-                    Ok(row) => rows.push(row),
-                    Err(reason) => rejected.push((message, reason)),
+            for (i, message) in batch.iter().enumerate() {
+                let source =
+                    Source { topic: message.topic(), partition: message.partition(), offset: message.offset() };
+                match to_row(message.payload(), source, now_ms) {
+                    Ok(row) => rows.push((i, row)),
+                    Err((reason, why)) => dropped.push(Dropped { message, reason, why }),
                 }
             }
-            self.insert_with_retry(&rows).await;
+            for (i, why) in self.store(&mut rows).await {
+                dropped.push(Dropped { message: &batch[i], reason: DropReason::RefusedByClickhouse, why });
+            }
             self.observe_freshness(&batch);
-            self.dead_letter(&rejected).await?;
-            self.commit(&batch)?;
+            self.dead_letter(&dropped).await;
+            if let Err(e) = self.commit(&batch) {
+                // The rows are stored: a redelivery collapses into them (see the module's comment).
+                tracing::warn!(error = %e, "offset commit failed; the batch may be delivered again");
+            }
             self.metrics.batch_size.observe(batch.len() as f64);
         }
     }
 
-    /// Up to `batch_size` messages, waiting at most `linger` after the first. Consumer errors
-    /// (a broker away, a rebalance) end the batch early and are retried by the next poll.
-    async fn next_batch(&self) -> anyhow::Result<Vec<BorrowedMessage<'_>>> {
+    /// Up to `batch_size` messages and `batch_bytes` of payload (a larger single message makes a
+    /// batch of its own), waiting at most `linger` after the first. Consumer errors (a broker
+    /// away, a rebalance) end the batch early and are retried by the next poll.
+    async fn next_batch(&self) -> Vec<BorrowedMessage<'_>> {
         let mut batch = Vec::new();
         let first = tokio::time::timeout(Duration::from_secs(5), self.consumer.recv()).await;
-        match first {
-            Err(_) => return Ok(batch),
-            Ok(Ok(message)) => batch.push(message),
+        let mut bytes = match first {
+            Err(_) => return batch,
+            Ok(Ok(message)) => {
+                let bytes = message.payload_len();
+                batch.push(message);
+                bytes
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "Kafka consumer error; polling again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                return Ok(batch);
+                return batch;
             }
-        }
+        };
         let deadline = tokio::time::Instant::now() + self.settings.linger;
-        while batch.len() < self.settings.batch_size {
+        while batch.len() < self.settings.batch_size && bytes < self.settings.batch_bytes {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
-                Ok(Ok(message)) => batch.push(message),
+                Ok(Ok(message)) => {
+                    bytes += message.payload_len();
+                    batch.push(message);
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "Kafka consumer error; committing what this batch holds");
                     break;
                 }
             }
         }
-        Ok(batch)
+        batch
     }
 
-    /// Inserts until ClickHouse takes the rows, backing off from 0.5 s to 30 s.
-    async fn insert_with_retry(&self, rows: &[FlightRow]) {
+    /// Stores the rows, at most `MAX_DAYS_PER_INSERT` days per insert; an insert refused for its
+    /// rows is split in halves until each refused row is alone. Returns the refused rows (their
+    /// index in the batch) with ClickHouse's message.
+    async fn store(&self, rows: &mut [(usize, FlightRow)]) -> Vec<(usize, String)> {
+        let mut refused = Vec::new();
+        let mut pending = chunks_by_day(rows, |(_, row)| row.scheduled_at, MAX_DAYS_PER_INSERT);
+        pending.reverse();
+        while let Some(range) = pending.pop() {
+            match self.insert_with_retry(&rows[range.clone()]).await {
+                Ok(()) => {}
+                Err(why) if range.len() == 1 => refused.push((rows[range.start].0, why)),
+                Err(_) => {
+                    let middle = range.start + range.len() / 2;
+                    pending.push(middle..range.end);
+                    pending.push(range.start..middle);
+                }
+            }
+        }
+        refused
+    }
+
+    /// Inserts until ClickHouse takes the rows or refuses them for good (`Err` with its message),
+    /// backing off from 0.5 s to 30 s while the failure is transient.
+    async fn insert_with_retry(&self, rows: &[(usize, FlightRow)]) -> Result<(), String> {
         let mut delay = Duration::from_millis(500);
         loop {
             let started = Instant::now();
-            match self.insert(rows).await {
+            let error = match self.insert(rows).await {
                 Ok(()) => {
                     self.metrics.insert_seconds.observe(started.elapsed().as_secs_f64());
                     self.metrics.rows.inc_by(rows.len() as u64);
-                    return;
+                    return Ok(());
                 }
-                Err(e) => {
-                    self.metrics.insert_errors.inc();
-                    tracing::warn!(error = %e, rows = rows.len(), retry_in_ms = delay.as_millis() as u64, "ClickHouse insert failed");
-                    // Records pile up while ClickHouse is away: the lag must say so.
-                    self.update_lag().await;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                }
+                Err(e) => e,
+            };
+            self.metrics.insert_errors.inc();
+            let message = error.to_string();
+            let message = truncate(&message, MAX_REASON_BYTES);
+            if classify(&error) == Failure::Permanent {
+                tracing::warn!(error = message, rows = rows.len(), "ClickHouse refused the rows; splitting the insert");
+                return Err(message.to_string());
             }
+            tracing::warn!(
+                error = message,
+                rows = rows.len(),
+                retry_in_ms = delay.as_millis() as u64,
+                "ClickHouse insert failed"
+            );
+            // Records pile up while ClickHouse is away: the lag must say so.
+            self.update_lag().await;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -306,38 +541,69 @@ impl Sink {
         }
     }
 
-    async fn insert(&self, rows: &[FlightRow]) -> Result<(), clickhouse::error::Error> {
+    async fn insert(&self, rows: &[(usize, FlightRow)]) -> Result<(), clickhouse::error::Error> {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut insert = self.clickhouse.insert::<FlightRow>(&self.settings.table).await?;
-        for row in rows {
+        let mut insert = self
+            .clickhouse
+            .insert::<FlightRow>(&self.settings.table)
+            .await?
+            .with_timeouts(Some(INSERT_SEND_TIMEOUT), Some(INSERT_END_TIMEOUT));
+        for (_, row) in rows {
             insert.write(row).await?;
         }
         insert.end().await
     }
 
-    /// Sends unparseable records to the dead-letter topic (original key and payload, the reason
-    /// and origin in headers) and waits for the broker to take them.
-    async fn dead_letter(&self, rejected: &[(&BorrowedMessage<'_>, String)]) -> anyhow::Result<()> {
-        for (message, reason) in rejected {
-            tracing::warn!(partition = message.partition(), offset = message.offset(), %reason, "dead letter");
-            let Some(topic) = &self.settings.dead_letter_topic else { continue };
+    /// Sends records that are not stored to the dead-letter topic (original key and payload; the
+    /// reason, its kind and the origin in headers), retrying until the broker takes each one. With
+    /// no dead-letter topic, counts them as dropped.
+    async fn dead_letter(&self, dropped: &[Dropped<'_>]) {
+        for Dropped { message, reason, why } in dropped {
+            let why = truncate(why, MAX_REASON_BYTES);
+            tracing::warn!(
+                partition = message.partition(),
+                offset = message.offset(),
+                reason = reason.as_str(),
+                why,
+                "record not stored"
+            );
+            let Some(topic) = &self.settings.dead_letter_topic else {
+                self.metrics.dropped.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
+                continue;
+            };
             let origin = format!("{}/{}/{}", message.topic(), message.partition(), message.offset());
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "flightline.reason", value: Some(reason.as_str()) })
-                .insert(Header { key: "flightline.origin", value: Some(origin.as_str()) });
-            let mut record = FutureRecord::to(topic).headers(headers).payload(message.payload().unwrap_or_default());
-            if let Some(key) = message.key() {
-                record = record.key(key);
+            let mut delay = Duration::from_millis(500);
+            loop {
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "flightline.reason", value: Some(why) })
+                    .insert(Header { key: "flightline.reason-kind", value: Some(reason.as_str()) })
+                    .insert(Header { key: "flightline.origin", value: Some(origin.as_str()) });
+                let mut record =
+                    FutureRecord::to(topic).headers(headers).payload(message.payload().unwrap_or_default());
+                if let Some(key) = message.key() {
+                    record = record.key(key);
+                }
+                let producer = self.dead_letters.read().expect("producer lock").clone();
+                match producer.send(record, Duration::from_secs(30)).await {
+                    Ok(_) => {
+                        self.metrics.dead_letters.inc();
+                        break;
+                    }
+                    Err((e, _)) => {
+                        self.metrics.dead_letter_errors.inc();
+                        tracing::warn!(error = %e, %topic, retry_in_ms = delay.as_millis() as u64, "dead-letter send failed");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_BACKOFF);
+                        match crate::produce::producer(&self.settings.bootstrap) {
+                            Ok(fresh) => *self.dead_letters.write().expect("producer lock") = fresh,
+                            Err(e) => tracing::error!(error = %e, "could not create a new Kafka producer"),
+                        }
+                    }
+                }
             }
-            self.dead_letters
-                .send(record, Duration::from_secs(30))
-                .await
-                .map_err(|(e, _)| anyhow::anyhow!("dead-letter topic {topic}: {e}"))?;
-            self.metrics.dead_letters.inc();
         }
-        Ok(())
     }
 
     fn commit(&self, batch: &[BorrowedMessage<'_>]) -> anyhow::Result<()> {
@@ -375,19 +641,129 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const PAYLOAD: &str = r#"{"Fecha-I":"2017-01-01 23:30:00","Vlo-I":"226","Ori-I":"SCEL","Des-I":"KMIA","Emp-I":"AAL","Fecha-O":"2017-01-02 00:03:00","Vlo-O":"226","Ori-O":"SCEL","Des-O":"KMIA","Emp-O":"AAL","DIA":"2","MES":"1","AÑO":"2017","DIANOM":"Lunes","TIPOVUELO":"I","OPERA":"American Airlines","SIGLAORI":"Santiago","SIGLADES":"Miami"}"#;
+    const SOURCE: Source<'static> = Source { topic: "ns.p.flights", partition: 2, offset: 41 };
 
     #[test]
     fn a_flight_message_becomes_a_row() {
-        let payload = r#"{"Fecha-I":"2017-01-01 23:30:00","Vlo-I":"226","Ori-I":"SCEL","Des-I":"KMIA","Emp-I":"AAL","Fecha-O":"2017-01-02 00:03:00","Vlo-O":"226","Ori-O":"SCEL","Des-O":"KMIA","Emp-O":"AAL","DIA":"2","MES":"1","AÑO":"2017","DIANOM":"Lunes","TIPOVUELO":"I","OPERA":"American Airlines","SIGLAORI":"Santiago","SIGLADES":"Miami"}"#;
-        let row = to_row(Some(payload.as_bytes()), 2, 41, 7).unwrap();
+        let row = to_row(Some(PAYLOAD.as_bytes()), SOURCE, 7).unwrap();
         assert_eq!((row.delay_minutes, row.delayed, row.period_day, row.flight_type), (33, true, 3, 1));
         assert_eq!((row.source_partition, row.source_offset, row.ingested_at), (2, 41, 7));
+        assert_eq!(row.source_topic, "ns.p.flights");
     }
 
     #[test]
     fn poison_messages_say_why() {
-        assert_eq!(to_row(None, 0, 0, 0).unwrap_err(), "empty message");
-        assert!(to_row(Some(b"not json"), 0, 0, 0).unwrap_err().starts_with("invalid JSON"));
-        assert!(to_row(Some(br#"{"MES": "13"}"#), 0, 0, 0).unwrap_err().contains("MES"));
+        assert_eq!(to_row(None, SOURCE, 0).unwrap_err(), (DropReason::Unparseable, "empty message".into()));
+        let (reason, why) = to_row(Some(b"not json"), SOURCE, 0).unwrap_err();
+        assert!(reason == DropReason::Unparseable && why.starts_with("invalid JSON"), "{why}");
+        let (reason, why) = to_row(Some(br#"{"MES": "13"}"#), SOURCE, 0).unwrap_err();
+        assert!(reason == DropReason::Invalid && why.contains("MES"), "{why}");
+        let two = format!("[{PAYLOAD},{PAYLOAD}]");
+        assert_eq!(to_row(Some(two.as_bytes()), SOURCE, 0).unwrap_err().0, DropReason::Unparseable);
+    }
+
+    #[test]
+    fn inserts_never_span_more_than_a_hundred_days() {
+        // The issue's poison batch: 400 flights over 34 years, in no order.
+        let mut days: Vec<u32> = (0..400u32).map(|i| (i * 7919 % 400) * 31 * 86_400 + 3_600).collect();
+        let chunks = chunks_by_day(&mut days, |d| *d, MAX_DAYS_PER_INSERT);
+        assert_eq!(chunks.len(), 4);
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 400);
+        for chunk in &chunks {
+            let mut distinct: Vec<u32> = days[chunk.clone()].iter().map(|d| d / 86_400).collect();
+            distinct.dedup();
+            assert!(distinct.len() <= MAX_DAYS_PER_INSERT);
+        }
+        // Many rows of one day stay together; an empty batch has no insert.
+        let mut same = vec![86_400u32 * 5; 10_000];
+        assert_eq!(chunks_by_day(&mut same, |d| *d, MAX_DAYS_PER_INSERT), vec![0..10_000]);
+        assert!(chunks_by_day(&mut Vec::<u32>::new(), |d| *d, 100).is_empty());
+    }
+
+    #[test]
+    fn clickhouse_errors_are_sorted_by_whether_the_rows_are_at_fault() {
+        use Failure::*;
+        for (message, want) in [
+            (
+                "Code: 252. DB::Exception: Too many partitions for single INSERT block (more than 100). (TOO_MANY_PARTS)",
+                Permanent,
+            ),
+            (
+                "Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly slower than inserts",
+                Transient,
+            ),
+            (
+                "Code: 469. DB::Exception: Constraint `poison` for table t is violated at row 1. (VIOLATED_CONSTRAINT)",
+                Permanent,
+            ),
+            (
+                "Code: 27. DB::Exception: Cannot parse input: expected '\\t' before: ... (CANNOT_PARSE_INPUT_ASSERTION_FAILED)",
+                Permanent,
+            ),
+            ("Code: 6. DB::Exception: Cannot parse string 'x' as UInt8. (CANNOT_PARSE_TEXT)", Permanent),
+            ("Code: 241. DB::Exception: Memory limit (total) exceeded. (MEMORY_LIMIT_EXCEEDED)", Transient),
+            ("Code: 159. DB::Exception: Timeout exceeded: elapsed 10 seconds. (TIMEOUT_EXCEEDED)", Transient),
+            ("Code: 202. DB::Exception: Too many simultaneous queries. (TOO_MANY_SIMULTANEOUS_QUERIES)", Transient),
+            ("Code: 60. DB::Exception: Table db.t does not exist. (UNKNOWN_TABLE)", Transient),
+            (
+                "Code: 16. DB::Exception: No such column source_topic in table db.t. (NO_SUCH_COLUMN_IN_TABLE)",
+                Transient,
+            ),
+            ("Code: 516", Transient),
+            ("502 Bad Gateway", Transient),
+            ("", Transient),
+        ] {
+            assert_eq!(classify_message(message), want, "{message}");
+        }
+        assert_eq!(classify(&clickhouse::error::Error::TimedOut), Transient);
+        let permanent = clickhouse::error::Error::BadResponse("Code: 53. DB::Exception: Type mismatch".into());
+        assert_eq!(classify(&permanent), Permanent);
+    }
+
+    #[test]
+    fn reasons_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("añb", 2), "a");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    proptest! {
+        #[test]
+        fn prop_any_payload_becomes_a_row_or_a_reason(payload in proptest::collection::vec(any::<u8>(), 0..600)) {
+            match to_row(Some(&payload), SOURCE, 0) {
+                Ok(row) => prop_assert!(row.flight_type == 1 || row.flight_type == 2),
+                Err((_, why)) => prop_assert!(!why.is_empty()),
+            }
+        }
+
+        #[test]
+        fn prop_chunks_cover_every_row_once_within_the_day_limit(
+            mut times in proptest::collection::vec(0u32..u32::MAX, 0..600),
+            max_days in 1usize..120,
+        ) {
+            let chunks = chunks_by_day(&mut times, |t| *t, max_days);
+            let mut next = 0;
+            for chunk in chunks {
+                prop_assert_eq!(chunk.start, next);
+                prop_assert!(!chunk.is_empty());
+                let mut days: Vec<u32> = times[chunk.clone()].iter().map(|t| t / 86_400).collect();
+                days.dedup();
+                prop_assert!(days.len() <= max_days);
+                next = chunk.end;
+            }
+            prop_assert_eq!(next, times.len());
+        }
+
+        #[test]
+        fn prop_ingest_records_become_rows(day in 1u32..28, month in 1u32..13, year in 1970u32..2106, minute in 0u32..1440) {
+            let operated = format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:00", minute / 60, minute % 60);
+            let payload = PAYLOAD
+                .replace("2017-01-02 00:03:00", &operated)
+                .replace(r#""DIA":"2","MES":"1","AÑO":"2017""#, &format!(r#""DIA":"{day}","MES":"{month}","AÑO":"{year}""#));
+            let row = to_row(Some(payload.as_bytes()), SOURCE, 0).map_err(|e| TestCaseError::fail(e.1))?;
+            prop_assert_eq!((row.day as u32, row.month as u32, row.year as u32), (day, month, year));
+        }
     }
 }
