@@ -583,6 +583,14 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut buf)).await;
         assert!(read.is_ok(), "the connection stayed open");
         assert!(started.elapsed() >= Duration::from_millis(900));
+        // So is one that sends nothing, or nothing more after a keep-alive request.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        for stream in [&mut silent, &mut idle] {
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+            assert!(read.is_ok(), "an idle connection stayed open");
+        }
         // A complete request on another connection is served.
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         client.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
