@@ -183,8 +183,9 @@ async fn inject_fault(State(switch): State<Arc<FaultSwitch>>, request: Request, 
 
 /// A readiness answer is reused this long, so probes do not become a backend call each.
 const READY_CACHED_FOR: Duration = Duration::from_secs(2);
-/// A readiness check that takes longer than this counts as not ready (a hung backend).
-const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// A readiness check that takes longer than this counts as not ready (a hung backend); below the
+/// probes' 2 s timeout, so the probe gets this answer rather than its own timeout.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Runs the readiness check at most once per [`READY_CACHED_FOR`], one at a time, with a timeout.
 struct CachedReady {
@@ -208,7 +209,7 @@ impl CachedReady {
             return result;
         }
         let result = tokio::time::timeout(READY_CHECK_TIMEOUT, (self.check)()).await.unwrap_or_else(|_| {
-            Err(format!("the readiness check did not answer within {} s", READY_CHECK_TIMEOUT.as_secs()))
+            Err(format!("the readiness check did not answer within {} ms", READY_CHECK_TIMEOUT.as_millis()))
         });
         *self.last.lock().expect("readiness lock") = Some((Instant::now(), result.clone()));
         result
