@@ -487,6 +487,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn clients_are_their_principal_and_refused_credentials_are_charged_to_the_address() {
+        use crate::auth::{ApiKeys, Auth, hash_key};
+        let keys = ApiKeys::parse(&format!("{}\n{}", hash_key("team-a"), hash_key("team-b"))).unwrap();
+        let auth = Arc::new(Auth { keys: Some(keys), jwt: None });
+        let routes = Router::new().route("/v1/x", get(|| async { "x" }));
+        let app = app(routes, Telemetry::new("test"), ok(), Some(auth), limits(1, 2, 8));
+        let with_key = |key: &str| {
+            let mut request = request("GET", "/v1/x");
+            request.headers_mut().insert("x-api-key", key.parse().unwrap());
+            request
+        };
+        let statuses = async |key: &str, n: usize| {
+            let mut statuses = Vec::new();
+            for _ in 0..n {
+                statuses.push(app.clone().oneshot(with_key(key)).await.unwrap().status().as_u16());
+            }
+            statuses
+        };
+        // Guessing keys from one address is rate limited like any other request.
+        assert_eq!(statuses("guess", 3).await, [403, 403, 429]);
+        // The same address with real keys: each key has its own bucket.
+        assert_eq!(statuses("team-a", 3).await, [200, 200, 429]);
+        assert_eq!(statuses("team-b", 2).await, [200, 200]);
+    }
+
+    #[tokio::test]
     async fn a_full_concurrency_limit_answers_503_at_once() {
         let release = Arc::new(tokio::sync::Notify::new());
         let waiting = release.clone();
