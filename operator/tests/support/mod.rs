@@ -409,3 +409,67 @@ pub fn dev(args: &[&str]) {
         Command::new("bash").arg(format!("{root}/dev/{}", args[0])).args(&args[1..]).status().expect("run dev script");
     assert!(status.success(), "dev/{} failed", args.join(" "));
 }
+
+// ---- helper B (issue 8, hostile data): dead letters with their headers, pod processes' memory ----
+
+/// Reads a topic's partition 0 from the start: up to `want` records as (payload, headers).
+pub async fn read_topic(bootstrap: &str, topic: &str, want: usize) -> Vec<(String, BTreeMap<String, String>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "e2e-topic-reader")
+        .create()
+        .expect("consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).expect("assignment");
+    consumer.assign(&assignment).expect("assign");
+    let mut found = Vec::new();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while found.len() < want && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) {
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.push((String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(), headers));
+        }
+        tokio::task::yield_now().await;
+    }
+    found
+}
+
+/// The process id of a ready pod of a component (the local node runs containers as processes and
+/// reports `process://<pid>` as the container ID).
+pub async fn pod_pid(stack: &Stack, ns: &TestNamespace, pipeline: &str, component: &str) -> u32 {
+    use k8s_openapi::api::core::v1::Pod;
+    let addr = service_addr(stack, ns, pipeline, component).await;
+    let ip = addr.split(':').next().expect("ip").to_string();
+    let pods: Api<Pod> = Api::namespaced(stack.client.clone(), &ns.name);
+    let selector = format!("app.kubernetes.io/instance={pipeline},app.kubernetes.io/component={component}");
+    let pod = pods
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .find(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(ip.as_str()))
+        .expect("the ready pod");
+    let statuses = pod.status.and_then(|s| s.container_statuses).expect("container statuses");
+    let id = statuses[0].container_id.clone().expect("container id");
+    id.strip_prefix("process://").and_then(|pid| pid.parse().ok()).expect("a process of the local node")
+}
+
+/// Peak resident memory (VmHWM) of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM")
+}
