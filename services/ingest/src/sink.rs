@@ -9,7 +9,7 @@
 //! - A batch holds at most `SINK_BATCH_SIZE` records and `SINK_MAX_BATCH_BYTES` of payload.
 //! - Its rows are grouped by day of `scheduled_at` and inserted at most `MAX_DAYS_PER_INSERT` days
 //!   at a time, so no insert reaches ClickHouse's limit of 100 partitions per insert, whatever the
-//!   table's partitioning (month, day or none).
+//!   table's partitioning (month, day or none) and the server's time zone.
 //! - A ClickHouse error is transient (network, timeout, overload, anything unknown: retried with
 //!   backoff, nothing committed) or permanent (the rows themselves: see `PERMANENT_CODES`). A
 //!   permanent one splits the insert in halves until the refused rows are alone; they go to the
@@ -38,9 +38,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
-/// Days of `scheduled_at` in one insert: ClickHouse refuses an insert touching more than 100
-/// partitions (`max_partitions_per_insert_block`), and a day is the finest partitioning a table has.
-pub const MAX_DAYS_PER_INSERT: usize = 100;
+/// Days of `scheduled_at` (UTC) in one insert. ClickHouse refuses an insert touching more than 100
+/// partitions (`max_partitions_per_insert_block`); a day is the finest partitioning a table has, and
+/// the server's time zone may cut each UTC day in two: 50 days are at most 100 partitions anywhere.
+/// (A server set lower still is handled: its refusal splits the insert.)
+pub const MAX_DAYS_PER_INSERT: usize = 50;
 /// Default of `SINK_MAX_BATCH_BYTES`: payload bytes in one batch.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// ClickHouse's message in a dead letter's `flightline.reason` header and in logs, at most.
@@ -666,11 +668,11 @@ mod tests {
     }
 
     #[test]
-    fn inserts_never_span_more_than_a_hundred_days() {
+    fn inserts_never_span_more_than_fifty_days() {
         // The poison batch: 400 flights over 34 years, in no order.
         let mut days: Vec<u32> = (0..400u32).map(|i| (i * 7919 % 400) * 31 * 86_400 + 3_600).collect();
         let chunks = chunks_by_day(&mut days, |d| *d, MAX_DAYS_PER_INSERT);
-        assert_eq!(chunks.len(), 4);
+        assert_eq!(chunks.len(), 8);
         assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 400);
         for chunk in &chunks {
             let mut distinct: Vec<u32> = days[chunk.clone()].iter().map(|d| d / 86_400).collect();
