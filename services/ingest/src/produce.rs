@@ -271,3 +271,20 @@ async fn acknowledge(
 fn unavailable(message: &str) -> ApiError {
     ApiError { retry_after: Some(5), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable", message) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_over_the_record_limit_is_413_and_an_unreadable_one_400_both_naming_the_body() {
+        let too_many = body_refused(BodyError::TooManyRecords { limit: 10 }, 10);
+        assert_eq!((too_many.status, too_many.error), (StatusCode::PAYLOAD_TOO_LARGE, "too_many_records"));
+        assert!(too_many.message.contains("more than 10 records"));
+        let unreadable = body_refused(BodyError::Unreadable("invalid JSON: x".into()), 10);
+        assert_eq!(unreadable.status, StatusCode::BAD_REQUEST);
+        for e in [too_many, unreadable] {
+            assert_eq!(e.field.as_deref(), Some("body"));
+        }
+    }
+}
