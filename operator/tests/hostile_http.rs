@@ -196,6 +196,8 @@ async fn jwts_without_required_claims_or_not_yet_valid_are_refused_and_each_subj
         (tomorrow, "not valid yet"),
     ];
     for (claims, says) in cases {
+        // Refused tokens are charged to the address (burst 3, 1 a second): pace them.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let bearer = format!("Bearer {}", mint(claims.clone()));
         let (status, head, body) = get(&query, "/v1/stats/delays?by=month", &[("Authorization", &bearer)]).await;
         assert_eq!(status, 401, "{claims}: {body}");
@@ -214,6 +216,38 @@ async fn jwts_without_required_claims_or_not_yet_valid_are_refused_and_each_subj
     assert!(statuses[3..].contains(&429), "{statuses:?}");
     let (status, _, body) = get(&query, "/v1/stats/delays?by=month", &[("Authorization", &bob)]).await;
     assert_eq!(status, 200, "another subject from the same address has its own limit: {body}");
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn query_settings_make_clickhouse_refuse_writes_and_oversized_results() {
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("hostile-readonly").await;
+    let admin = stack.clickhouse();
+    let table = format!("`{}`.`t`", ns.database);
+    admin.query(&format!("CREATE DATABASE IF NOT EXISTS `{}`", ns.database)).execute().await.unwrap();
+    admin.query(&format!("CREATE TABLE {table} (id UInt64) ENGINE = MergeTree ORDER BY id")).execute().await.unwrap();
+    let query_client = flightline_service::config::clickhouse_read_only_settings(10)
+        .into_iter()
+        .fold(stack.clickhouse(), |client, (name, value)| client.with_setting(name, value));
+    for write in [
+        format!("INSERT INTO {table} SELECT 1"),
+        format!("ALTER TABLE {table} DELETE WHERE 1"),
+        format!("DROP TABLE {table}"),
+    ] {
+        let error = query_client.query(&write).execute().await.unwrap_err().to_string();
+        assert!(error.contains("Code: 164") && error.contains("READONLY"), "{write}: {error}");
+    }
+    let overflow = query_client
+        .query("SELECT number FROM numbers(100)")
+        .with_setting("max_result_rows", "10")
+        .fetch_all::<u64>()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(overflow.contains("Code: 396"), "{overflow}");
+    let rows: Vec<u64> = query_client.query(&format!("SELECT id FROM {table}")).fetch_all().await.unwrap();
+    assert!(rows.is_empty(), "nothing was written: {rows:?}");
 }
 
 /// A service binary from the build the tests run with.

@@ -92,3 +92,14 @@ pub fn header_read_timeout() -> anyhow::Result<std::time::Duration> {
     anyhow::ensure!(seconds > 0, "{HTTP_HEADER_READ_TIMEOUT_SECONDS_ENV} must be at least 1");
     Ok(std::time::Duration::from_secs(seconds.into()))
 }
+
+/// ClickHouse settings every statement of query runs with: reads only (`readonly=2`, not 1, so the
+/// per-query limits can still be set), a server-side time limit, and result limits that throw
+/// rather than silently cut the answer.
+pub fn clickhouse_read_only_settings(max_execution_seconds: u32) -> [(&'static str, String); 3] {
+    [
+        ("readonly", "2".into()),
+        ("max_execution_time", max_execution_seconds.to_string()),
+        ("result_overflow_mode", "throw".into()),
+    ]
+}

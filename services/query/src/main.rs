@@ -51,10 +51,9 @@ const CALL_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
 
 /// Settings every statement runs with.
 fn read_only(client: clickhouse::Client, max_execution_seconds: u32) -> clickhouse::Client {
-    client
-        .with_setting("readonly", "2")
-        .with_setting("max_execution_time", max_execution_seconds.to_string())
-        .with_setting("result_overflow_mode", "throw")
+    config::clickhouse_read_only_settings(max_execution_seconds)
+        .into_iter()
+        .fold(client, |client, (name, value)| client.with_setting(name, value))
 }
 
 fn result_limits(query: clickhouse::query::Query, rows: u32, bytes: u64) -> clickhouse::query::Query {
