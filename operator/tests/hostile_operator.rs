@@ -91,6 +91,28 @@ async fn pipelines_beyond_the_operators_limits_are_invalid_and_touch_nothing() {
     }
     assert!(operator.is_running());
 
+    // However many problems a spec has, the status and the Event carry at most 1 KiB of them.
+    let mut fp = named(&ns, "many-problems");
+    for n in 0..100 {
+        fp.spec.ingest.workload.env.insert(format!("{n}-not-a-variable-name"), "x".into());
+    }
+    apply(&api, &fp).await.unwrap();
+    let fp = wait_condition(&api, "many-problems", "Ready", "False", Some("InvalidSpec")).await;
+    for c in &fp.status.as_ref().unwrap().conditions {
+        assert!(c.message.len() <= 1024 && c.message.ends_with('…'), "{}: {} bytes", c.type_, c.message.len());
+    }
+    let events: Api<Event> = Api::namespaced(stack.client.clone(), &ns.name);
+    let invalid_event = async || {
+        let events = events.list(&ListParams::default()).await.unwrap().items;
+        events.into_iter().find_map(|e| {
+            (e.involved_object.name.as_deref() == Some("many-problems") && e.reason.as_deref() == Some("InvalidSpec"))
+                .then_some(e.message.unwrap_or_default())
+        })
+    };
+    eventually("an InvalidSpec event", async || invalid_event().await.is_some()).await;
+    let note = invalid_event().await.unwrap();
+    assert!(note.len() <= 1024 && note.starts_with("spec.ingest.env"), "{note}");
+
     // Within the limits the same operator builds the pipeline.
     let mut fixed: FlightPipeline = api.get("endless-ttl").await.unwrap();
     fixed.spec.clickhouse.ttl = "1863d".into();
