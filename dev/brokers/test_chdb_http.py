@@ -7,6 +7,7 @@ Run: $VENV/bin/python dev/brokers/test_chdb_http.py   (or pytest, if installed)
 """
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,15 @@ def test_binary_rows_arrive_byte_for_byte():
     status, _, text = post("INSERT INTO hostile.raw (s) FORMAT RowBinary", b"\x04\n\x00'\xff")
     assert status == 200, text
     assert post("SELECT hex(s) FROM hostile.raw")[2].strip() == "0A0027FF"
+
+
+def test_binary_rows_with_a_blank_line_inside_are_not_cut():
+    # chDB cuts inline insert data at bytes 0A 0A: a UInt64 of 0x0A0A is such a row.
+    post("CREATE TABLE IF NOT EXISTS hostile.numbers (n UInt64, s String) ENGINE = MergeTree ORDER BY n")
+    rows = b"".join(struct.pack("<Q", n) + b"\x02\n\n" for n in (0x0A0A, 0x0A0A0A0A0A, 7))
+    status, _, text = post("INSERT INTO hostile.numbers (n, s) FORMAT RowBinary", rows)
+    assert status == 200, text
+    assert post("SELECT sum(n), count() FROM hostile.numbers")[2] == f"{0x0A0A + 0x0A0A0A0A0A + 7}\t3\n"
 
 
 def test_a_constraint_violated_by_one_row_refuses_the_insert():
