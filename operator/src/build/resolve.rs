@@ -92,10 +92,13 @@ impl OperatorLimits {
 /// ClickHouse `DateTime` is seconds in a `u32`: it ends at 2106-02-07 06:28:15 UTC, and
 /// `scheduled_at + ttl` past that wraps around to 1970, so ClickHouse expires the row at once.
 const DATETIME_END_EPOCH: i64 = u32::MAX as i64;
-/// 2101-01-01 00:00:00 UTC: ingest accepts flights up to the end of 2100 (`AÑO` ≤ 2100).
+/// 2101-01-01 00:00:00 UTC. The table holds flights up to 2106-02-06, so no TTL at all is safe for
+/// every row it can hold; a TTL must at least keep flights of this century (up to the end of 2100)
+/// from wrapping. Rows scheduled after 2100 with a TTL still expire early.
 const AFTER_LATEST_SCHEDULED_EPOCH: i64 = 4_133_980_800;
-/// Longest TTL that no storable row overflows: 1,863 days (about 5 years). A row scheduled at
-/// 2100-12-31 23:59:59 expires at 2106-02-06 23:59:59, before `DateTime` ends.
+/// Longest TTL: 1,863 days (about 5 years). A row scheduled at 2100-12-31 23:59:59 expires at
+/// 2106-02-06 23:59:59, before `DateTime` ends. (The tens of thousands of days wrapped for
+/// every row of the data set: 2017 + 32,544 days is already past 2106.)
 pub const MAX_TTL_DAYS: u32 = ((DATETIME_END_EPOCH - AFTER_LATEST_SCHEDULED_EPOCH) / 86_400) as u32;
 
 /// Default container images, by component.
