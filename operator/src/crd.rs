@@ -160,7 +160,8 @@ pub struct ClickHouseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretKeyRefs>,
     /// Drop rows whose scheduled time is older than this: a number of days with unit `d`
-    /// (e.g. `730d`). Empty keeps rows forever.
+    /// (e.g. `730d`), at most `1863d` (a flight of 2100 plus a longer TTL would pass the end of
+    /// ClickHouse's `DateTime`, 2106-02-07, and expire at once). Empty keeps rows forever.
     #[serde(default)]
     #[schemars(regex(pattern = r"^([0-9]{1,5}d)?$"))]
     pub ttl: String,
