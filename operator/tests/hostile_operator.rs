@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flightline_operator::crd::{FlightPipeline, HttpLimits, SecretKeyRefs};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{Container, Event, Pod, PodSpec, PodTemplateSpec, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Event, Pod, PodSpec, PodTemplateSpec, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -206,6 +206,44 @@ async fn an_existing_deployment_of_a_childs_name_is_reported_not_taken_over() {
     wait_condition(&api, "scl", "Ready", "True", None).await;
     let ours = deployments.get("scl-query").await.unwrap();
     assert_eq!(ours.owner_references()[0].uid, uid);
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn existing_config_maps_of_a_childs_name_are_left_alone_and_no_pod_reads_someone_elses_settings() {
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("cmtakeover").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(stack.client.clone(), &ns.name);
+    let by_hand = |name: &str| ConfigMap {
+        metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+        data: Some(BTreeMap::from([("KAFKA_TOPIC".to_string(), "someone-elses".to_string())])),
+        ..ConfigMap::default()
+    };
+    let params = PostParams { field_manager: Some("someone-else".into()), ..PostParams::default() };
+    // The settings ConfigMap every pod reads, and the dashboard's.
+    let settings = config_maps.create(&params, &by_hand("scl-pipeline")).await.unwrap();
+    let dashboard = config_maps.create(&params, &by_hand("scl-dashboard")).await.unwrap();
+
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+    apply(&api, &example_pipeline(&ns)).await.unwrap();
+    let fp = wait_condition(&api, "scl", "WorkloadsAvailable", "False", Some("ResourceConflict")).await;
+    let message = &condition(&fp, "WorkloadsAvailable").unwrap().message;
+    assert!(message.starts_with("ConfigMap scl-pipeline exists and is not controlled by this pipeline"), "{message}");
+    let fp = wait_condition(&api, "scl", "MonitoringReady", "False", Some("ResourceConflict")).await;
+    assert!(condition(&fp, "MonitoringReady").unwrap().message.contains("ConfigMap scl-dashboard"));
+
+    // No workload was started on someone else's settings, and both ConfigMaps are untouched.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let deployments: Api<Deployment> = Api::namespaced(stack.client.clone(), &ns.name);
+    let ours = deployments.list(&ListParams::default().labels("app.kubernetes.io/instance=scl")).await.unwrap();
+    assert!(ours.items.is_empty(), "{:?}", ours.items.iter().map(|d| d.name_any()).collect::<Vec<_>>());
+    for before in [settings, dashboard] {
+        let now = config_maps.get(&before.name_any()).await.unwrap();
+        assert_eq!(now.resource_version(), before.resource_version(), "{}", before.name_any());
+        assert_eq!(now.data, before.data);
+        assert!(now.owner_references().is_empty());
+    }
 }
 
 /// The environment a pod's process actually runs with (the local node runs containers as processes
