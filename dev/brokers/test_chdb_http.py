@@ -97,6 +97,15 @@ def test_binary_rows_with_a_blank_line_inside_are_not_cut():
     status, _, text = post("INSERT INTO hostile.numbers (n, s) FORMAT RowBinary", rows)
     assert status == 200, text
     assert post("SELECT sum(n), count() FROM hostile.numbers")[2] == f"{0x0A0A + 0x0A0A0A0A0A + 7}\t3\n"
+    # The same rows LZ4-framed as the Rust client sends them (decompress=1), in two blocks.
+    import lz4.block
+    framed = b""
+    for block in (rows[:20], rows[20:]):
+        packed = lz4.block.compress(block, store_size=False)
+        framed += b"\0" * 16 + b"\x82" + struct.pack("<II", len(packed) + 9, len(block)) + packed
+    status, _, text = post("INSERT INTO hostile.numbers (n, s) FORMAT RowBinary", framed, decompress="1")
+    assert status == 200, text
+    assert post("SELECT count() FROM hostile.numbers")[2] == "6\n"
 
 
 def test_a_constraint_violated_by_one_row_refuses_the_insert():
