@@ -4,6 +4,10 @@
 RELEASE="$CARGO_TARGET_DIR/release"
 BENCH_LOGS="$LOGS/bench"
 mkdir -p "$BENCH_LOGS"
+# The load generator is one client on one address: the services' per-client rate limit and their
+# concurrency limit would answer most of its requests with 429/503. The benchmarks measure capacity,
+# so both are lifted here (what the limiter costs per request: cargo bench --workspace --bench ratelimit).
+export HTTP_RATE_LIMIT_RPS=0 HTTP_MAX_CONCURRENT_REQUESTS=4096
 PIDS=()
 cleanup() { local p; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
