@@ -362,3 +362,35 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_flags_take_comma_separated_lists_and_default_to_the_operator_limits() {
+        let cli = Cli::try_parse_from([
+            "flightline-operator",
+            "--allowed-kafka-bootstrap-servers",
+            "kafka-a:9092, kafka-b:9092,",
+            "--allowed-image-prefixes=*",
+            "--max-partitions",
+            "12",
+        ])
+        .unwrap();
+        let limits = cli.run.limits.limits();
+        assert_eq!(limits.allowed_kafka_bootstrap_servers, ["kafka-a:9092", "kafka-b:9092"]);
+        assert_eq!(limits.allowed_image_prefixes, ["*"]);
+        assert!(limits.allowed_clickhouse_urls.is_empty());
+        assert_eq!(limits.max_partitions, 12);
+        let defaults = OperatorLimits::default();
+        assert_eq!(
+            OperatorLimits { max_partitions: defaults.max_partitions, ..limits },
+            OperatorLimits {
+                allowed_kafka_bootstrap_servers: vec!["kafka-a:9092".into(), "kafka-b:9092".into()],
+                allowed_image_prefixes: vec!["*".into()],
+                ..defaults
+            }
+        );
+    }
+}
