@@ -420,4 +420,43 @@ mod tests {
         assert_eq!(secret_of(&env_of(&spec, Component::Sink), "CLICKHOUSE_USER"), None);
         assert_eq!(secret_of(&env_of(&spec, Component::Query), "CLICKHOUSE_USER").as_deref(), Some("reader"));
     }
+
+    /// The operator writes what the services read, and both sides default alike (the services' crate
+    /// is only a dev-dependency of the operator, so this test is where the contract is checked).
+    #[test]
+    fn http_limits_match_the_services_names_and_defaults() {
+        use flightline_service::config::{self as service, HttpLimits as ServiceLimits};
+        let env = env_of(&FlightPipelineSpec::default(), Component::Query);
+        for name in [
+            service::HTTP_RATE_LIMIT_RPS_ENV,
+            service::HTTP_RATE_LIMIT_BURST_ENV,
+            service::HTTP_MAX_CONCURRENT_REQUESTS_ENV,
+            service::HTTP_REQUEST_TIMEOUT_SECONDS_ENV,
+        ] {
+            assert!(value_of(&env, name).is_some(), "{name} is not written");
+        }
+        for (component, theirs) in [
+            (Component::Ingest, ServiceLimits::INGEST),
+            (Component::Query, ServiceLimits::QUERY),
+            (Component::Predict, ServiceLimits::PREDICT),
+        ] {
+            let ours = crate::build::resolve::HttpLimitValues::default_for(component).unwrap();
+            let as_u32 = |v: i32| u32::try_from(v).unwrap();
+            assert_eq!(
+                (
+                    as_u32(ours.requests_per_second),
+                    as_u32(ours.burst),
+                    as_u32(ours.max_concurrent_requests),
+                    as_u32(ours.request_timeout_seconds)
+                ),
+                (
+                    theirs.requests_per_second,
+                    theirs.burst,
+                    theirs.max_concurrent_requests,
+                    theirs.request_timeout_seconds
+                ),
+                "{component:?}"
+            );
+        }
+    }
 }
