@@ -80,15 +80,15 @@ struct Probe {
 async fn the_local_clickhouse_refuses_what_a_real_server_refuses() {
     let stack = Stack::connect().await;
     let ns = stack.namespace("chdb-errors").await;
-    let ch = stack.clickhouse();
-    ch.query(&format!("CREATE DATABASE IF NOT EXISTS `{}`", ns.database)).execute().await.unwrap();
+    stack.clickhouse().query(&format!("CREATE DATABASE IF NOT EXISTS `{}`", ns.database)).execute().await.unwrap();
+    let ch = stack.clickhouse().with_database(&ns.database);
     let table = format!("`{}`.monthly", ns.database);
     let ddl = format!("CREATE TABLE {table} (at DateTime) ENGINE = MergeTree PARTITION BY toYYYYMM(at) ORDER BY at");
     ch.query(&ddl).execute().await.unwrap();
 
     // The case through the sink's own client (RowBinary, LZ4): 400 months in one insert.
     let insert = async |client: &clickhouse::Client, months: u32| {
-        let mut insert = client.insert::<Probe>(&format!("{}.monthly", ns.database)).await?;
+        let mut insert = client.insert::<Probe>("monthly").await?;
         for i in 0..months {
             insert.write(&Probe { at: i * 31 * 86_400 }).await?;
         }
