@@ -232,6 +232,18 @@ async fn existing_config_maps_of_a_childs_name_are_left_alone_and_no_pod_reads_s
     assert!(message.starts_with("ConfigMap scl-pipeline exists and is not controlled by this pipeline"), "{message}");
     let fp = wait_condition(&api, "scl", "MonitoringReady", "False", Some("ResourceConflict")).await;
     assert!(condition(&fp, "MonitoringReady").unwrap().message.contains("ConfigMap scl-dashboard"));
+    // Each conflict has its Event, the one behind Ready's first failure too.
+    let events: Api<Event> = Api::namespaced(stack.client.clone(), &ns.name);
+    for object in ["ConfigMap scl-pipeline", "ConfigMap scl-dashboard"] {
+        let noted = async || {
+            let events = events.list(&ListParams::default()).await.unwrap().items;
+            events.iter().any(|e| {
+                e.reason.as_deref() == Some("ResourceConflict")
+                    && e.message.as_deref().is_some_and(|m| m.contains(&format!("{object} exists")))
+            })
+        };
+        eventually(&format!("a ResourceConflict event about {object}"), noted).await;
+    }
 
     // No workload was started on someone else's settings, and both ConfigMaps are untouched.
     tokio::time::sleep(Duration::from_secs(6)).await;

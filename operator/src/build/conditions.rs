@@ -85,6 +85,18 @@ pub fn truncate(message: &str) -> String {
     format!("{}{ELLIPSIS}", &message[..end])
 }
 
+/// Part conditions (not `Ready`) that are newly `ResourceConflict`, or conflict over something new,
+/// as their type and an Event note `<type>: <message>`: each such conflict gets an Event even when
+/// `Ready` reports another failure first.
+pub fn new_conflicts<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<(&'a str, String)> {
+    let is_conflict = |c: &Condition| c.type_ != READY && c.reason == reason::RESOURCE_CONFLICT;
+    new.iter()
+        .filter(|c| is_conflict(c))
+        .filter(|c| !old.iter().any(|o| is_conflict(o) && o.type_ == c.type_ && o.message == c.message))
+        .map(|c| (c.type_.as_str(), format!("{}: {}", c.type_, c.message)))
+        .collect()
+}
+
 /// New conditions from findings. Types not in `findings` are kept as they were, except `Paused`,
 /// which is dropped when absent (it is only there while paused).
 pub fn merge(existing: &[Condition], findings: &[Finding], generation: Option<i64>, now: &Time) -> Vec<Condition> {
@@ -168,6 +180,31 @@ mod tests {
         let merged = merge(&[], &[Finding::failed(CLICKHOUSE_READY, reason::CLICKHOUSE_ERROR, body)], Some(1), &t);
         assert!(merged[0].message.len() <= MAX_MESSAGE_BYTES);
         assert!(merged[0].message.starts_with("Code: 62."));
+    }
+
+    #[test]
+    fn each_new_conflict_is_noted_once() {
+        let t = time("2026-01-01T00:00:00Z");
+        let conflict = |type_, message: &str| Finding::failed(type_, reason::RESOURCE_CONFLICT, message);
+        let first = merge(
+            &[],
+            &[
+                conflict(READY, "WorkloadsAvailable: Deployment a"),
+                conflict(WORKLOADS_AVAILABLE, "Deployment a"),
+                Finding::ok(KAFKA_READY, reason::TOPIC_READY, "ok"),
+            ],
+            Some(1),
+            &t,
+        );
+        assert_eq!(new_conflicts(&[], &first), vec![(WORKLOADS_AVAILABLE, "WorkloadsAvailable: Deployment a".into())]);
+        assert!(new_conflicts(&first, &first).is_empty(), "an unchanged conflict is not noted again");
+        let second = merge(
+            &first,
+            &[conflict(WORKLOADS_AVAILABLE, "Deployment a"), conflict(MONITORING_READY, "ConfigMap b")],
+            Some(1),
+            &t,
+        );
+        assert_eq!(new_conflicts(&first, &second), vec![(MONITORING_READY, "MonitoringReady: ConfigMap b".into())]);
     }
 
     #[test]

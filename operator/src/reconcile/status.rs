@@ -80,22 +80,44 @@ pub async fn update(
     let ready = |s: &FlightPipelineStatus| {
         s.conditions.iter().find(|c| c.type_ == conditions::READY).map(|c| (c.status.clone(), c.reason.clone()))
     };
+    let mut published = None;
     if ready(&old) != ready(&new)
         && let Some(c) = new.conditions.iter().find(|c| c.type_ == conditions::READY)
     {
         let type_ = if c.status == "True" { EventType::Normal } else { EventType::Warning };
         publish(recorder, fp, type_, &c.reason, &c.message).await;
+        published = Some(c.message.clone());
+    }
+    // A conflict behind another failure of Ready still gets its Event (once, not per reconcile). The
+    // condition type is the Event's action: the recorder folds Events of one action and reason
+    // into a series that keeps the first note.
+    for (type_, note) in conditions::new_conflicts(&old.conditions, &new.conditions) {
+        if published.as_deref() != Some(note.as_str()) {
+            let reason = conditions::reason::RESOURCE_CONFLICT;
+            publish_as(recorder, fp, EventType::Warning, reason, type_, &note).await;
+        }
     }
     Ok(())
 }
 
 /// Publishes an Event; failures are logged, never fatal (Events are best effort).
 pub async fn publish(recorder: &Recorder, fp: &FlightPipeline, type_: EventType, reason: &str, note: &str) {
+    publish_as(recorder, fp, type_, reason, "Reconcile", note).await
+}
+
+async fn publish_as(
+    recorder: &Recorder,
+    fp: &FlightPipeline,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
         note: Some(conditions::truncate(note)),
-        action: "Reconcile".into(),
+        action: action.into(),
         secondary: None,
     };
     if let Err(e) = recorder.publish(&event, &fp.object_ref(&())).await {
