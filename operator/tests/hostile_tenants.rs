@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clickhouse::Row;
 use flightline_operator::build::topic::{TopicPlan, TopicSpec};
-use flightline_operator::crd::{DeletionPolicy, FlightPipeline, StorageKind};
+use flightline_operator::crd::{DeletionPolicy, ExtraColumnType, FlightPipeline, StorageKind};
 use flightline_operator::reconcile::kafka::KafkaAdmin;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
@@ -360,4 +360,41 @@ async fn an_adopted_table_of_the_old_shape_gets_source_topic_in_its_sorting_key_
     execute(&stack, &insert).await;
     execute(&stack, &format!("OPTIMIZE TABLE `{}`.old FINAL", ns.database)).await;
     assert_eq!(rows(&stack, &ns.database, "old").await, 2);
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn a_plan_with_a_part_that_cannot_be_made_changes_nothing_at_all() {
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("blocked").await;
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+    let mut fp = storage_only(&ns, "six", "", &ns.database, "six");
+    fp.spec.kafka.partitions = 6;
+    apply(&api, &fp).await.unwrap();
+    wait_condition(&api, "six", "Ready", "True", None).await;
+    let topic = format!("{}.six.flights", ns.name);
+
+    // Fewer partitions (impossible), a new retention, a TTL and a column (possible): none of it runs.
+    fp.spec.kafka.partitions = 3;
+    fp.spec.kafka.retention = "36h".into();
+    fp.spec.clickhouse.ttl = "30d".into();
+    fp.spec.clickhouse.extra_columns =
+        vec![flightline_operator::crd::ExtraColumn { name: "gate".into(), column_type: ExtraColumnType::String }];
+    apply(&api, &fp).await.unwrap();
+    let blocked = wait_condition(&api, "six", "KafkaReady", "False", Some("NotSupported")).await;
+    assert!(message(&blocked, "KafkaReady").contains("nothing was changed"), "{}", message(&blocked, "KafkaReady"));
+    assert_eq!(condition(&blocked, "ClickHouseReady").unwrap().reason, "WaitingForStorage");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(stack.topic(&topic).await.unwrap().configs.unwrap()["retention.ms"], "604800000");
+    assert!(!stack.columns(&ns.database, "six").await.contains_key("gate"));
+    assert!(!table_facts(&stack, &ns.database, "six").await.engine_full.contains("TTL"));
+
+    // Back to 6 partitions: the rest goes through.
+    fp.spec.kafka.partitions = 6;
+    apply(&api, &fp).await.unwrap();
+    wait_condition(&api, "six", "Ready", "True", None).await;
+    assert_eq!(stack.topic(&topic).await.unwrap().configs.unwrap()["retention.ms"], "129600000");
+    assert_eq!(stack.columns(&ns.database, "six").await["gate"], "String");
+    assert!(table_facts(&stack, &ns.database, "six").await.engine_full.contains("TTL"));
 }
