@@ -213,6 +213,10 @@ async fn hostile_bodies_get_a_4xx_naming_the_field_and_ingest_memory_stays_bound
     );
     assert!(peak_mib < 128, "ingest peaked at {peak_mib} MiB");
     wait_count(&stack, &table_of(&fp), flights.len() as u64).await;
+    // The sink took them in batches of at most 16 MiB of payload (SINK_MAX_BATCH_BYTES).
+    let sink_mib = peak_rss_kib(pod_pid(&stack, &ns, "scl", "sink").await) / 1024;
+    println!("sink peak RSS after storing them: {sink_mib} MiB");
+    assert!(sink_mib < 256, "the sink peaked at {sink_mib} MiB");
 }
 
 #[tokio::test]
