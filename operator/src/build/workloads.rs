@@ -154,7 +154,7 @@ fn pod_spec(resolved: &Resolved, workload: &Workload) -> PodSpec {
             }]),
             liveness_probe: Some(probe("/healthz", 10)),
             readiness_probe: Some(probe("/readyz", 5)),
-            resources: Some(workload.resources.clone().unwrap_or_else(default_resources)),
+            resources: Some(workload.resources.clone().unwrap_or_else(|| default_resources(workload.component))),
             security_context: Some(SecurityContext {
                 allow_privilege_escalation: Some(false),
                 read_only_root_filesystem: Some(true),
@@ -235,13 +235,21 @@ fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
     env
 }
 
-fn default_resources() -> ResourceRequirements {
+/// Memory sized from measured peaks (debug build, VmHWM): ingest holds up to about 2 × the body limit
+/// per request in flight (axum collects the body, the parser borrows it) plus ~15 MiB: 16 concurrent
+/// 16 MiB bodies peaked at 478 MiB, so its limit is 512Mi with the default limits. The others stay
+/// under 64 MiB at their limits (sink 47 MiB after a 16 MiB batch, predict 16 MiB at 10,000 flights).
+fn default_resources(component: Component) -> ResourceRequirements {
+    let (request, limit) = match component {
+        Component::Ingest => ("128Mi", "512Mi"),
+        Component::Sink | Component::Query | Component::Predict => ("64Mi", "256Mi"),
+    };
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".into(), Quantity("100m".into())),
-            ("memory".into(), Quantity("64Mi".into())),
+            ("memory".into(), Quantity(request.into())),
         ])),
-        limits: Some(BTreeMap::from([("memory".into(), Quantity("256Mi".into()))])),
+        limits: Some(BTreeMap::from([("memory".into(), Quantity(limit.into()))])),
         ..ResourceRequirements::default()
     }
 }
@@ -295,6 +303,20 @@ mod tests {
             container.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
             Some("/readyz")
         );
+    }
+
+    #[test]
+    fn default_memory_limits_follow_the_measured_peaks() {
+        let r = resolved(&FlightPipelineSpec::default());
+        let limit = |component| {
+            let d = deployment(&r, r.workload(component), &owner(), Scrape::ByServiceMonitor);
+            let resources = d.spec.template.spec.unwrap().containers[0].resources.clone().unwrap();
+            resources.limits.unwrap()["memory"].0.clone()
+        };
+        assert_eq!(limit(Component::Ingest), "512Mi");
+        for component in [Component::Sink, Component::Query, Component::Predict] {
+            assert_eq!(limit(component), "256Mi");
+        }
     }
 
     #[test]
