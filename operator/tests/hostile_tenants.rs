@@ -398,3 +398,32 @@ async fn a_plan_with_a_part_that_cannot_be_made_changes_nothing_at_all() {
     assert_eq!(stack.columns(&ns.database, "six").await["gate"], "String");
     assert!(table_facts(&stack, &ns.database, "six").await.engine_full.contains("TTL"));
 }
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn a_forged_status_record_does_not_get_a_hand_made_table_dropped() {
+    use kube::api::{Patch, PatchParams};
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("forged").await;
+    let victim = format!("{}_victim", ns.database);
+    execute(&stack, &format!("CREATE DATABASE IF NOT EXISTS `{victim}`")).await;
+    execute(&stack, &format!("CREATE TABLE `{victim}`.t (id UInt64) ENGINE = MergeTree ORDER BY id")).await;
+    execute(&stack, &format!("INSERT INTO `{victim}`.t VALUES (1), (2), (3)")).await;
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+    apply(&api, &storage_only(&ns, "liar", "", &ns.database, "own")).await.unwrap();
+    let ready = wait_condition(&api, "liar", "Ready", "True", None).await;
+
+    // Someone with write access to the status claims the pipeline created the victim's table.
+    let mut storage = ready.status.unwrap().storage.unwrap();
+    let forged = serde_json::json!({
+        "kind": "Table", "name": format!("{victim}.t"), "location": stack.clickhouse_url, "createdByFlightline": true
+    });
+    storage.push(serde_json::from_value(forged).unwrap());
+    let patch = serde_json::json!({"status": {"storage": storage}});
+    api.patch_status("liar", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    api.delete("liar", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "liar").await;
+    assert!(stack.columns(&ns.database, "own").await.is_empty(), "its own table is dropped");
+    assert_eq!(rows(&stack, &victim, "t").await, 3, "the hand-made table is not");
+}

@@ -128,8 +128,8 @@ impl ClickHouseAdmin {
         Ok(())
     }
 
-    /// Drops a table this pipeline created, unless its comment now names another owner (then it
-    /// was dropped and made again by someone else, and is theirs).
+    /// Drops a table this pipeline created, if its comment still names this pipeline as the owner
+    /// (otherwise it was dropped and made again by someone else, and is theirs).
     pub async fn drop_created(&self, database: &str, table: &str, me: &TableOwner) -> Result<bool, ClickHouseError> {
         let sql = "SELECT comment FROM system.tables WHERE database = ? AND name = ?";
         let query = self.client.query(sql).bind(database).bind(table);
@@ -137,8 +137,10 @@ impl ClickHouseAdmin {
         let Some(CommentRow { comment }) = comments.into_iter().next() else {
             return Ok(false);
         };
-        if TableOwner::from_comment(&comment).is_some_and(|owner| owner.uid != me.uid) {
-            tracing::warn!(%database, %table, %comment, "not dropping a table another pipeline created");
+        // Every table the operator creates carries its marker: one without this pipeline's was made
+        // by someone else (or the record is not to be trusted), and is never dropped.
+        if TableOwner::from_comment(&comment).is_none_or(|owner| owner.uid != me.uid) {
+            tracing::warn!(%database, %table, %comment, "not dropping a table without this pipeline's owner marker");
             return Ok(false);
         }
         self.execute(&format!("DROP TABLE IF EXISTS `{database}`.`{table}`")).await?;
