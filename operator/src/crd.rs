@@ -328,7 +328,9 @@ pub struct WorkloadSpec {
     /// CPU and memory requests and limits. Empty means the operator's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Extra environment variables for the container (name → value).
+    /// Extra environment variables for the container (name → value). Names the operator writes from the
+    /// spec (KAFKA_*, CLICKHOUSE_*, INGEST_*, SINK_*, QUERY_*, PREDICT_*, API_KEY*, JWT_*, the HTTP limits,
+    /// LISTEN_ADDR) are refused: set the spec field instead.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Scale the component on its load instead of a fixed `replicas`: HTTP components on their

@@ -513,6 +513,12 @@ fn workload(
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             problems.push(format!("{field}.env: {key:?} is not a valid environment variable name"));
+        } else if is_reserved_env(key) {
+            problems.push(format!(
+                "{field}.env: {key} is written by the operator from the spec (a container's env would override it, \
+                 and with it the operator's limits and which topic, table and credentials the pod uses); set the \
+                 spec field instead"
+            ));
         }
     }
     if spec.image.chars().any(char::is_whitespace) {
@@ -567,6 +573,25 @@ fn not_allowed(field: &str, value: &str, flag: &str, allowed: &[&str]) -> String
 
 fn over_limit(field: &str, value: impl std::fmt::Display, flag: &str, max: impl std::fmt::Display) -> String {
     format!("{field}: {value} is more than the operator allows ({flag} {max})")
+}
+
+/// Environment the operator writes into a pipeline's ConfigMap or containers, or the services read
+/// for where their data goes and how they authenticate: `spec.<component>.env` may not set it.
+/// Left free: `RUST_LOG`, the fault switch of drills and the header/body read timeouts.
+const RESERVED_ENV_PREFIXES: [&str; 8] =
+    ["KAFKA_", "CLICKHOUSE_", "INGEST_", "SINK_", "QUERY_", "PREDICT_", "API_KEY", "JWT_"];
+const RESERVED_ENV: [&str; 7] = [
+    "LISTEN_ADDR",
+    "FLIGHTLINE_PIPELINE",
+    "FLIGHTLINE_COMPONENT",
+    "HTTP_RATE_LIMIT_RPS",
+    "HTTP_RATE_LIMIT_BURST",
+    "HTTP_MAX_CONCURRENT_REQUESTS",
+    "HTTP_REQUEST_TIMEOUT_SECONDS",
+];
+
+fn is_reserved_env(key: &str) -> bool {
+    RESERVED_ENV.contains(&key) || RESERVED_ENV_PREFIXES.iter().any(|prefix| key.starts_with(prefix))
 }
 
 fn with_retention(configs: &BTreeMap<String, String>, retention_ms: i64) -> BTreeMap<String, String> {
@@ -666,6 +691,21 @@ mod tests {
     }
 
     #[test]
+    fn env_may_set_logging_the_fault_switch_and_read_timeouts_but_nothing_the_operator_writes() {
+        let mut spec = FlightPipelineSpec::default();
+        for key in ["RUST_LOG", "FLIGHTLINE_FAULT_ERROR_RATIO", "HTTP_BODY_READ_TIMEOUT_SECONDS"] {
+            spec.predict.workload.env.insert(key.into(), "1".into());
+        }
+        let r = resolve("air", "scl", &spec, &defaults()).unwrap();
+        for key in r.settings.keys() {
+            assert!(
+                is_reserved_env(key),
+                "{key} is written into the ConfigMap but a container's env could override it"
+            );
+        }
+    }
+
+    #[test]
     fn each_bad_field_is_reported() {
         type Mutation = Box<dyn Fn(&mut FlightPipelineSpec)>;
         let cases: Vec<(&str, Mutation, &str)> = vec![
@@ -690,6 +730,26 @@ mod tests {
             ),
             ("scl", Box::new(|s| s.ingest.workload.replicas = -2), "spec.ingest.replicas"),
             ("scl", Box::new(|s| drop(s.query.workload.env.insert("1BAD".into(), "x".into()))), "spec.query.env"),
+            (
+                "scl",
+                Box::new(|s| drop(s.sink.workload.env.insert("CLICKHOUSE_TABLE".into(), "other_team".into()))),
+                "spec.sink.env",
+            ),
+            (
+                "scl",
+                Box::new(|s| drop(s.ingest.workload.env.insert("INGEST_MAX_BODY_BYTES".into(), "2000000000".into()))),
+                "spec.ingest.env",
+            ),
+            (
+                "scl",
+                Box::new(|s| drop(s.query.workload.env.insert("HTTP_RATE_LIMIT_RPS".into(), "0".into()))),
+                "spec.query.env",
+            ),
+            (
+                "scl",
+                Box::new(|s| drop(s.predict.workload.env.insert("JWT_KEY".into(), "x".into()))),
+                "spec.predict.env",
+            ),
             ("scl", Box::new(|s| s.slo.latency_threshold_ms = 300), "spec.slo.latencyThresholdMs"),
             ("scl", Box::new(|s| s.slo.window = "900d".into()), "spec.slo.window"),
             ("scl", Box::new(|s| s.slo.availability = 100.0), "spec.slo.availability"),
