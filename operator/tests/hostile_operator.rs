@@ -34,7 +34,7 @@ async fn pipelines_beyond_the_operators_limits_are_invalid_and_touch_nothing() {
     let api = pipelines(&stack, &ns);
 
     type Mutation = fn(&mut FlightPipeline);
-    let cases: [(&str, Mutation, &str); 7] = [
+    let cases: [(&str, Mutation, &str); 9] = [
         (
             "foreign-kafka",
             |fp| fp.spec.kafka.bootstrap_servers = "127.0.0.1:1".into(),
@@ -66,6 +66,18 @@ async fn pipelines_beyond_the_operators_limits_are_invalid_and_touch_nothing() {
             "huge-body",
             |fp| fp.spec.ingest.max_body_bytes = 1 << 30,
             "spec.ingest.maxBodyBytes: 1073741824 is more than the operator allows (--max-body-bytes 16777216)",
+        ),
+        // A container's env overrides the ConfigMap: it must not redirect a pod to another team's table
+        // or lift the operator's limits.
+        (
+            "env-other-table",
+            |fp| drop(fp.spec.sink.workload.env.insert("CLICKHOUSE_TABLE".into(), "another_teams_table".into())),
+            "spec.sink.env: CLICKHOUSE_TABLE is written by the operator from the spec",
+        ),
+        (
+            "env-huge-body",
+            |fp| drop(fp.spec.ingest.workload.env.insert("INGEST_MAX_BODY_BYTES".into(), "2000000000".into())),
+            "spec.ingest.env: INGEST_MAX_BODY_BYTES is written by the operator from the spec",
         ),
         (
             "many-pods",
