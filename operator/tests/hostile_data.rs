@@ -3,13 +3,16 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clickhouse::Row;
 use flightline_operator::crd::FlightPipeline;
 use kube::ResourceExt;
-use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::{Value, json};
 use support::*;
@@ -49,10 +52,90 @@ async fn count(stack: &Stack, table: &str) -> u64 {
     stack.clickhouse().query(&format!("SELECT count() FROM {table} FINAL")).fetch_one::<u64>().await.unwrap()
 }
 
-async fn wait_count(stack: &Stack, table: &str, rows: u64) {
-    eventually(&format!("{rows} rows in {table}"), async || count(stack, table).await >= rows).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(count(stack, table).await, rows, "exactly {rows} rows");
+/// Waits until the table holds `rows` and the sink has committed everything in its topic (so no
+/// further row or dead letter is on its way), then asserts exactly `rows`: no fixed sleep, which a
+/// busy CI machine could outrun.
+async fn wait_count(stack: &Stack, ns: &TestNamespace, fp: &FlightPipeline, rows: u64) {
+    let table = table_of(fp);
+    eventually(&format!("{rows} rows in {table}"), async || count(stack, &table).await >= rows).await;
+    wait_sink_caught_up(stack, ns, fp).await;
+    assert_eq!(count(stack, &table).await, rows, "exactly {rows} rows");
+}
+
+/// The low and high watermarks of each partition of `topic`.
+fn watermarks(consumer: &BaseConsumer, topic: &str) -> Vec<(i32, i64, i64)> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect::<Vec<_>>();
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+            (p, low, high)
+        })
+        .collect()
+}
+
+/// Waits until the sink's consumer group has committed up to the high-water mark of every
+/// partition of the pipeline's topic. The sink commits a batch only after its rows are inserted
+/// and its dead letters sent, so from then on the table and the dead-letter topic are final.
+async fn wait_sink_caught_up(stack: &Stack, ns: &TestNamespace, fp: &FlightPipeline) {
+    let topic = topic_of(fp);
+    let group = format!("flightline.{}.{}.sink", ns.name, fp.name_any());
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &stack.bootstrap).set("group.id", &group).create().unwrap();
+    eventually(&format!("the sink committed all of {topic}"), async || {
+        let mut wanted = TopicPartitionList::new();
+        let marks = watermarks(&consumer, &topic);
+        for (partition, _, _) in &marks {
+            wanted.add_partition(&topic, *partition);
+        }
+        let Ok(committed) = consumer.committed_offsets(wanted, Duration::from_secs(10)) else { return false };
+        marks.iter().all(|(partition, _, high)| match committed.find_partition(&topic, *partition) {
+            Some(element) => match element.offset() {
+                Offset::Offset(done) => done >= *high,
+                _ => *high == 0,
+            },
+            None => *high == 0,
+        })
+    })
+    .await;
+}
+
+/// Every record in `topic` up to its high-water mark (payload and headers), in partition order:
+/// a test asserts the exact count, so an extra record cannot go unnoticed.
+async fn read_all(stack: &Stack, topic: &str) -> Vec<(String, BTreeMap<String, String>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.bootstrap)
+        .set("group.id", "e2e-topic-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let marks = watermarks(&consumer, topic);
+    let mut assignment = TopicPartitionList::new();
+    for (partition, low, _) in &marks {
+        assignment.add_partition_offset(topic, *partition, Offset::Offset(*low)).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let want: i64 = marks.iter().map(|(_, low, high)| high - low).sum();
+    let mut found = Vec::new();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while (found.len() as i64) < want {
+        assert!(std::time::Instant::now() < deadline, "read {} of {want} records of {topic}", found.len());
+        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+            let message = message.expect("a record");
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            found.push((String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(), headers));
+        }
+        tokio::task::yield_now().await;
+    }
+    found
 }
 
 fn table_of(fp: &FlightPipeline) -> String {
@@ -129,11 +212,11 @@ async fn poison_never_stalls_and_is_never_lost() {
     let batch = serde_json::to_vec(&flights_one_month_apart(400)).unwrap();
     let (status, answer) = post(&ingest, JSON, &batch).await;
     assert_eq!((status, answer["accepted"].as_u64()), (202, Some(400)), "{answer}");
-    wait_count(&stack, &table, 400).await;
+    wait_count(&stack, &ns, &fp, 400).await;
     // A flight posted after them arrives too: the partition is not stalled.
     let later = serde_json::to_vec(&flight("2017-03-01 08:00:00", "Sky Airline")).unwrap();
     assert_eq!(post(&ingest, JSON, &later).await.0, 202);
-    wait_count(&stack, &table, 401).await;
+    wait_count(&stack, &ns, &fp, 401).await;
 
     // A record ClickHouse refuses for good: it alone goes to the dead-letter topic, with
     // ClickHouse's reason; the other 49 of its batch are stored.
@@ -143,15 +226,34 @@ async fn poison_never_stalls_and_is_never_lost() {
     mixed.insert(17, flight("2018-02-01 10:00:00", "Poison Air"));
     let (status, answer) = post(&ingest, JSON, &serde_json::to_vec(&mixed).unwrap()).await;
     assert_eq!((status, answer["accepted"].as_u64()), (202, Some(50)), "{answer}");
-    wait_count(&stack, &table, 450).await;
-    let dlq = read_topic(&stack.bootstrap, &format!("{topic}.dlq"), 1).await;
-    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    wait_count(&stack, &ns, &fp, 450).await;
+    let dlq = read_all(&stack, &format!("{topic}.dlq")).await;
+    assert_eq!(dlq.len(), 1, "exactly the refused record is dead-lettered: {dlq:?}");
     let (payload, headers) = &dlq[0];
     assert!(payload.contains("Poison Air"), "{payload}");
     assert_eq!(headers.get("flightline.reason-kind").map(String::as_str), Some("refused_by_clickhouse"));
     let reason = &headers["flightline.reason"];
     assert!(reason.contains("Code: 469") && reason.len() <= 1024, "{reason}");
     assert!(headers["flightline.origin"].starts_with(&topic));
+
+    // A refusal of every row of a batch is not split 2N-1 times (each insert a part): a few
+    // inserts, and all 300 rows go to the dead-letter topic with ClickHouse's reason.
+    let sink = service_addr(&stack, &ns, "scl", "sink").await;
+    let failed_inserts = async || {
+        let (_, metrics) = http("GET", &sink, "/metrics", &[], b"").await;
+        let sample = "flightline_sink_insert_errors_total ";
+        metrics.lines().find_map(|l| l.strip_prefix(sample)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let before = failed_inserts().await;
+    let poison = vec![flight("2018-03-01 10:00:00", "Poison Air"); 300];
+    let (status, answer) = post(&ingest, JSON, &serde_json::to_vec(&poison).unwrap()).await;
+    assert_eq!((status, answer["accepted"].as_u64()), (202, Some(300)), "{answer}");
+    wait_count(&stack, &ns, &fp, 450).await;
+    let dlq = read_all(&stack, &format!("{topic}.dlq")).await;
+    assert_eq!(dlq.len(), 301, "the refused records, no more");
+    assert!(dlq[1..].iter().all(|(_, h)| h["flightline.reason"].contains("Code: 469")));
+    let spent = failed_inserts().await - before;
+    assert!(spent <= 12.0, "{spent} failed inserts for 300 refused rows");
 }
 
 #[tokio::test]
@@ -212,7 +314,7 @@ async fn hostile_bodies_get_a_4xx_naming_the_field_and_ingest_memory_stays_bound
         body.len() as f64 / 1048576.0
     );
     assert!(peak_mib < 128, "ingest peaked at {peak_mib} MiB");
-    wait_count(&stack, &table_of(&fp), flights.len() as u64).await;
+    wait_count(&stack, &ns, &fp, flights.len() as u64).await;
     // The sink took them in batches of at most 16 MiB of payload (SINK_MAX_BATCH_BYTES).
     let sink_mib = peak_rss_kib(pod_pid(&stack, &ns, "scl", "sink").await) / 1024;
     println!("sink peak RSS after storing them: {sink_mib} MiB");
@@ -239,7 +341,7 @@ async fn with_the_dead_letter_topic_off_poison_is_counted_as_dropped() {
     for payload in [good.as_str(), "not json at all", r#"{"MES": "13"}"#, refused.as_str(), good.as_str()] {
         producer.send(FutureRecord::<(), _>::to(&topic).payload(payload), Duration::from_secs(10)).await.unwrap();
     }
-    wait_count(&stack, &table, 2).await;
+    wait_count(&stack, &ns, &fp, 2).await;
     let dropped = async |reason: &str| {
         let (_, metrics) = http("GET", &sink, "/metrics", &[], b"").await;
         let sample = format!("flightline_sink_dropped_records_total{{reason=\"{reason}\"}} ");

@@ -13,7 +13,8 @@
 //! - A ClickHouse error is transient (network, timeout, overload, anything unknown: retried with
 //!   backoff, nothing committed) or permanent (the rows themselves: see `PERMANENT_CODES`). A
 //!   permanent one splits the insert in halves until the refused rows are alone; they go to the
-//!   dead-letter topic with ClickHouse's message, the rest is stored.
+//!   dead-letter topic with ClickHouse's message, the rest is stored. Splitting is bounded (see
+//!   `bisect`): a refusal of every row costs 3 inserts, never more than `MAX_SPLIT_INSERTS`.
 //! - Records that are not a valid flight go to the dead-letter topic as well. Sending there is
 //!   retried until the broker takes them. With no dead-letter topic, each dropped record is
 //!   logged and counted in `flightline_sink_dropped_records_total{reason}`.
@@ -186,6 +187,63 @@ pub fn chunks_by_day<T>(rows: &mut [T], scheduled_at: impl Fn(&T) -> u32, max_da
         chunks.push(start..rows.len());
     }
     chunks
+}
+
+/// Inserts spent at most on splitting the refused inserts of one batch. Each insert makes a part in
+/// ClickHouse: unbounded halving of a batch whose every row is refused would cost 2N-1 inserts
+/// (about 20,000 for 10,000 rows) and end in "Too many parts".
+pub const MAX_SPLIT_INSERTS: usize = 64;
+
+/// Inserts `chunks` and finds the rows ClickHouse refuses for good: a refused insert is split in
+/// halves, tried one after the other, until each refused row is alone. Returns the refused ranges
+/// with ClickHouse's message. Bounded: when both halves are refused with the same message, the
+/// rows share the fault (a CHECK every row fails) and both are refused whole; and once
+/// `max_split_inserts` are spent, what remains unsplit is refused whole, with the message of the
+/// insert that held it.
+pub async fn bisect(
+    chunks: Vec<Range<usize>>,
+    max_split_inserts: usize,
+    mut insert: impl AsyncFnMut(Range<usize>) -> Result<(), String>,
+) -> Vec<(Range<usize>, String)> {
+    let mut refused = Vec::new();
+    // The halves of a refused insert, and ClickHouse's message for their whole.
+    let mut halves: Vec<(Range<usize>, Range<usize>, String)> = Vec::new();
+    let split = |range: Range<usize>, why: String, halves: &mut Vec<_>, refused: &mut Vec<_>| {
+        if range.len() == 1 {
+            refused.push((range, why));
+        } else {
+            let middle = range.start + range.len() / 2;
+            halves.push((range.start..middle, middle..range.end, why));
+        }
+    };
+    let mut budget = max_split_inserts;
+    for chunk in chunks {
+        if let Err(why) = insert(chunk.clone()).await {
+            split(chunk, why, &mut halves, &mut refused);
+        }
+        while let Some((left, right, why)) = halves.pop() {
+            if budget < 2 {
+                let note = format!("not isolated ({max_split_inserts} split inserts spent): {why}");
+                refused.push((left.start..right.end, note));
+                continue;
+            }
+            budget -= 2;
+            let (l, r) = (insert(left.clone()).await, insert(right.clone()).await);
+            match (l, r) {
+                (Err(l), Err(r)) if l == r => refused.push((left.start..right.end, l)),
+                (l, r) => {
+                    // Right first on the stack: the left half is searched first.
+                    if let Err(r) = r {
+                        split(right, r, &mut halves, &mut refused);
+                    }
+                    if let Err(l) = l {
+                        split(left, l, &mut halves, &mut refused);
+                    }
+                }
+            }
+        }
+    }
+    refused
 }
 
 /// What to do about a failed insert.
@@ -484,21 +542,10 @@ impl Sink {
     /// rows is split in halves until each refused row is alone. Returns the refused rows (their
     /// index in the batch) with ClickHouse's message.
     async fn store(&self, rows: &mut [(usize, FlightRow)]) -> Vec<(usize, String)> {
-        let mut refused = Vec::new();
-        let mut pending = chunks_by_day(rows, |(_, row)| row.scheduled_at, MAX_DAYS_PER_INSERT);
-        pending.reverse();
-        while let Some(range) = pending.pop() {
-            match self.insert_with_retry(&rows[range.clone()]).await {
-                Ok(()) => {}
-                Err(why) if range.len() == 1 => refused.push((rows[range.start].0, why)),
-                Err(_) => {
-                    let middle = range.start + range.len() / 2;
-                    pending.push(middle..range.end);
-                    pending.push(range.start..middle);
-                }
-            }
-        }
-        refused
+        let chunks = chunks_by_day(rows, |(_, row)| row.scheduled_at, MAX_DAYS_PER_INSERT);
+        let rows = &*rows;
+        let refused = bisect(chunks, MAX_SPLIT_INSERTS, async |range| self.insert_with_retry(&rows[range]).await).await;
+        refused.into_iter().flat_map(|(range, why)| rows[range].iter().map(move |(i, _)| (*i, why.clone()))).collect()
     }
 
     /// Inserts until ClickHouse takes the rows or refuses them for good (`Err` with its message),
@@ -725,6 +772,68 @@ mod tests {
         assert_eq!(classify(&permanent), Permanent);
     }
 
+    /// Runs `bisect` against a fake ClickHouse that refuses an insert when it holds a row for which
+    /// `bad` says why; returns the refused ranges and the inserts made.
+    fn run_bisect(
+        rows: usize,
+        chunks: Vec<Range<usize>>,
+        bad: impl Fn(usize) -> Option<String>,
+    ) -> (Vec<(Range<usize>, String)>, usize) {
+        let mut inserts = 0;
+        let refused = futures::executor::block_on(bisect(chunks, MAX_SPLIT_INSERTS, async |range: Range<usize>| {
+            inserts += 1;
+            assert!(range.end <= rows && !range.is_empty());
+            match range.clone().find_map(&bad) {
+                Some(why) => Err(why),
+                None => Ok(()),
+            }
+        }));
+        (refused, inserts)
+    }
+
+    fn refused_rows(refused: &[(Range<usize>, String)]) -> Vec<usize> {
+        let mut rows: Vec<usize> = refused.iter().flat_map(|(r, _)| r.clone()).collect();
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn a_refused_row_is_isolated_and_the_rest_is_stored() {
+        let (refused, inserts) = run_bisect(50, vec![0..50], |i| (i == 17).then(|| format!("row {i}")));
+        assert_eq!(refused, vec![(17..18, "row 17".to_string())]);
+        assert!(inserts <= 1 + 2 * 6, "{inserts}");
+        let (refused, _) =
+            run_bisect(100, vec![0..60, 60..100], |i| [3, 70, 99].contains(&i).then(|| format!("row {i}")));
+        assert_eq!(refused_rows(&refused), vec![3, 70, 99]);
+        assert!(refused.iter().all(|(r, why)| *why == format!("row {}", r.start)));
+    }
+
+    #[test]
+    fn a_refusal_of_every_row_costs_three_inserts_not_two_n() {
+        // A CHECK that all 10,000 rows fail: ClickHouse names the first row of each insert.
+        let (refused, inserts) = run_bisect(10_000, vec![0..10_000], |_| Some("Code: 469. violated at row 1".into()));
+        assert_eq!(inserts, 3);
+        assert_eq!(refused, vec![(0..10_000, "Code: 469. violated at row 1".to_string())]);
+    }
+
+    #[test]
+    fn splitting_stops_after_the_insert_budget_and_refuses_the_rest_whole() {
+        // Every row refused with a message of its own (Code 27 quoting the row): no two halves agree.
+        let (refused, inserts) = run_bisect(10_000, vec![0..10_000], |i| Some(format!("Code: 27. at {i}")));
+        assert_eq!(inserts, 1 + MAX_SPLIT_INSERTS);
+        assert_eq!(refused_rows(&refused), (0..10_000).collect::<Vec<_>>());
+        assert!(refused.iter().any(|(_, why)| why.starts_with("not isolated (64 split inserts spent): Code: 27.")));
+        // The budget is per batch of chunks' splits; chunks themselves are always tried.
+        let chunks: Vec<Range<usize>> = (0..200).map(|c| c * 50..(c + 1) * 50).collect();
+        let (refused, inserts) = run_bisect(10_000, chunks, |i| (i % 50 == 7).then(|| format!("row {i}")));
+        assert_eq!(inserts, 200 + MAX_SPLIT_INSERTS);
+        // The first chunks' bad rows are isolated; once the budget is spent, a chunk is refused whole.
+        assert_eq!(refused[0], (7..8, "row 7".to_string()));
+        let last = refused.last().unwrap();
+        assert_eq!(last.0, 199 * 50..200 * 50);
+        assert!(last.1.starts_with("not isolated"), "{}", last.1);
+    }
+
     #[test]
     fn reasons_are_cut_on_a_character_boundary() {
         assert_eq!(truncate("añb", 2), "a");
@@ -737,6 +846,21 @@ mod tests {
             match to_row(Some(&payload), SOURCE, 0) {
                 Ok(row) => prop_assert!(row.flight_type == 1 || row.flight_type == 2),
                 Err((_, why)) => prop_assert!(!why.is_empty()),
+            }
+        }
+
+        #[test]
+        fn prop_bisect_refuses_exactly_the_bad_rows_or_gives_up_within_the_budget(
+            bad in proptest::collection::btree_set(0usize..300, 0..40),
+        ) {
+            let (refused, inserts) = run_bisect(300, vec![0..150, 150..300], |i| bad.contains(&i).then(|| format!("row {i}")));
+            prop_assert!(inserts <= 2 + MAX_SPLIT_INSERTS);
+            let rows = refused_rows(&refused);
+            // Every bad row is refused, no row twice; a good row only when the budget ran out.
+            prop_assert!(bad.iter().all(|b| rows.contains(b)));
+            prop_assert!(rows.windows(2).all(|w| w[0] < w[1]));
+            if inserts < 2 + MAX_SPLIT_INSERTS - 1 {
+                prop_assert_eq!(rows, bad.iter().copied().collect::<Vec<_>>());
             }
         }
 
