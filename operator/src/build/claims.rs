@@ -1,7 +1,10 @@
 //! Claims between pipelines: two FlightPipelines that resolve to the same topic or table at the
-//! same place. The oldest claim wins (creation time, then `namespace/name`: Strimzi's rule); the
-//! others get `ResourceConflict` and change nothing. Pure: the caller passes every pipeline it
-//! knows (the controller's reflector store, so a check costs no API call).
+//! same place. The pipeline whose status records that it created the resource keeps it; among the
+//! others the oldest claim wins (creation time, then `namespace/name`: Strimzi's rule). The losers
+//! get `ResourceConflict` and change nothing. Creation comes first so that neither an older
+//! pipeline that names a younger one's resource later nor a tie within the 1 s resolution of
+//! `creationTimestamp` can take a resource from the pipeline that made it. Pure: the caller passes
+//! every pipeline it knows (the controller's reflector store, so a check costs no API call).
 
 use std::cmp::Ordering;
 
@@ -85,53 +88,68 @@ pub struct Claimant {
     pub uid: String,
     pub created: Option<Timestamp>,
     pub keys: Vec<ResourceKey>,
+    /// The keys its `status.storage` records as created by it (`createdByFlightline`).
+    pub creator_of: Vec<ResourceKey>,
 }
 
 impl Claimant {
-    /// Older first; a pipeline without a creation time (not yet stored) is the newest.
-    fn precedes(&self, other: &Claimant) -> bool {
+    pub fn creates(&self, key: &ResourceKey) -> bool {
+        self.creator_of.iter().any(|k| k.same_as(key))
+    }
+
+    /// Its rank for `key` against `other`: the creator first, then the older (a pipeline without
+    /// a creation time, not yet stored, is the newest), then by `namespace/name`.
+    fn rank(&self, other: &Claimant, key: &ResourceKey) -> Ordering {
+        let by_creation = other.creates(key).cmp(&self.creates(key));
         let by_time = match (self.created, other.created) {
             (Some(a), Some(b)) => a.cmp(&b),
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
             (None, None) => Ordering::Equal,
         };
-        by_time.then_with(|| self.pipeline.cmp(&other.pipeline)) == Ordering::Less
+        by_creation.then(by_time).then_with(|| self.pipeline.cmp(&other.pipeline))
     }
 }
 
-/// One of `me`'s resources that an older pipeline claims.
+/// One of `me`'s resources that another pipeline wins.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conflict {
     pub key: ResourceKey,
     /// `namespace/name` of the pipeline that wins it.
     pub winner: String,
+    /// The winner created it (else it wins by age).
+    pub by_creation: bool,
 }
 
 impl Conflict {
     pub fn message(&self) -> String {
+        let why = if self.by_creation {
+            "which created it; the pipeline that created a resource keeps it"
+        } else {
+            "which is older; the oldest claim wins"
+        };
         format!(
-            "{} is claimed by FlightPipeline {}, which is older; the oldest claim wins. Name another, \
-             or delete that pipeline",
+            "{} is claimed by FlightPipeline {}, {why}. Name another, or delete that pipeline",
             self.key.describe(),
             self.winner
         )
     }
 }
 
-/// `me`'s resources that an older pipeline in `all` also claims (`all` may include `me`).
+/// `me`'s resources that a pipeline in `all` ranking before it also claims (`all` may include `me`).
 pub fn conflicts(me: &Claimant, all: &[Claimant]) -> Vec<Conflict> {
     let mut found: Vec<Conflict> = Vec::new();
     for key in &me.keys {
         let winner = all
             .iter()
-            .filter(|other| other.uid != me.uid && other.precedes(me))
-            .filter(|other| other.keys.iter().any(|k| k.same_as(key)))
-            .min_by(|a, b| if a.precedes(b) { Ordering::Less } else { Ordering::Greater });
+            .filter(|other| other.uid != me.uid && other.rank(me, key) == Ordering::Less)
+            .filter(|other| other.keys.iter().chain(&other.creator_of).any(|k| k.same_as(key)))
+            .min_by(|a, b| a.rank(b, key));
         if let Some(winner) = winner
             && !found.iter().any(|c| c.key == *key)
         {
-            found.push(Conflict { key: key.clone(), winner: winner.pipeline.clone() });
+            let by_creation = winner.creates(key);
+            found.push(Conflict { key: key.clone(), winner: winner.pipeline.clone(), by_creation });
         }
     }
     found
@@ -144,7 +162,8 @@ mod tests {
     const KAFKA: &str = "kafka-0:9092,kafka-1:9092";
 
     fn claimant(pipeline: &str, created: &str, keys: Vec<ResourceKey>) -> Claimant {
-        Claimant { pipeline: pipeline.into(), uid: format!("uid-{pipeline}"), created: created.parse().ok(), keys }
+        let uid = format!("uid-{pipeline}");
+        Claimant { pipeline: pipeline.into(), uid, created: created.parse().ok(), keys, creator_of: vec![] }
     }
 
     fn table(name: &str) -> ResourceKey {
@@ -158,7 +177,10 @@ mod tests {
         let all = [old.clone(), new.clone()];
         assert!(conflicts(&old, &all).is_empty());
         let lost = conflicts(&new, &all);
-        assert_eq!(lost, vec![Conflict { key: table("shared.t"), winner: "team-a/flights".into() }]);
+        assert_eq!(
+            lost,
+            vec![Conflict { key: table("shared.t"), winner: "team-a/flights".into(), by_creation: false }]
+        );
         assert!(lost[0].message().contains("team-a/flights"), "{}", lost[0].message());
         // The winner gone (deleted), the loser is free.
         assert!(conflicts(&new, std::slice::from_ref(&new)).is_empty());
@@ -182,6 +204,49 @@ mod tests {
         ];
         assert_eq!(conflicts(&all[0], &all)[0].winner, "a/x");
         assert_eq!(conflicts(&all[1], &all)[0].winner, "a/x");
+    }
+
+    fn creator(pipeline: &str, created: &str, key: ResourceKey) -> Claimant {
+        Claimant { creator_of: vec![key.clone()], ..claimant(pipeline, created, vec![key]) }
+    }
+
+    #[test]
+    fn the_creator_keeps_its_resource_against_an_older_pipeline_that_names_it_later() {
+        // b/x created its default table; the long-lived a/x then names it in its spec.
+        let key = table("flightline.b_x_1_flights");
+        let younger_creator = creator("b/x", "2026-06-01T00:00:00Z", key.clone());
+        let older = claimant("a/x", "2026-01-01T00:00:00Z", vec![key.clone()]);
+        let all = [older.clone(), younger_creator.clone()];
+        assert!(conflicts(&younger_creator, &all).is_empty());
+        let lost = conflicts(&older, &all);
+        assert_eq!(lost, vec![Conflict { key: key.clone(), winner: "b/x".into(), by_creation: true }]);
+        assert!(lost[0].message().contains("which created it"), "{}", lost[0].message());
+        // A creator whose spec has moved on still holds what its status records as created.
+        let moved_on = Claimant { keys: vec![table("d.other")], ..younger_creator };
+        assert_eq!(conflicts(&older, &[older.clone(), moved_on])[0].winner, "b/x");
+    }
+
+    #[test]
+    fn in_the_same_second_the_creator_wins_over_the_name_tie_break() {
+        // creationTimestamp has 1 s resolution: a/x applied in the second b/x created the table
+        // would win the name tie-break, and both would be blocked for ever.
+        let key = table("flightline.b_x_1_flights");
+        let b = creator("b/x", "2026-01-01T00:00:00Z", key.clone());
+        let a = claimant("a/x", "2026-01-01T00:00:00Z", vec![key]);
+        let all = [a.clone(), b.clone()];
+        assert!(conflicts(&b, &all).is_empty());
+        assert_eq!(conflicts(&a, &all)[0].winner, "b/x");
+    }
+
+    #[test]
+    fn between_two_creators_the_older_wins() {
+        // Both records say created (one is stale or forged): age decides, as without records.
+        let key = table("d.t");
+        let old = creator("b/x", "2026-01-01T00:00:00Z", key.clone());
+        let new = creator("a/x", "2026-02-01T00:00:00Z", key);
+        let all = [old.clone(), new.clone()];
+        assert!(conflicts(&old, &all).is_empty());
+        assert_eq!(conflicts(&new, &all)[0].winner, "b/x");
     }
 
     #[test]

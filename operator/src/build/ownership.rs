@@ -34,6 +34,8 @@ impl Ownership {
 pub struct Found<'a> {
     /// For tables: the owner marker in the comment, if any.
     pub marker: Option<&'a TableOwner>,
+    /// The pipeline the marker names still exists (its uid is in the controller's store).
+    pub marker_is_live: bool,
 }
 
 /// Decides for one resource. `me` is this pipeline (namespace, name, uid); `records` its
@@ -52,6 +54,16 @@ pub fn decide(
     match found.marker {
         // The table says who made it; that outranks a record (which a lost race can leave behind).
         Some(owner) if owner.uid == me.uid => return Ownership::Created,
+        // adoptExisting is for what no live pipeline made: a live creator's table is never taken.
+        Some(owner) if found.marker_is_live => {
+            return Ownership::Conflict(format!(
+                "{} was created by FlightPipeline {}/{}, which still exists; it is left as it is \
+                 (adoptExisting adopts only resources that no existing pipeline created)",
+                key.describe(),
+                owner.namespace,
+                owner.name
+            ));
+        }
         Some(owner) if !adopt && record.is_none_or(|r| r.created_by_flightline) => {
             let earlier = if owner.namespace == me.namespace && owner.name == me.name {
                 " (an earlier pipeline of the same name, since deleted with Retain)"
@@ -148,14 +160,15 @@ mod tests {
         ResourceKey::topic("air.scl.flights", "kafka:9092")
     }
 
-    const UNMARKED: Option<Found<'static>> = Some(Found { marker: None });
+    const UNMARKED: Option<Found<'static>> = Some(Found { marker: None, marker_is_live: false });
 
     #[test]
     fn decisions() {
         let mine = me();
         let other = TableOwner { namespace: "team-b".into(), name: "flights".into(), uid: "uid-2".into() };
         let earlier = TableOwner { uid: "uid-0".into(), ..me() };
-        let marked = |o| Some(Found { marker: Some(o) });
+        let marked = |o| Some(Found { marker: Some(o), marker_is_live: false });
+        let marked_live = |o| Some(Found { marker: Some(o), marker_is_live: true });
         let created = [record(&table(), true)];
         let adopted = [record(&table(), false)];
         let conflict = |o: &Ownership| matches!(o, Ownership::Conflict(_));
@@ -172,6 +185,10 @@ mod tests {
             ("marked by another, adopted", marked(&other), &[], true, |o| *o == Ownership::Adopted),
             ("marked by another, lost race", marked(&other), &created, false, conflict),
             ("marked by my earlier namesake", marked(&earlier), &[], false, conflict),
+            ("marked by another that exists, adopted", marked_live(&other), &[], true, conflict),
+            ("marked by another that exists, adopted before", marked_live(&other), &adopted, true, conflict),
+            ("marked by another that exists, forged record", marked_live(&other), &created, true, conflict),
+            ("marked as mine, live", marked_live(&mine), &[], false, |o| *o == Ownership::Created),
         ];
         for (case, found, records, adopt, expected) in cases {
             let decision = decide(&table(), found, &mine, records, adopt);
@@ -182,12 +199,18 @@ mod tests {
     #[test]
     fn conflict_messages_name_the_resource_the_owner_and_the_way_to_adopt() {
         let other = TableOwner { namespace: "team-b".into(), name: "flights".into(), uid: "uid-2".into() };
-        let Ownership::Conflict(message) = decide(&table(), Some(Found { marker: Some(&other) }), &me(), &[], false)
+        let Ownership::Conflict(message) =
+            decide(&table(), Some(Found { marker: Some(&other), marker_is_live: false }), &me(), &[], false)
         else {
             panic!("expected a conflict")
         };
         assert!(message.contains("victim.t") && message.contains("team-b/flights"), "{message}");
         assert!(message.contains("spec.clickhouse.adoptExisting: true"), "{message}");
+        let live = Some(Found { marker: Some(&other), marker_is_live: true });
+        let Ownership::Conflict(message) = decide(&table(), live, &me(), &[], true) else {
+            panic!("adopting a live pipeline's table must be a conflict")
+        };
+        assert!(message.contains("team-b/flights, which still exists"), "{message}");
         let Ownership::Conflict(message) = decide(&topic(), UNMARKED, &me(), &[], false) else {
             panic!("expected a conflict")
         };

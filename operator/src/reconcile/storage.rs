@@ -86,13 +86,20 @@ fn claimant(fp: &FlightPipeline, defaults: &crate::build::resolve::Defaults, cac
             keys
         }
     };
-    let recorded = fp.status.as_ref().and_then(|s| s.storage.as_ref()).into_iter().flatten();
+    let recorded: Vec<&StorageRecord> =
+        fp.status.as_ref().and_then(|s| s.storage.as_ref()).into_iter().flatten().collect();
     Claimant {
         pipeline: format!("{namespace}/{}", fp.name_any()),
         uid,
         created: fp.creation_timestamp().map(|t| t.0),
-        keys: spec_keys.into_iter().chain(recorded.map(ResourceKey::from)).collect(),
+        keys: spec_keys.into_iter().chain(recorded.iter().map(|r| ResourceKey::from(*r))).collect(),
+        creator_of: created_keys(recorded.iter().copied()),
     }
+}
+
+/// The keys of the records that say this pipeline created them.
+fn created_keys<'a>(records: impl IntoIterator<Item = &'a StorageRecord>) -> Vec<ResourceKey> {
+    records.into_iter().filter(|r| r.created_by_flightline).map(ResourceKey::from).collect()
 }
 
 /// One topic, read and decided.
@@ -120,8 +127,10 @@ pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> 
         uid: me.uid.clone(),
         created: fp.creation_timestamp().map(|t| t.0),
         keys: keys.clone(),
+        creator_of: created_keys(fp.status.as_ref().and_then(|s| s.storage.as_ref()).into_iter().flatten()),
     };
-    let lost = conflicts(&mine, &claimants(ctx).await);
+    let all = claimants(ctx).await;
+    let lost = conflicts(&mine, &all);
     if !lost.is_empty() {
         let finding = |type_, kind| {
             let messages: Vec<String> = lost.iter().filter(|c| c.key.kind == kind).map(|c| c.message()).collect();
@@ -156,7 +165,7 @@ pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> 
             .into_iter()
             .map(|(spec, observed)| {
                 let key = ResourceKey::topic(&spec.name, &resolved.bootstrap_servers);
-                let found = observed.as_ref().map(|_| Found { marker: None });
+                let found = observed.as_ref().map(|_| Found { marker: None, marker_is_live: false });
                 let ownership = ownership::decide(&key, found, &me, &records, fp.spec.kafka.adopt_existing);
                 let plan = plan_topic(&spec, observed.as_ref());
                 TopicPart { spec, key, observed, ownership, plan }
@@ -167,7 +176,8 @@ pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> 
     let clickhouse = clickhouse.map(|(admin, observed): (ClickHouseAdmin, Option<ObservedTable>)| {
         let key = ResourceKey::table(&resolved.table.qualified(), &resolved.clickhouse_url);
         let marker = observed.as_ref().and_then(|t| TableOwner::from_comment(&t.comment));
-        let found = observed.as_ref().map(|_| Found { marker: marker.as_ref() });
+        let marker_is_live = marker.as_ref().is_some_and(|m| all.iter().any(|c| c.uid == m.uid));
+        let found = observed.as_ref().map(|_| Found { marker: marker.as_ref(), marker_is_live });
         let ownership = ownership::decide(&key, found, &me, &records, fp.spec.clickhouse.adopt_existing);
         let plan = plan_table(&resolved.table, observed.as_ref(), &me);
         (admin, TablePart { key, ownership, plan })
