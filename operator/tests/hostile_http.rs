@@ -69,22 +69,28 @@ async fn bursts_get_429_made_up_methods_add_no_series_and_stalled_headers_are_cu
     ready_pipeline(&stack, &ns, &fp).await;
     let query = service_addr(&stack, &ns, "scl", "query").await;
 
-    // A burst of 20: the first 5 pass, the rest get 429 with Retry-After and a JSON reason.
+    // A burst: the first 5 are served, then 429 with Retry-After and a JSON reason. `by=nope` is
+    // charged to the limit but refused (400) before ClickHouse, so the burst is fast on any machine;
+    // the bucket refills 1 a second, so the count allowed through is derived from the time it took.
+    let burst_started = Instant::now();
     let mut statuses = Vec::new();
-    for _ in 0..20 {
-        let (status, head, body) = get(&query, "/v1/stats/delays?by=month", &[]).await;
+    while statuses.len() < 20 || !statuses.contains(&429) {
+        assert!(statuses.len() < 200, "no 429 after 200 requests: {statuses:?}");
+        let (status, head, body) = get(&query, "/v1/stats/delays?by=nope", &[]).await;
         if status == 429 {
             assert!(retry_after(&head).is_some_and(|s| (1..=5).contains(&s)), "{head}");
             let body = json_body(&body);
             assert_eq!(body["error"], "rate_limited", "{body}");
             assert!(body["message"].as_str().unwrap().contains("rate limit"), "{body}");
+        } else {
+            assert_eq!(status, 400, "{body}");
         }
         statuses.push(status);
     }
-    // 1 request a second refills the bucket while the burst runs, so a few more than 5 may pass.
-    let limited = statuses.iter().filter(|s| **s == 429).count();
-    assert!((8..=15).contains(&limited), "expected most of 20 refused: {statuses:?}");
-    assert!(statuses[..5].iter().all(|s| *s == 200), "{statuses:?}");
+    let refills = burst_started.elapsed().as_secs() + 1;
+    let served = statuses.iter().filter(|s| **s != 429).count() as u64;
+    assert!(statuses[..5].iter().all(|s| *s == 400), "{statuses:?}");
+    assert!(served <= 5 + refills, "{served} served in {refills} s: {statuses:?}");
     // Probes and scrapes are never rate limited.
     for path in ["/healthz", "/readyz", "/metrics"] {
         for _ in 0..10 {
@@ -110,10 +116,11 @@ async fn bursts_get_429_made_up_methods_add_no_series_and_stalled_headers_are_cu
     stalled.write_all(b"GET /v1/stats/delays?by=month HTTP/1.1\r\nHost: x\r\nX-Slow: aaa").await.unwrap();
     let started = Instant::now();
     let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut rest)).await;
+    let read = tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut rest)).await;
     let took = started.elapsed();
-    assert!(read.is_ok(), "the stalled connection was still open after 20 s");
-    assert!(took >= Duration::from_secs(8) && took <= Duration::from_secs(13), "closed after {took:?}");
+    assert!(read.is_ok(), "the stalled connection was still open after 30 s");
+    // The header read timeout is 10 s; a busy machine may close it a little late, never early.
+    assert!(took >= Duration::from_secs(8) && took <= Duration::from_secs(20), "closed after {took:?}");
 }
 
 #[tokio::test]
@@ -132,17 +139,24 @@ async fn a_full_concurrency_limit_answers_503_and_a_stalled_body_times_out() {
     let mut holder = tokio::net::TcpStream::connect(&predict).await.unwrap();
     let head = "POST /predict HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
     holder.write_all(format!("{head}{{\"flights\"").as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let sample = json!({"flights": [{"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3}]}).to_string();
     let request = format!(
         "POST /predict HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{sample}",
         sample.len()
     );
-    let started = Instant::now();
-    let (status, head, body) = exchange(&predict, request.as_bytes()).await;
+    // Until the server has read the holder's head, a request may still get the slot: poll (bounded).
+    let polling_since = Instant::now();
+    let (status, head, body, took) = loop {
+        let started = Instant::now();
+        let (status, head, body) = exchange(&predict, request.as_bytes()).await;
+        if status != 200 || polling_since.elapsed() > Duration::from_secs(10) {
+            break (status, head, body, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(status, 503, "{body}");
-    assert!(started.elapsed() < Duration::from_secs(1), "503 must not wait in a queue");
+    assert!(took < Duration::from_secs(2), "503 must not wait in a queue: {took:?}");
     assert_eq!(retry_after(&head), Some(1), "{head}");
     assert_eq!(json_body(&body)["error"], "overloaded");
     assert_eq!(get(&predict, "/healthz", &[]).await.0, 200, "health is not behind the concurrency limit");
@@ -208,12 +222,19 @@ async fn jwts_without_required_claims_or_not_yet_valid_are_refused_and_each_subj
     // The scheme is case-insensitive; requests are charged to the token's subject, not the address.
     let alice = format!("bearer {}", mint(valid("alice")));
     let bob = format!("BEARER {}", mint(valid("bob")));
+    // `by=nope` (400 after authentication, before ClickHouse) keeps the burst fast; the bucket
+    // refills 1 a second, so how many pass is checked against the time it took.
+    let burst_started = Instant::now();
     let mut statuses = Vec::new();
-    for _ in 0..5 {
-        statuses.push(get(&query, "/v1/stats/delays?by=month", &[("Authorization", &alice)]).await.0);
+    while statuses.len() < 5 || !statuses.contains(&429) {
+        assert!(statuses.len() < 100, "no 429 after 100 requests: {statuses:?}");
+        statuses.push(get(&query, "/v1/stats/delays?by=nope", &[("Authorization", &alice)]).await.0);
     }
-    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
-    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    let refills = burst_started.elapsed().as_secs() + 1;
+    assert_eq!(&statuses[..3], &[400, 400, 400], "{statuses:?}");
+    let served = statuses.iter().filter(|s| **s == 400).count() as u64;
+    assert!(served <= 3 + refills, "{served} served in {refills} s: {statuses:?}");
+    assert!(statuses.iter().all(|s| [400, 429].contains(s)), "{statuses:?}");
     let (status, _, body) = get(&query, "/v1/stats/delays?by=month", &[("Authorization", &bob)]).await;
     assert_eq!(status, 200, "another subject from the same address has its own limit: {body}");
 }
@@ -315,7 +336,8 @@ async fn a_hung_clickhouse_gives_504_within_the_timeout_and_not_ready() {
     assert_eq!(status, 504, "{body}");
     assert_eq!(json_body(&body)["error"], "clickhouse_timeout");
     assert!(retry_after(&head).is_some(), "{head}");
-    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(6), "answered after {took:?}");
+    // 2 s execution limit + 2 s client margin; a busy machine may answer a little late, never early.
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(10), "answered after {took:?}");
     let (status, _, body) = get(&query, "/v1/flights?limit=5", &[]).await;
     assert_eq!(status, 504, "{body}");
 
@@ -353,6 +375,12 @@ async fn predict_memory_stays_bounded_at_its_limits() {
     let (status, _, body) = post(empties.as_bytes()).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(json_body(&body)["field"], "flights");
+    // ~2 million numbers in one field the model reads: skipped without being built, 400 naming it.
+    let zeros = format!("{{\"flights\":[{{\"OPERA\":[{}0]}}]}}", "0,".repeat(2_000_000));
+    assert!(zeros.len() < 4 * 1024 * 1024);
+    let (status, _, body) = post(zeros.as_bytes()).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json_body(&body)["field"], "flights[0].OPERA", "{body}");
     // 10,000 valid flights, the most one request may carry, are predicted.
     let flight = format!(r#"{{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3,"padding":"{}"}}"#, " ".repeat(330));
     let most = format!("{{\"flights\":[{}]}}", vec![flight.as_str(); 10_000].join(","));
@@ -361,6 +389,7 @@ async fn predict_memory_stays_bounded_at_its_limits() {
     assert_eq!(status, 200, "{}", &body[..body.len().min(300)]);
     let peak = peak_rss_kib(&predict);
     eprintln!("predict peak RSS: idle {idle} KiB, after both bodies {peak} KiB (+{} KiB)", peak - idle);
-    // Each body is about 4 MB: the peak stays within a small multiple of it.
+    // Each body is about 4 MB: the peak stays within a small multiple of it (2 million JSON values
+    // would take 64-128 MB).
     assert!(peak - idle < 24 * 1024, "predict grew by {} KiB", peak - idle);
 }

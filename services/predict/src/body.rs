@@ -1,16 +1,15 @@
 //! Reads `{"flights": [...]}` as a stream: the array is counted while it is read and reading stops
 //! at flight [`MAX_FLIGHTS`] + 1, so an oversized body is refused before its flights are built.
 //! Memory stays below the body (4 MB) plus 10,000 small records; only the three fields the model
-//! uses are kept, everything else is skipped without allocating.
+//! uses are kept, and only as scalars: an array or object there is skipped without being built
+//! (a 4 MB `[0,0,…]` would otherwise become 2 million values) and refused naming the field.
 
 use std::cell::Cell;
 use std::fmt;
 
+use flightline_service::server::ApiError;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
-
-use flightline_service::server::ApiError;
 
 use crate::model::{Features, Model};
 
@@ -20,11 +19,84 @@ pub const MAX_FLIGHTS: usize = 10_000;
 #[derive(Deserialize)]
 struct FlightIn {
     #[serde(rename = "OPERA")]
-    airline: Option<Value>,
+    airline: Option<Scalar>,
     #[serde(rename = "TIPOVUELO")]
-    flight_type: Option<Value>,
+    flight_type: Option<Scalar>,
     #[serde(rename = "MES")]
-    month: Option<Value>,
+    month: Option<Scalar>,
+}
+
+/// A field the model reads. Strings and whole numbers are kept; an array or object is read past
+/// with `IgnoredAny`, so it costs no memory, and remembered only as `Nested`.
+#[derive(Debug, PartialEq)]
+enum Scalar {
+    Text(String),
+    Whole(Option<u64>),
+    Other,
+    Nested,
+}
+
+impl Scalar {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string or a number")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::Whole(Some(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Whole(u64::try_from(v).ok()))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Whole(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nested)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nested)
+    }
 }
 
 #[derive(Deserialize)]
@@ -131,17 +203,22 @@ pub fn parse_flights(body: &[u8], model: &Model) -> Result<Vec<Features>, ApiErr
 
 fn features(i: usize, flight: FlightIn, model: &Model) -> Result<Features, ApiError> {
     let field = |name: &str| format!("flights[{i}].{name}");
-    let airline = flight.airline.as_ref().and_then(Value::as_str).unwrap_or_default();
+    for (name, value) in [("OPERA", &flight.airline), ("TIPOVUELO", &flight.flight_type), ("MES", &flight.month)] {
+        if value == &Some(Scalar::Nested) {
+            return Err(ApiError::bad_field(field(name), "must be a string or a number, not an array or object"));
+        }
+    }
+    let airline = flight.airline.as_ref().and_then(Scalar::as_str).unwrap_or_default();
     if !model.knows_airline(airline) {
         return Err(ApiError::bad_field(field("OPERA"), format!("unknown airline {:?}", clip(airline))));
     }
-    let flight_type = flight.flight_type.as_ref().and_then(Value::as_str).unwrap_or_default();
+    let flight_type = flight.flight_type.as_ref().and_then(Scalar::as_str).unwrap_or_default();
     if flight_type != "I" && flight_type != "N" {
         return Err(ApiError::bad_field(field("TIPOVUELO"), format!("{:?} must be I or N", clip(flight_type))));
     }
     let month = match &flight.month {
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) => s.parse().ok(),
+        Some(Scalar::Whole(n)) => *n,
+        Some(Scalar::Text(s)) => s.parse().ok(),
         _ => None,
     };
     let month = month
@@ -160,6 +237,7 @@ mod tests {
     use super::*;
     use axum::http::StatusCode;
     use proptest::prelude::*;
+    use serde_json::Value;
 
     fn model() -> Model {
         crate::built_in_model()
@@ -184,6 +262,23 @@ mod tests {
         assert_eq!(parse_flights(b"{}", &model()).unwrap_err().field.as_deref(), Some("flights"));
         let long_airline = format!(r#"{{"flights":[{{"OPERA":"{}","TIPOVUELO":"I","MES":1}}]}}"#, "x".repeat(10_000));
         assert!(parse_flights(long_airline.as_bytes(), &model()).unwrap_err().message.len() < 200);
+    }
+
+    #[test]
+    fn arrays_and_objects_in_the_model_fields_are_skipped_and_refused_by_name() {
+        let zeros = format!("[{}0]", "0,".repeat(100_000));
+        for (name, value) in [("OPERA", zeros.as_str()), ("TIPOVUELO", r#"{"a":[1,{"b":2}]}"#), ("MES", "[3]")] {
+            let valid = [("OPERA", r#""Grupo LATAM""#), ("TIPOVUELO", r#""N""#), ("MES", "3")];
+            let fields: Vec<_> =
+                valid.iter().map(|(n, v)| format!(r#""{n}":{}"#, if *n == name { value } else { v })).collect();
+            let flight = format!("{{{}}}", fields.join(","));
+            let body = format!(r#"{{"flights":[{flight}]}}"#);
+            let error = parse_flights(body.as_bytes(), &model()).unwrap_err();
+            assert_eq!(error.field, Some(format!("flights[0].{name}")), "{name}: {}", error.message);
+            assert!(error.message.contains("not an array or object"), "{}", error.message);
+        }
+        let fine = r#"{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":"3"},{"OPERA":"Grupo LATAM","TIPOVUELO":"I","MES":12}]}"#;
+        assert_eq!(parse_flights(fine.as_bytes(), &model()).unwrap().len(), 2);
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
