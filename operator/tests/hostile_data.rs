@@ -278,7 +278,10 @@ async fn hostile_bodies_get_a_4xx_naming_the_field_and_ingest_memory_stays_bound
     let cases = [
         ("OPERA", "x".repeat(257)),
         ("Fecha-I", "1969-12-31 23:59:59".to_string()),
-        ("Fecha-O", "2106-02-07 00:00:00".to_string()),
+        // After 2100 a TTL could wrap `scheduled_at + ttl` past DateTime's end to 1970.
+        ("Fecha-O", "2101-01-01 00:00:00".to_string()),
+        ("Fecha-I", "2105-06-01 10:00:00".to_string()),
+        ("SIGLADES", "Miami\u{0}\u{1b}[2J".to_string()),
         ("DIA", "2".to_string()),
     ];
     for (field, value) in cases {

@@ -55,11 +55,20 @@ const MAX_ERRORS_PER_RECORD: usize = 24;
 /// Unknown column names are quoted in errors up to this many bytes.
 const MAX_NAME_IN_ERROR: usize = 64;
 
-/// First and last second a ClickHouse `DateTime` (UInt32 seconds) holds, in whole days:
-/// 1970-01-01 00:00:00 to 2106-02-06 23:59:59 (the type ends at 2106-02-07 06:28:15).
+/// First and last second of a flight's dates that ingest accepts. A ClickHouse `DateTime` (UInt32
+/// seconds) holds up to 2106-02-07 06:28:15, but `scheduled_at + TTL` must not pass that either, or
+/// it wraps to 1970 and ClickHouse expires the row at once: flights end with 2100, which leaves
+/// the operator's longest TTL (1,863 days, `MAX_TTL_DAYS`) its headroom.
 pub const FIRST_DATETIME: &str = "1970-01-01 00:00:00";
-pub const LAST_DATETIME: &str = "2106-02-06 23:59:59";
-const END_EPOCH: i64 = 49_710 * 86_400; // 2106-02-07 00:00:00
+pub const LAST_DATETIME: &str = "2100-12-31 23:59:59";
+const END_EPOCH: i64 = 47_847 * 86_400; // 2101-01-01 00:00:00
+const LAST_YEAR: u16 = 2100;
+
+/// Control characters (U+0000–U+001F, U+007F) are refused in every field: no flight has them, and
+/// each becomes a six-byte `\u00XX` in JSON answers.
+fn has_control_character(text: &str) -> bool {
+    text.chars().any(|c| c <= '\u{1f}' || c == '\u{7f}')
+}
 
 /// A flight exactly as a producer sent it: column name → text (numbers are accepted as text).
 pub type RawFlight = BTreeMap<String, String>;
@@ -315,11 +324,14 @@ impl RawRecord {
         };
         let name = COLUMNS[index];
         let problem = match value {
-            Value::Text(text) if text.len() <= MAX_FIELD_BYTES => {
+            Value::Text(text) if text.len() > MAX_FIELD_BYTES => too_long(text.len()),
+            Value::Text(text) if has_control_character(text) => {
+                "contains a control character (U+0000 to U+001F or U+007F)".to_string()
+            }
+            Value::Text(text) => {
                 self.values[index] = text.to_string();
                 return;
             }
-            Value::Text(text) => too_long(text.len()),
             Value::TooLong(len) => too_long(len),
             Value::NotText => "must be text or a number".to_string(),
             Value::NotUtf8 => "is not UTF-8 text".to_string(),
@@ -366,9 +378,7 @@ impl RawRecord {
                 None => error(name, format!("{value:?} is not a date-time YYYY-MM-DD HH:MM:SS")),
                 Some(t) if !(0..END_EPOCH).contains(&t.epoch) => error(
                     name,
-                    format!(
-                        "{value:?} is outside what the table's DateTime holds ({FIRST_DATETIME} to {LAST_DATETIME})"
-                    ),
+                    format!("{value:?} is outside the dates a flight may have ({FIRST_DATETIME} to {LAST_DATETIME})"),
                 ),
                 Some(t) => return Some(t),
             }
@@ -389,7 +399,7 @@ impl RawRecord {
         };
         let day = number("DIA", 1, 31);
         let month = number("MES", 1, 12);
-        let year = number("AÑO", 1970, 2106);
+        let year = number("AÑO", 1970, LAST_YEAR);
         // DIA, MES and AÑO are the date of Fecha-O in every row of the data set (not of Fecha-I:
         // 306 rows differ from it); a record that disagrees with itself is refused.
         if let Some(t) = operated {
@@ -1101,7 +1111,10 @@ mod tests {
         for (at, ok) in [
             ("1970-01-01 00:00:00", true),
             ("1969-12-31 23:59:59", false),
-            ("2106-02-06 23:59:59", true),
+            ("2100-12-31 23:59:59", true),
+            // Past 2100 a flight with the longest TTL would wrap to 1970 and expire at once.
+            ("2101-01-01 00:00:00", false),
+            ("2105-06-01 00:00:00", false),
             ("2106-02-07 00:00:00", false),
             ("9999-12-31 00:00:00", false),
         ] {
@@ -1118,6 +1131,30 @@ mod tests {
         let mut raw = sample();
         raw.insert("Fecha-O".into(), "1969-12-31 23:59:59".into());
         assert!(fields(&Flight::parse(&raw)).contains(&"Fecha-O"));
+        raw.insert("Fecha-O".into(), "2101-01-01 00:00:00".into());
+        assert!(fields(&Flight::parse(&raw)).contains(&"Fecha-O"));
+        raw.insert("AÑO".into(), "2101".into());
+        assert!(fields(&Flight::parse(&raw)).contains(&"AÑO"));
+    }
+
+    #[test]
+    fn control_characters_are_refused_by_name() {
+        for (field, value) in
+            [("OPERA", "Sky\u{0}Air"), ("SIGLADES", "Miami\n"), ("Vlo-I", "2\t26"), ("DIANOM", "Lu\u{7f}")]
+        {
+            let json = read(&sample_json(|m| _ = m.insert(field.into(), value.into())), Format::Json, 1).unwrap();
+            assert_eq!(fields(&json[0]), [field], "{value:?}");
+            assert!(json[0].as_ref().unwrap_err()[0].message.contains("control character"));
+        }
+        // Escaped in JSON, quoted in CSV: the same.
+        let json = br#"{"OPERA": "a\u001bb"}"#;
+        assert!(fields(&read(json, Format::Json, 1).unwrap()[0]).contains(&"OPERA"));
+        let csv = String::from_utf8(sample_csv(1)).unwrap().replace("American Airlines", "\"American\nAirlines\"");
+        assert_eq!(fields(&read(csv.as_bytes(), Format::Csv, 1).unwrap()[0]), ["OPERA"]);
+        // Other characters are text: the data set has Ñ, accents and spaces.
+        let ok =
+            read(&sample_json(|m| _ = m.insert("OPERA".into(), "Aerolíneas Argentinas ñ €".into())), Format::Json, 1);
+        assert!(ok.unwrap()[0].is_ok());
     }
 
     #[test]
