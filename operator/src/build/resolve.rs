@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use crate::build::slo::{Objectives, latency_le, window_seconds};
-use crate::build::table::{BASE_COLUMNS, MAX_TABLE_LEN, TableSpec, default_table_name, ttl_days};
-use crate::build::topic::{TopicSpec, retention_ms};
+use crate::build::table::{BASE_COLUMNS, MAX_TABLE_LEN, TableSpec, default_table_name, default_table_owner, ttl_days};
+use crate::build::topic::{TopicSpec, default_topic_owner, reserved_topic, retention_ms};
 use crate::crd::{
     AutoscalingSpec, FlightPipelineSpec, HttpLimits, JwtSpec, MonitoringSpec, SecretKeyRef, SecretKeyRefs, WorkloadSpec,
 };
@@ -275,6 +275,8 @@ pub fn resolve(
     let topic_name =
         non_empty(&spec.kafka.topic).map(String::from).unwrap_or_else(|| format!("{namespace}.{name}.flights"));
     check_topic_name("spec.kafka.topic", &topic_name, &mut problems);
+    let default_of = default_topic_owner(&topic_name);
+    check_not_default_of_another("spec.kafka.topic", &topic_name, default_of, namespace, name, &mut problems);
     let retention =
         retention_ms(&spec.kafka.retention).map_err(|e| problems.push(format!("spec.kafka.retention: {e}")));
     let mut configs = BTreeMap::new();
@@ -304,6 +306,8 @@ pub fn resolve(
         let dlq_name =
             non_empty(&spec.kafka.dead_letter.topic).map(String::from).unwrap_or_else(|| format!("{topic_name}.dlq"));
         check_topic_name("spec.kafka.deadLetter.topic", &dlq_name, &mut problems);
+        let (field, default_of) = ("spec.kafka.deadLetter.topic", default_topic_owner(&dlq_name));
+        check_not_default_of_another(field, &dlq_name, default_of, namespace, name, &mut problems);
         if dlq_name == topic_name {
             problems.push("spec.kafka.deadLetter.topic: must differ from the topic".into());
         }
@@ -369,6 +373,8 @@ pub fn resolve(
     if table_name.len() > MAX_TABLE_LEN {
         problems.push(format!("spec.clickhouse.table: {table_name:?} is longer than {MAX_TABLE_LEN} characters"));
     }
+    let default_of = default_table_owner(&table_name);
+    check_not_default_of_another("spec.clickhouse.table", &table_name, default_of, namespace, name, &mut problems);
     let table = TableSpec {
         database: spec.clickhouse.database.clone(),
         table: table_name,
@@ -612,6 +618,28 @@ fn check_topic_name(field: &str, topic: &str, problems: &mut Vec<String>) {
     }
     if topic == "." || topic == ".." || !topic.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
         problems.push(format!("{field}: {topic:?} is not a legal Kafka topic name"));
+    }
+    if let Some(why) = reserved_topic(topic) {
+        problems.push(format!("{field}: {topic:?} is reserved: {why}"));
+    }
+}
+
+/// Another pipeline's default name, taken first, would block that pipeline for good (its
+/// creator keeps it), so a name that decodes to another `(namespace, name)` is refused.
+fn check_not_default_of_another(
+    field: &str,
+    value: &str,
+    default_of: Option<(String, String)>,
+    namespace: &str,
+    name: &str,
+    problems: &mut Vec<String>,
+) {
+    if let Some((owner_namespace, owner_name)) = default_of
+        && (owner_namespace != namespace || owner_name != name)
+    {
+        problems.push(format!(
+            "{field}: {value:?} is the default name of pipeline {owner_namespace}/{owner_name}; name another"
+        ));
     }
 }
 
@@ -941,5 +969,30 @@ mod tests {
             ),
             ("100000", "16777216", "10")
         );
+    }
+
+    #[test]
+    fn internal_topics_and_other_pipelines_default_names_are_refused() {
+        type Case = (&'static str, fn(&mut FlightPipelineSpec), &'static str);
+        let cases: [Case; 6] = [
+            ("spec.kafka.topic", |s| s.kafka.topic = "__consumer_offsets".into(), "reserved"),
+            ("spec.kafka.deadLetter.topic", |s| s.kafka.dead_letter.topic = "connect-offsets".into(), "reserved"),
+            ("spec.kafka.topic", |s| s.kafka.topic = "b.scl.flights".into(), "default name of pipeline b/scl"),
+            ("spec.kafka.topic", |s| s.kafka.topic = "b.scl.flights.dlq".into(), "default name of pipeline b/scl"),
+            ("spec.kafka.deadLetter.topic", |s| s.kafka.dead_letter.topic = "b.scl.flights.dlq".into(), "b/scl"),
+            ("spec.clickhouse.table", |s| s.clickhouse.table = "b_scl_1_flights".into(), "pipeline b/scl"),
+        ];
+        for (field, set, why) in cases {
+            let mut spec = FlightPipelineSpec::default();
+            set(&mut spec);
+            let problems = problems("scl", &spec, &defaults());
+            assert!(problems.iter().any(|p| p.starts_with(field) && p.contains(why)), "{field}: {problems:?}");
+        }
+        // The pipeline's own default names, spelled out, are its own.
+        let mut spec = FlightPipelineSpec::default();
+        spec.kafka.topic = "ns.scl.flights".into();
+        spec.kafka.dead_letter.topic = "ns.scl.flights.dlq".into();
+        spec.clickhouse.table = "ns_scl_2_flights".into();
+        assert!(resolve("ns", "scl", &spec, &defaults()).is_ok());
     }
 }

@@ -190,6 +190,29 @@ pub fn default_table_name(namespace: &str, name: &str) -> Result<String, String>
     Ok(table)
 }
 
+/// The pipeline `(namespace, name)` whose default table `table` is, if it is one: the inverse of
+/// `default_table_name`. The number before `_flights` is where the namespace ends, and every '_'
+/// was a '-'; a count with a leading zero or parts that are not labels are no default's.
+pub fn default_table_owner(table: &str) -> Option<(String, String)> {
+    let (joined, length) = table.strip_suffix("_flights")?.rsplit_once('_')?;
+    if length.starts_with('0') || !length.chars().all(|c| c.is_ascii_digit()) || !joined.is_ascii() {
+        return None;
+    }
+    let length: usize = length.parse().ok()?;
+    let (namespace, name) = (joined.get(..length)?, joined.get(length..)?.strip_prefix('_')?);
+    let (namespace, name) = (namespace.replace('_', "-"), name.replace('_', "-"));
+    (is_label(&namespace) && is_label(&name)).then_some((namespace, name))
+}
+
+/// A Kubernetes namespace or object name part: a DNS label (RFC 1123).
+pub fn is_label(s: &str) -> bool {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&s.len())
+        && s.starts_with(alphanumeric)
+        && s.ends_with(alphanumeric)
+        && s.chars().all(|c| alphanumeric(c) || c == '-')
+}
+
 fn without_spaces(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect()
 }
@@ -410,6 +433,32 @@ mod tests {
         }
         let long = default_table_name(&"n".repeat(40), &"p".repeat(20));
         assert!(long.unwrap_err().contains("name a table"));
+    }
+
+    #[test]
+    fn default_table_names_decode_to_their_pipeline_and_nothing_else_does() {
+        let cases: [(&str, Option<(&str, &str)>); 12] = [
+            ("air_scl_3_flights", Some(("air", "scl"))),
+            ("a_b_c_3_flights", Some(("a-b", "c"))),
+            ("a_b_c_1_flights", Some(("a", "b-c"))),
+            ("b_scl_1_flights", Some(("b", "scl"))),
+            ("a_1_b_3_flights", Some(("a-1", "b"))),
+            ("flights", None),
+            ("my_flights", None),
+            ("air_scl_03_flights", None),
+            ("air_scl_9_flights", None),
+            ("a__b_1_flights", None),
+            ("a_b__1_flights", None),
+            ("A_scl_1_flights", None),
+        ];
+        for (table, owner) in cases {
+            let expected = owner.map(|(ns, n)| (ns.to_string(), n.to_string()));
+            assert_eq!(default_table_owner(table), expected, "{table}");
+        }
+        for (namespace, name) in [("air", "scl"), ("a--b", "c"), ("a", "b--c"), ("team-7", "flights-eu")] {
+            let table = default_table_name(namespace, name).unwrap();
+            assert_eq!(default_table_owner(&table), Some((namespace.into(), name.into())), "{table}");
+        }
     }
 
     #[test]

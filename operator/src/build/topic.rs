@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::build::table::is_label;
+
 /// A topic as the pipeline wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicSpec {
@@ -44,7 +46,10 @@ impl TopicPlan {
     }
 }
 
-pub fn plan_topic(want: &TopicSpec, have: Option<&ObservedTopic>) -> TopicPlan {
+/// `adopted`: the topic was not made by this pipeline. Its `cleanup.policy` is then never changed
+/// (a compacted topic turned into a delete topic loses every key's last value once retention
+/// passes); only retention, partitions and the spec's extra configs are.
+pub fn plan_topic(want: &TopicSpec, have: Option<&ObservedTopic>, adopted: bool) -> TopicPlan {
     let Some(have) = have else {
         return TopicPlan { create: true, ..TopicPlan::default() };
     };
@@ -65,12 +70,54 @@ pub fn plan_topic(want: &TopicSpec, have: Option<&ObservedTopic>) -> TopicPlan {
     }
     if let Some(configs) = &have.configs {
         for (key, value) in &want.configs {
-            if configs.get(key) != Some(value) {
-                plan.set_configs.insert(key.clone(), value.clone());
+            match configs.get(key) {
+                Some(have) if have == value => {}
+                // Adopted and not described: what it is cannot be known, so it is left as it is.
+                None if adopted && key == CLEANUP_POLICY => {}
+                Some(have) if adopted && key == CLEANUP_POLICY => plan.not_supported.push(format!(
+                    "topic {} has {CLEANUP_POLICY}={have} and the pipeline needs {value}: the operator does not \
+                     change the cleanup policy of a topic it adopted",
+                    want.name
+                )),
+                _ => {
+                    plan.set_configs.insert(key.clone(), value.clone());
+                }
             }
         }
     }
     plan
+}
+
+/// The pipeline `(namespace, name)` whose default topic (`<namespace>.<name>.flights`) or default
+/// dead-letter topic (that and `.dlq`) `topic` is, if it is one. Labels have no '.', so the split
+/// is unique.
+pub fn default_topic_owner(topic: &str) -> Option<(String, String)> {
+    let main = topic.strip_suffix(".dlq").unwrap_or(topic);
+    let (namespace, name) = main.strip_suffix(".flights")?.split_once('.')?;
+    (is_label(namespace) && is_label(name)).then(|| (namespace.to_string(), name.to_string()))
+}
+
+const CLEANUP_POLICY: &str = "cleanup.policy";
+
+/// Why a topic name belongs to Kafka itself or to a well-known tool, so that no pipeline may
+/// create, adopt or reconfigure it: `__consumer_offsets`, `__transaction_state`,
+/// `__cluster_metadata` and every other `__` name (Kafka's internal topics), `_confluent*` and
+/// `_schemas` (Confluent Platform, Schema Registry), Kafka Connect's default
+/// `connect-configs`/`connect-offsets`/`connect-status`, MirrorMaker 2's `heartbeats` and
+/// `*.internal`, and Kafka Streams' `*-changelog`/`*-repartition`.
+pub fn reserved_topic(name: &str) -> Option<&'static str> {
+    const TOOL_TOPICS: [&str; 5] = ["_schemas", "connect-configs", "connect-offsets", "connect-status", "heartbeats"];
+    if name.starts_with("__") {
+        Some("names starting with '__' are Kafka's internal topics")
+    } else if name.starts_with("_confluent") || TOOL_TOPICS.contains(&name) {
+        Some("is the topic of a well-known Kafka tool (Schema Registry, Connect, MirrorMaker, Confluent)")
+    } else if [".internal", "-changelog", "-repartition"].iter().any(|suffix| name.ends_with(suffix)) {
+        Some(
+            "names ending in .internal, -changelog or -repartition are internal topics of MirrorMaker or Kafka Streams",
+        )
+    } else {
+        None
+    }
 }
 
 /// Parses `7d`, `12h`, `30m`, `45s`, `500ms` or `forever` into Kafka's `retention.ms` value.
@@ -117,18 +164,18 @@ mod tests {
 
     #[test]
     fn missing_topic_is_created() {
-        assert!(plan_topic(&spec(3), None).create);
+        assert!(plan_topic(&spec(3), None, false).create);
     }
 
     #[test]
     fn matching_topic_needs_nothing() {
-        assert!(plan_topic(&spec(3), Some(&observed(3, Some("1000")))).is_noop());
+        assert!(plan_topic(&spec(3), Some(&observed(3, Some("1000"))), false).is_noop());
     }
 
     #[test]
     fn partitions_grow_but_never_shrink() {
-        assert_eq!(plan_topic(&spec(6), Some(&observed(3, Some("1000")))).grow_partitions_to, Some(6));
-        let shrink = plan_topic(&spec(3), Some(&observed(6, Some("1000"))));
+        assert_eq!(plan_topic(&spec(6), Some(&observed(3, Some("1000"))), false).grow_partitions_to, Some(6));
+        let shrink = plan_topic(&spec(3), Some(&observed(6, Some("1000"))), false);
         assert!(shrink.is_noop());
         assert!(shrink.not_supported[0].contains("cannot remove partitions"), "{shrink:?}");
     }
@@ -137,20 +184,80 @@ mod tests {
     fn replication_change_is_not_supported() {
         let mut have = observed(3, Some("1000"));
         have.replication_factor = 3;
-        assert!(plan_topic(&spec(3), Some(&have)).not_supported[0].contains("replication factor 3"));
+        assert!(plan_topic(&spec(3), Some(&have), false).not_supported[0].contains("replication factor 3"));
     }
 
     #[test]
     fn changed_and_missing_configs_are_set() {
-        let plan = plan_topic(&spec(3), Some(&observed(3, Some("5"))));
+        let plan = plan_topic(&spec(3), Some(&observed(3, Some("5"))), false);
         assert_eq!(plan.set_configs.get("retention.ms").map(String::as_str), Some("1000"));
-        assert_eq!(plan_topic(&spec(3), Some(&observed(3, None))).set_configs.len(), 1);
+        assert_eq!(plan_topic(&spec(3), Some(&observed(3, None)), false).set_configs.len(), 1);
     }
 
     #[test]
     fn configs_are_left_alone_when_the_broker_cannot_describe_them() {
         let have = ObservedTopic { partitions: 3, replication_factor: 1, configs: None };
-        assert!(plan_topic(&spec(3), Some(&have)).is_noop());
+        assert!(plan_topic(&spec(3), Some(&have), false).is_noop());
+    }
+
+    #[test]
+    fn an_adopted_topic_keeps_its_cleanup_policy_and_only_its_retention_changes() {
+        let mut want = spec(3);
+        want.configs.insert("cleanup.policy".into(), "delete".into());
+        let have = |policy: Option<&str>| {
+            let mut configs = BTreeMap::from([("retention.ms".into(), "5".into())]);
+            configs.extend(policy.map(|p| ("cleanup.policy".to_string(), p.to_string())));
+            ObservedTopic { partitions: 3, replication_factor: 1, configs: Some(configs) }
+        };
+        let compacted = plan_topic(&want, Some(&have(Some("compact"))), true);
+        assert!(compacted.is_blocked(), "{compacted:?}");
+        assert!(compacted.not_supported[0].contains("cleanup.policy=compact"), "{compacted:?}");
+        assert!(!compacted.set_configs.contains_key("cleanup.policy"), "{compacted:?}");
+        let delete = plan_topic(&want, Some(&have(Some("delete"))), true);
+        assert!(!delete.is_blocked());
+        assert_eq!(delete.set_configs, BTreeMap::from([("retention.ms".into(), "1000".into())]));
+        let undescribed = plan_topic(&want, Some(&have(None)), true);
+        assert!(!undescribed.is_blocked() && !undescribed.set_configs.contains_key("cleanup.policy"));
+        // A topic the pipeline created is its own: its policy is put back.
+        let own = plan_topic(&want, Some(&have(Some("compact"))), false);
+        assert_eq!(own.set_configs.get("cleanup.policy").map(String::as_str), Some("delete"));
+        assert!(!own.is_blocked());
+    }
+
+    #[test]
+    fn internal_and_tool_topics_are_reserved() {
+        for name in [
+            "__consumer_offsets",
+            "__transaction_state",
+            "__cluster_metadata",
+            "__anything",
+            "_schemas",
+            "_confluent-metrics",
+            "connect-configs",
+            "connect-offsets",
+            "connect-status",
+            "heartbeats",
+            "mm2-offset-syncs.east.internal",
+            "app-store-changelog",
+            "app-by-key-repartition",
+        ] {
+            assert!(reserved_topic(name).is_some(), "{name}");
+        }
+        for name in ["air.scl.flights", "air.scl.flights.dlq", "_private", "connect-flights", "flights"] {
+            assert_eq!(reserved_topic(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn default_topic_names_decode_to_their_pipeline_and_nothing_else_does() {
+        let owner = |ns: &str, n: &str| Some((ns.to_string(), n.to_string()));
+        assert_eq!(default_topic_owner("b.scl.flights"), owner("b", "scl"));
+        assert_eq!(default_topic_owner("b.scl.flights.dlq"), owner("b", "scl"));
+        assert_eq!(default_topic_owner("team-7.flights-eu.flights"), owner("team-7", "flights-eu"));
+        for topic in ["flights", "b.flights", "a.b.c.flights", "b.scl.flights.dlq.dlq", "B.scl.flights", "-b.x.flights"]
+        {
+            assert_eq!(default_topic_owner(topic), None, "{topic}");
+        }
     }
 
     #[test]

@@ -167,7 +167,7 @@ pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> 
                 let key = ResourceKey::topic(&spec.name, &resolved.bootstrap_servers);
                 let found = observed.as_ref().map(|_| Found { marker: None, marker_is_live: false });
                 let ownership = ownership::decide(&key, found, &me, &records, fp.spec.kafka.adopt_existing);
-                let plan = plan_topic(&spec, observed.as_ref());
+                let plan = plan_topic(&spec, observed.as_ref(), ownership == Ownership::Adopted);
                 TopicPart { spec, key, observed, ownership, plan }
             })
             .collect();
