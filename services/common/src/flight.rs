@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -544,9 +545,23 @@ pub struct Summary {
 impl Summary {
     /// Validates a whole body without keeping its flights.
     pub fn of(body: &[u8], format: Format, max_records: usize) -> Result<Summary, BodyError> {
+        Summary::of_until(body, format, max_records, &AtomicBool::new(false))
+    }
+
+    /// `of`, stopping at the next record (with the counts so far) once `cancelled` is set: the
+    /// request it serves is gone, and its body must not stay in memory.
+    pub fn of_until(
+        body: &[u8],
+        format: Format,
+        max_records: usize,
+        cancelled: &AtomicBool,
+    ) -> Result<Summary, BodyError> {
         let mut summary = Summary::default();
         let mut record = 0;
         read_flights(body, format, max_records, &mut |outcome| {
+            if cancelled.load(Ordering::Relaxed) {
+                return ControlFlow::Break(());
+            }
             match outcome {
                 Ok(_) => summary.accepted += 1,
                 Err(errors) => {
@@ -1056,6 +1071,15 @@ mod tests {
             assert!(matches!(read(bad, Format::Json, 10), Err(BodyError::Unreadable(_))), "{bad:?}");
         }
         assert_eq!(read(b"[]", Format::Json, 10).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_summary_stops_once_cancelled() {
+        let body = sample_csv(1_000);
+        let whole = Summary::of_until(&body, Format::Csv, DEFAULT_MAX_RECORDS, &AtomicBool::new(false)).unwrap();
+        assert_eq!(whole.accepted, 1_000);
+        let cancelled = Summary::of_until(&body, Format::Csv, DEFAULT_MAX_RECORDS, &AtomicBool::new(true)).unwrap();
+        assert_eq!((cancelled.accepted, cancelled.rejected), (0, 0));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -140,10 +141,10 @@ async fn ingest(
         ));
     };
 
-    // Parsing a large body takes a while: off the async workers.
+    // Parsing a large body takes a while: off the async workers, and stopped with the request.
     let summary = {
         let (body, max_records) = (body.clone(), state.max_records);
-        tokio::task::spawn_blocking(move || Summary::of(&body, format, max_records))
+        blocking_until_dropped(move |cancelled| Summary::of_until(&body, format, max_records, cancelled))
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
             .map_err(|e| body_refused(e, state.max_records))?
@@ -162,6 +163,39 @@ async fn ingest(
     state.accepted.inc_by(summary.accepted as u64);
     let Summary { accepted, rejected, errors } = summary;
     Ok((StatusCode::ACCEPTED, Json(Accepted { accepted, rejected, errors })))
+}
+
+/// Set when dropped: the request that owns it ended (answered, timed out or the client left).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl CancelOnDrop {
+    fn new() -> Self {
+        Self(Arc::new(AtomicBool::new(false)))
+    }
+
+    fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs `work` on the blocking pool with a flag that is set when this future is dropped. A
+/// request that times out or whose client leaves releases its concurrency slot at once: its
+/// body must not be parsed on (and held) behind the limit's back, so `work` checks the flag per
+/// record and stops.
+async fn blocking_until_dropped<T: Send + 'static>(
+    work: impl FnOnce(&AtomicBool) -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    let guard = CancelOnDrop::new();
+    let cancelled = guard.flag();
+    let result = tokio::task::spawn_blocking(move || work(&cancelled)).await;
+    drop(guard);
+    result
 }
 
 fn body_refused(error: BodyError, max_records: usize) -> ApiError {
@@ -186,9 +220,12 @@ async fn publish(state: &AppState, body: Bytes, format: Format, accepted: usize)
     let producer = state.producer.read().expect("producer lock").clone();
     let (flights, mut incoming) = mpsc::channel::<Flight>(1_024);
     let max_records = state.max_records;
-    // Ends early when the receiver is gone (a failed send).
+    // Ends early when the receiver is gone (a failed send) or the request is (this future dropped).
+    let request = CancelOnDrop::new();
+    let cancelled = request.flag();
     let reader = tokio::task::spawn_blocking(move || {
         read_flights(&body, format, max_records, &mut |outcome| match outcome {
+            _ if cancelled.load(Ordering::Relaxed) => ControlFlow::Break(()),
             Ok(flight) => match flights.blocking_send(flight) {
                 Ok(()) => ControlFlow::Continue(()),
                 Err(_) => ControlFlow::Break(()),
@@ -199,6 +236,7 @@ async fn publish(state: &AppState, body: Bytes, format: Format, accepted: usize)
     let result = send_all(state, &producer, &mut incoming, accepted).await;
     drop(incoming);
     let _ = reader.await;
+    drop(request);
     if result.is_err() {
         match self::producer(&state.bootstrap) {
             Ok(fresh) => {
@@ -275,6 +313,24 @@ fn unavailable(message: &str) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn blocking_work_stops_when_its_request_is_dropped() {
+        let (stopped, was_stopped) = std::sync::mpsc::channel();
+        let work = blocking_until_dropped(move |cancelled| {
+            let started = std::time::Instant::now();
+            while !cancelled.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = stopped.send(started.elapsed());
+        });
+        // The request times out (or its client leaves): its future is dropped.
+        assert!(tokio::time::timeout(Duration::from_millis(50), work).await.is_err());
+        let ran = was_stopped.recv_timeout(Duration::from_secs(10)).expect("the work stopped");
+        assert!(ran < Duration::from_secs(5), "ran {ran:?} after its request ended");
+        // Not dropped: it runs to the end.
+        assert!(!blocking_until_dropped(|cancelled| cancelled.load(Ordering::Relaxed)).await.unwrap());
+    }
 
     #[test]
     fn a_body_over_the_record_limit_is_413_and_an_unreadable_one_400_both_naming_the_body() {

@@ -688,6 +688,8 @@ impl Sink {
 }
 
 #[cfg(test)]
+// `vec![0..n]` is one insert of rows 0..n here, not a mistaken list of numbers.
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
