@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
@@ -40,10 +41,20 @@ struct AppState {
     call_timeout: Duration,
 }
 
-/// Result bounds: a page holds at most `QUERY_MAX_ROWS` + 1 rows of well under 4 KiB each; a
-/// statistics answer holds one row per group (airlines, destinations, months: tens to hundreds).
-const PAGE_MAX_RESULT_BYTES: u64 = 64 * 1024 * 1024;
-const STATS_MAX_GROUPS: u32 = 10_000;
+/// Result bounds. A page holds at most `QUERY_MAX_ROWS` (10,000) + 1 rows; a row of the data set
+/// is about 270 bytes in ClickHouse's result, so a full page is about 2.7 MB and fits in 4 MiB;
+/// rows of long fields (ingest allows 256 bytes each) make ClickHouse refuse the page (422: ask
+/// for a smaller `limit`). The JSON answer is cut at `PAGE_MAX_RESPONSE_BYTES` (the page ends
+/// early, `next_cursor` goes on from there): a control character is 6 bytes of JSON, so without
+/// the cut 4 MiB of rows could become 24 MiB. One page request thus holds at most ~4 MiB of rows
+/// as read (about twice that as Rust strings) plus 8 MiB of JSON: under 20 MiB.
+const PAGE_MAX_RESULT_BYTES: u64 = 4 * 1024 * 1024;
+const PAGE_MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// A statistics answer holds one row per group (airlines, destinations, months: tens to
+/// hundreds). Only the largest `STATS_MAX_GROUPS` groups are listed (`truncated: true` says more
+/// exist), so anyone posting many distinct values cannot make the answer fail for everyone; the
+/// total still counts every flight. 1,000 keys of at most 256 bytes stay under 2 MB of JSON.
+const STATS_MAX_GROUPS: u32 = 1_000;
 const STATS_MAX_RESULT_BYTES: u64 = 4 * 1024 * 1024;
 /// The client waits this much longer than `max_execution_time`, so ClickHouse's own error wins
 /// when the server is alive.
@@ -246,10 +257,26 @@ fn database_error(e: clickhouse::error::Error) -> ApiError {
     if e.to_string().contains("Code: 159.") {
         return store_timeout("the query ran longer than its time limit");
     }
+    // Code 396: TOO_MANY_ROWS_OR_BYTES (max_result_rows/bytes): the answer, not the store, is at
+    // fault, so it is not a 5xx that burns the availability SLO.
+    if e.to_string().contains("Code: 396.") {
+        return result_too_large();
+    }
     ApiError {
         retry_after: Some(1),
         ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "clickhouse_unavailable", "the flight store did not answer")
     }
+}
+
+fn result_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "result_too_large",
+        format!(
+            "the answer would exceed {} MiB; ask for fewer rows (limit) or narrow the filters",
+            PAGE_MAX_RESULT_BYTES >> 20
+        ),
+    )
 }
 
 fn store_timeout(message: &str) -> ApiError {
@@ -355,12 +382,6 @@ const FLIGHT_COLUMNS: &str = "toString(scheduled_at, 'UTC'), scheduled_flight, t
     toString(destination_city), delay_minutes, delayed, toString(period_day), high_season, \
     toUInt32(scheduled_at), source_partition, source_offset";
 
-#[derive(Serialize)]
-struct FlightsPage {
-    flights: Vec<FlightOut>,
-    next_cursor: Option<String>,
-}
-
 /// What `GET /v1/flights` asks for.
 #[derive(Debug)]
 struct FlightsRequest {
@@ -386,7 +407,7 @@ impl FlightsRequest {
     }
 }
 
-async fn flights(State(state): State<AppState>, uri: Uri) -> Result<Json<FlightsPage>, ApiError> {
+async fn flights(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let FlightsRequest { filters, limit, cursor } = FlightsRequest::parse(&uri, state.max_rows)?;
     let mut conditions = filters.conditions();
     if cursor.is_some() {
@@ -405,16 +426,38 @@ async fn flights(State(state): State<AppState>, uri: Uri) -> Result<Json<Flights
     if let Some(c) = &cursor {
         query = query.param("c_at", c.scheduled_at).param("c_p", c.partition).param("c_o", c.offset);
     }
-    let mut rows = bounded(state.call_timeout, query.fetch_all::<FlightOut>()).await?;
-    let next_cursor = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| {
-            Cursor { scheduled_at: r.sort_at, partition: r.source_partition, offset: r.source_offset }.encode()
-        })
-    } else {
-        None
-    };
-    Ok(Json(FlightsPage { flights: rows, next_cursor }))
+    let rows = bounded(state.call_timeout, query.fetch_all::<FlightOut>()).await?;
+    let body = page_json(&rows, limit as usize, PAGE_MAX_RESPONSE_BYTES, |r| {
+        Cursor { scheduled_at: r.sort_at, partition: r.source_partition, offset: r.source_offset }.encode()
+    });
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `{"flights": [...], "next_cursor": ...}` with at most `limit` of `rows`, written row by row and
+/// ended early (with a cursor to the rest) before the JSON passes `max_bytes`. At least one row is
+/// always written; a row is at most a few tens of KiB.
+fn page_json<T: Serialize>(rows: &[T], limit: usize, max_bytes: usize, cursor_of: impl Fn(&T) -> String) -> Vec<u8> {
+    /// Room kept for the cursor and the closing bytes.
+    const TAIL: usize = 128;
+    let mut body = b"{\"flights\":[".to_vec();
+    let mut written = 0;
+    for row in rows.iter().take(limit) {
+        let start = body.len();
+        if written > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, row).expect("a row serializes");
+        if written > 0 && body.len() + TAIL > max_bytes {
+            body.truncate(start);
+            break;
+        }
+        written += 1;
+    }
+    let next_cursor = (written < rows.len()).then(|| cursor_of(&rows[written - 1]));
+    body.extend_from_slice(b"],\"next_cursor\":");
+    serde_json::to_writer(&mut body, &next_cursor).expect("a cursor serializes");
+    body.push(b'}');
+    body
 }
 
 #[derive(Row, Deserialize)]
@@ -422,6 +465,9 @@ struct GroupRow {
     key: String,
     flights: u64,
     delayed: u64,
+    /// Over all groups, listed or not.
+    all_flights: u64,
+    all_delayed: u64,
 }
 
 #[derive(Serialize)]
@@ -437,6 +483,8 @@ struct DelayStats {
     by: String,
     total: Group,
     groups: Vec<Group>,
+    /// More groups exist than the `STATS_MAX_GROUPS` largest listed.
+    truncated: bool,
 }
 
 /// Grouping expressions: the only SQL a `by` value selects, from this fixed list.
@@ -476,25 +524,37 @@ impl StatsRequest {
 
 async fn delays(State(state): State<AppState>, uri: Uri) -> Result<Json<DelayStats>, ApiError> {
     let StatsRequest { by, expression, filters } = StatsRequest::parse(&uri)?;
+    // One row past the limit says whether groups were left out; the window sums (computed before
+    // LIMIT) give the total over every group.
     let sql = format!(
-        "SELECT {expression} AS key, count() AS flights, toUInt64(countIf(delayed)) AS delayed FROM {} FINAL {} \
-         GROUP BY key ORDER BY flights DESC, key",
+        "SELECT {expression} AS key, count() AS group_flights, toUInt64(countIf(delayed)) AS group_delayed, \
+         toUInt64(sum(count()) OVER ()) AS all_flights, toUInt64(sum(countIf(delayed)) OVER ()) AS all_delayed \
+         FROM {} FINAL {} GROUP BY key ORDER BY group_flights DESC, key LIMIT {}",
         state.table,
-        where_clause(&filters.conditions())
+        where_clause(&filters.conditions()),
+        STATS_MAX_GROUPS + 1
     );
-    let query = result_limits(state.clickhouse.query(&sql), STATS_MAX_GROUPS, STATS_MAX_RESULT_BYTES);
+    let query = result_limits(state.clickhouse.query(&sql), STATS_MAX_GROUPS + 1, STATS_MAX_RESULT_BYTES);
     let rows = bounded(state.call_timeout, filters.bind(query).fetch_all::<GroupRow>()).await?;
-    let (flights, delayed) = rows.iter().fold((0, 0), |(f, d), r| (f + r.flights, d + r.delayed));
-    Ok(Json(DelayStats {
+    Ok(Json(delay_stats(by, rows)))
+}
+
+fn delay_stats(by: String, mut rows: Vec<GroupRow>) -> DelayStats {
+    let total = rows.first().map_or((0, 0), |r| (r.all_flights, r.all_delayed));
+    let truncated = rows.len() > STATS_MAX_GROUPS as usize;
+    rows.truncate(STATS_MAX_GROUPS as usize);
+    DelayStats {
         by,
-        total: group("all".into(), flights, delayed),
+        total: group("all".into(), total.0, total.1),
         groups: rows.into_iter().map(|r| group(r.key, r.flights, r.delayed)).collect(),
-    }))
+        truncated,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -560,6 +620,54 @@ mod tests {
         let error = bounded::<()>(Duration::from_millis(200), std::future::pending()).await.unwrap_err();
         assert_eq!((error.status, error.error), (StatusCode::GATEWAY_TIMEOUT, "clickhouse_timeout"));
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn pages_end_before_the_response_limit_with_a_cursor_to_the_rest() {
+        #[derive(Serialize)]
+        struct Row {
+            n: usize,
+            text: String,
+        }
+        // Control characters are 6 bytes each in JSON: 100 rows of 200 would be ~120 KB.
+        let rows: Vec<_> = (0..101).map(|n| Row { n, text: "\u{1}".repeat(200) }).collect();
+        let cursor = |r: &Row| r.n.to_string();
+        let page: serde_json::Value = serde_json::from_slice(&page_json(&rows, 100, 1 << 20, cursor)).unwrap();
+        assert_eq!((page["flights"].as_array().unwrap().len(), &page["next_cursor"]), (100, &json!("99")));
+        let body = page_json(&rows, 100, 10_000, cursor);
+        assert!(body.len() <= 10_000, "{}", body.len());
+        let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let listed = page["flights"].as_array().unwrap().len();
+        assert!((5..10).contains(&listed), "{listed}");
+        assert_eq!(page["next_cursor"], json!((listed - 1).to_string()));
+        // The last page has no cursor; one row always fits, even past the limit.
+        let page: serde_json::Value = serde_json::from_slice(&page_json(&rows[..3], 100, 10, cursor)).unwrap();
+        assert_eq!((page["flights"].as_array().unwrap().len(), &page["next_cursor"]), (1, &json!("0")));
+        let page: serde_json::Value = serde_json::from_slice(&page_json(&rows[..0], 100, 10, cursor)).unwrap();
+        assert_eq!(page, json!({"flights": [], "next_cursor": null}));
+    }
+
+    #[test]
+    fn statistics_list_the_largest_groups_and_say_when_more_exist() {
+        let row =
+            |n: u64| GroupRow { key: n.to_string(), flights: 10, delayed: 1, all_flights: 90_000, all_delayed: 7 };
+        let stats = delay_stats("airline".into(), (0..=u64::from(STATS_MAX_GROUPS)).map(row).collect());
+        assert!(stats.truncated);
+        assert_eq!(stats.groups.len(), STATS_MAX_GROUPS as usize);
+        assert_eq!((stats.total.flights, stats.total.delayed), (90_000, 7));
+        let stats = delay_stats("airline".into(), (0..3).map(row).collect());
+        assert!(!stats.truncated && stats.groups.len() == 3);
+        let stats = delay_stats("airline".into(), Vec::new());
+        assert!(!stats.truncated && stats.total.flights == 0);
+    }
+
+    #[test]
+    fn an_oversized_answer_is_422_not_5xx() {
+        let e = clickhouse::error::Error::BadResponse(
+            "Code: 396. DB::Exception: Limit for result exceeded, max rows: 10.00. (TOO_MANY_ROWS_OR_BYTES)".into(),
+        );
+        let error = database_error(e);
+        assert_eq!((error.status, error.error), (StatusCode::UNPROCESSABLE_ENTITY, "result_too_large"));
     }
 
     #[test]
