@@ -2,7 +2,7 @@
 //! "theoretical arrival time"), so a check is one hash-map lookup and a few integer operations.
 //!
 //! Memory is bounded: at most [`RateLimiter::MAX_CLIENTS`] clients are tracked (plus one shared
-//! overflow bucket), each entry under 200 bytes, so under 2 MB in all. When the table is full, clients
+//! overflow bucket), each entry under 100 bytes, so about 1 MB in all. When the table is full, clients
 //! whose bucket has refilled (idle: forgetting them changes nothing) are swept out, at most once a
 //! second; if every tracked client is still active, new clients share the overflow bucket, so a flood
 //! of new addresses can neither grow the table nor reset an active client's bucket.
@@ -12,11 +12,15 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 /// Who a request is charged to.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum ClientKey {
-    /// The authenticated principal (API key hash prefix or JWT subject), at most 64 bytes.
-    Principal(Box<str>),
+    /// The authenticated principal (API key hash prefix or JWT subject), as the first 128 bits of
+    /// the SHA-256 of its full text: fixed size, and subjects that share a long prefix still get
+    /// their own buckets.
+    Principal([u8; 16]),
     /// The peer address; IPv6 by its /64 prefix (one host usually holds a whole /64).
     Address(IpAddr),
     /// New clients while the table is full of active ones.
@@ -25,11 +29,8 @@ pub enum ClientKey {
 
 impl ClientKey {
     pub fn principal(name: &str) -> Self {
-        let mut end = name.len().min(64);
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        Self::Principal(name[..end].into())
+        let digest = Sha256::digest(name.as_bytes());
+        Self::Principal(digest[..16].try_into().expect("SHA-256 has 32 bytes"))
     }
 
     pub fn address(ip: IpAddr) -> Self {
@@ -156,7 +157,18 @@ mod tests {
         assert_eq!(ip("2001:db8:1:2::1"), ip("2001:db8:1:2:ffff::9"));
         assert_ne!(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1"));
         assert_eq!(ip("::ffff:10.0.0.1"), ip("10.0.0.1"));
-        assert_eq!(ClientKey::principal(&"é".repeat(100)), ClientKey::Principal("é".repeat(32).into()));
+    }
+
+    #[test]
+    fn long_principals_that_share_a_prefix_have_their_own_buckets() {
+        let limiter = RateLimiter::new(1, 1).unwrap();
+        let prefix = format!("sub:{}", "é".repeat(100));
+        let (alice, bob) = (format!("{prefix}alice"), format!("{prefix}bob"));
+        assert_ne!(ClientKey::principal(&alice), ClientKey::principal(&bob));
+        assert_eq!(ClientKey::principal(&alice), ClientKey::principal(&alice.clone()));
+        assert!(limiter.check_at(ClientKey::principal(&alice), 0).is_ok());
+        assert!(limiter.check_at(ClientKey::principal(&alice), 0).is_err());
+        assert!(limiter.check_at(ClientKey::principal(&bob), 0).is_ok());
     }
 
     #[test]
