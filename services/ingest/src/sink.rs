@@ -21,7 +21,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clickhouse::Row;
@@ -34,6 +34,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -51,6 +52,12 @@ const MAX_REASON_BYTES: usize = 1_024;
 const INSERT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const INSERT_END_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A dead letter the broker refuses for its size or form is sent again with at most this much of
+/// its payload and key (and the original size in a header): the reason and origin always arrive.
+const TRUNCATED_DEAD_LETTER_BYTES: usize = 1_024;
+/// Dead letters failing this long without a break make the sink unready: the partition is stalled
+/// behind them, and the operator's status and the alerts must say so.
+pub const DEAD_LETTERS_UNREADY_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// A table row; field order and types follow `operator/src/build/table.rs`.
 #[derive(Row, Serialize, Debug, Clone, PartialEq)]
@@ -314,6 +321,31 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// A dead letter the broker will never take as it is (too large, or a record it cannot read):
+/// retrying it would stall the partition for ever. Anything else (a broker away, a full queue,
+/// a timeout) is worth retrying.
+pub fn refused_for_good(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error,
+        KafkaError::MessageProduction(
+            MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord | MessageBatchTooLarge
+        )
+    )
+}
+
+/// Readiness of the dead-letter path: failing for `DEAD_LETTERS_UNREADY_AFTER` without a
+/// success in between is unready.
+pub fn dead_letters_ready(failing_for: Option<Duration>) -> Result<(), String> {
+    match failing_for {
+        Some(failing) if failing >= DEAD_LETTERS_UNREADY_AFTER => Err(format!(
+            "the dead-letter topic has refused every send for {} s: the partition is stalled",
+            failing.as_secs()
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabels {
     partition: i32,
@@ -328,6 +360,7 @@ struct Metrics {
     rows: Counter,
     dead_letters: Counter,
     dead_letter_errors: Counter,
+    dead_letters_truncated: Counter,
     dropped: Family<ReasonLabels, Counter>,
     batch_size: Histogram,
     insert_seconds: Histogram,
@@ -342,6 +375,7 @@ impl Metrics {
             rows: Counter::default(),
             dead_letters: Counter::default(),
             dead_letter_errors: Counter::default(),
+            dead_letters_truncated: Counter::default(),
             dropped: Family::default(),
             batch_size: Histogram::new([1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0]),
             insert_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -361,6 +395,11 @@ impl Metrics {
             "dead_letter_errors",
             "Failed sends to the dead-letter topic (retried)",
             m.dead_letter_errors.clone(),
+        );
+        telemetry.register(
+            "dead_letters_truncated",
+            "Dead letters the broker refused whole (too large or malformed), sent with a truncated payload",
+            m.dead_letters_truncated.clone(),
         );
         telemetry.register(
             "dropped_records",
@@ -424,13 +463,17 @@ pub async fn run() -> anyhow::Result<()> {
     }
 
     let consuming = Arc::new(AtomicBool::new(false));
+    let dead_letters_failing_since = Arc::new(Mutex::new(None::<Instant>));
     let ready: ReadyCheck = {
         let clickhouse = clickhouse.clone();
         let consuming = consuming.clone();
+        let failing_since = dead_letters_failing_since.clone();
         Arc::new(move || {
             let clickhouse = clickhouse.clone();
             let consuming = consuming.clone();
+            let failing_for = failing_since.lock().expect("lock").map(|since| since.elapsed());
             Box::pin(async move {
+                dead_letters_ready(failing_for)?;
                 clickhouse.query("SELECT 1").execute().await.map_err(|e| format!("ClickHouse: {e}"))?;
                 if consuming.load(Ordering::Relaxed) { Ok(()) } else { Err("not consuming yet".into()) }
             })
@@ -438,7 +481,7 @@ pub async fn run() -> anyhow::Result<()> {
     };
     let app = server::app(axum::Router::new(), telemetry, ready, None, config::HttpLimits::INGEST);
     let http = tokio::spawn(server::serve(config::listen_addr()?, app));
-    let sink = Sink { consumer, dead_letters, clickhouse, settings, metrics, consuming };
+    let sink = Sink { consumer, dead_letters, clickhouse, settings, metrics, consuming, dead_letters_failing_since };
     tokio::select! {
         result = sink.run() => result?,
         _ = server::shutdown_signal() => tracing::info!("stopping: the current batch is not committed and will be redelivered"),
@@ -455,6 +498,8 @@ struct Sink {
     settings: Settings,
     metrics: Arc<Metrics>,
     consuming: Arc<AtomicBool>,
+    /// When the current run of failed dead-letter sends began (`None`: the last one went through).
+    dead_letters_failing_since: Arc<Mutex<Option<Instant>>>,
 }
 
 /// A record that is not stored, and why.
@@ -606,8 +651,10 @@ impl Sink {
     }
 
     /// Sends records that are not stored to the dead-letter topic (original key and payload; the
-    /// reason, its kind and the origin in headers), retrying until the broker takes each one. With
-    /// no dead-letter topic, counts them as dropped.
+    /// reason, its kind and the origin in headers), retrying until the broker takes each one. A
+    /// record the broker refuses for good (too large, malformed) goes with a truncated payload and
+    /// its original size instead; refused even so, it is counted as dropped. With no dead-letter
+    /// topic, records are counted as dropped.
     async fn dead_letter(&self, dropped: &[Dropped<'_>]) {
         for Dropped { message, reason, why } in dropped {
             let why = truncate(why, MAX_REASON_BYTES);
@@ -623,33 +670,58 @@ impl Sink {
                 continue;
             };
             let origin = format!("{}/{}/{}", message.topic(), message.partition(), message.offset());
+            let (payload, key) = (message.payload().unwrap_or_default(), message.key());
+            let original_size = payload.len().to_string();
+            let mut truncated = false;
             let mut delay = Duration::from_millis(500);
             loop {
-                let headers = OwnedHeaders::new()
+                let mut headers = OwnedHeaders::new()
                     .insert(Header { key: "flightline.reason", value: Some(why) })
                     .insert(Header { key: "flightline.reason-kind", value: Some(reason.as_str()) })
                     .insert(Header { key: "flightline.origin", value: Some(origin.as_str()) });
-                let mut record =
-                    FutureRecord::to(topic).headers(headers).payload(message.payload().unwrap_or_default());
-                if let Some(key) = message.key() {
-                    record = record.key(key);
+                let mut record = FutureRecord::to(topic);
+                if truncated {
+                    headers = headers.insert(Header { key: "flightline.original-size", value: Some(&original_size) });
+                    record = record.payload(&payload[..payload.len().min(TRUNCATED_DEAD_LETTER_BYTES)]);
+                    if let Some(key) = key {
+                        record = record.key(&key[..key.len().min(TRUNCATED_DEAD_LETTER_BYTES)]);
+                    }
+                } else {
+                    record = record.payload(payload);
+                    if let Some(key) = key {
+                        record = record.key(key);
+                    }
                 }
                 let producer = self.dead_letters.read().expect("producer lock").clone();
-                match producer.send(record, Duration::from_secs(30)).await {
+                let error = match producer.send(record.headers(headers), Duration::from_secs(30)).await {
                     Ok(_) => {
                         self.metrics.dead_letters.inc();
+                        if truncated {
+                            self.metrics.dead_letters_truncated.inc();
+                        }
+                        *self.dead_letters_failing_since.lock().expect("lock") = None;
                         break;
                     }
-                    Err((e, _)) => {
-                        self.metrics.dead_letter_errors.inc();
-                        tracing::warn!(error = %e, %topic, retry_in_ms = delay.as_millis() as u64, "dead-letter send failed");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(MAX_BACKOFF);
-                        match crate::produce::producer(&self.settings.bootstrap) {
-                            Ok(fresh) => *self.dead_letters.write().expect("producer lock") = fresh,
-                            Err(e) => tracing::error!(error = %e, "could not create a new Kafka producer"),
-                        }
+                    Err((e, _)) => e,
+                };
+                self.metrics.dead_letter_errors.inc();
+                if refused_for_good(&error) {
+                    if !truncated {
+                        tracing::warn!(error = %error, %topic, size = payload.len(), "dead letter refused; sending it truncated");
+                        truncated = true;
+                        continue;
                     }
+                    tracing::error!(error = %error, %topic, "truncated dead letter refused too; record dropped");
+                    self.metrics.dropped.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
+                    break;
+                }
+                self.dead_letters_failing_since.lock().expect("lock").get_or_insert_with(Instant::now);
+                tracing::warn!(error = %error, %topic, retry_in_ms = delay.as_millis() as u64, "dead-letter send failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
+                match crate::produce::producer(&self.settings.bootstrap) {
+                    Ok(fresh) => *self.dead_letters.write().expect("producer lock") = fresh,
+                    Err(e) => tracing::error!(error = %e, "could not create a new Kafka producer"),
                 }
             }
         }
@@ -834,6 +906,27 @@ mod tests {
         let last = refused.last().unwrap();
         assert_eq!(last.0, 199 * 50..200 * 50);
         assert!(last.1.starts_with("not isolated"), "{}", last.1);
+    }
+
+    #[test]
+    fn dead_letters_refused_for_their_size_or_form_are_not_retried_as_they_are() {
+        use RDKafkaErrorCode::*;
+        for code in [MessageSizeTooLarge, InvalidMessageSize, InvalidMessage, InvalidRecord, MessageBatchTooLarge] {
+            assert!(refused_for_good(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+        for code in [QueueFull, MessageTimedOut, BrokerTransportFailure, NotLeaderForPartition, UnknownTopicOrPartition]
+        {
+            assert!(!refused_for_good(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+        assert!(!refused_for_good(&KafkaError::Canceled));
+    }
+
+    #[test]
+    fn the_sink_is_unready_after_five_minutes_of_failed_dead_letters() {
+        assert!(dead_letters_ready(None).is_ok());
+        assert!(dead_letters_ready(Some(Duration::from_secs(299))).is_ok());
+        let unready = dead_letters_ready(Some(Duration::from_secs(300))).unwrap_err();
+        assert!(unready.contains("300 s"), "{unready}");
     }
 
     #[test]
