@@ -31,6 +31,7 @@ pub const HTTP_REQUEST_TIMEOUT_SECONDS_ENV: &str = "HTTP_REQUEST_TIMEOUT_SECONDS
 /// Service constants (not in the CRD) that the environment may override.
 pub const HTTP_HEADER_READ_TIMEOUT_SECONDS_ENV: &str = "HTTP_HEADER_READ_TIMEOUT_SECONDS";
 pub const HTTP_BODY_READ_TIMEOUT_SECONDS_ENV: &str = "HTTP_BODY_READ_TIMEOUT_SECONDS";
+pub const HTTP_MAX_CONNECTIONS_ENV: &str = "HTTP_MAX_CONNECTIONS";
 
 /// What one service's HTTP side allows: per-client rate, in-flight requests and time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +92,14 @@ pub fn header_read_timeout() -> anyhow::Result<std::time::Duration> {
     let seconds: u32 = parsed(HTTP_HEADER_READ_TIMEOUT_SECONDS_ENV, 10)?;
     anyhow::ensure!(seconds > 0, "{HTTP_HEADER_READ_TIMEOUT_SECONDS_ENV} must be at least 1");
     Ok(std::time::Duration::from_secs(seconds.into()))
+}
+
+/// How many connections a service holds open at once, default 1,024; past it, new connections
+/// wait in the kernel's accept queue instead of each costing a task and buffers.
+pub fn max_connections() -> anyhow::Result<usize> {
+    let connections: usize = parsed(HTTP_MAX_CONNECTIONS_ENV, 1024)?;
+    anyhow::ensure!(connections > 0, "{HTTP_MAX_CONNECTIONS_ENV} must be at least 1");
+    Ok(connections)
 }
 
 /// ClickHouse settings every statement of query runs with: reads only (`readonly=2`, not 1, so the

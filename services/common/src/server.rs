@@ -244,9 +244,8 @@ pub fn app(
     let ready = Arc::new(CachedReady { check: ready, last: Mutex::new(None), running: Default::default() });
     let metrics = {
         let telemetry = telemetry.clone();
-        move || async move {
-            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], telemetry.encode())
-        }
+        let scrapes = Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_CONCURRENT_SCRAPES));
+        move || async move { metrics_answer(&scrapes, &telemetry) }
     };
     let readyz = move || {
         let ready = ready.clone();
@@ -268,6 +267,19 @@ pub fn app(
         .layer(middleware::from_fn_with_state(telemetry, record))
 }
 
+/// `/metrics` is not behind the request limits (scrapes must not see 429), so it has its own small
+/// bound: a flood of scrapes gets 503 at once instead of encoding the registry in parallel.
+const METRICS_MAX_CONCURRENT_SCRAPES: usize = 2;
+
+fn metrics_answer(scrapes: &tokio::sync::Semaphore, telemetry: &Telemetry) -> Response {
+    let Ok(_scrape) = scrapes.try_acquire() else {
+        let busy = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many scrapes at once");
+        return ApiError { retry_after: Some(1), ..busy }.into_response();
+    };
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], telemetry.encode())
+        .into_response()
+}
+
 /// How long in-flight requests may take to finish after SIGTERM (Kubernetes' default grace period
 /// is 30 s).
 const DRAIN_FOR: Duration = Duration::from_secs(25);
@@ -275,12 +287,14 @@ const DRAIN_FOR: Duration = Duration::from_secs(25);
 /// Serves until SIGTERM or Ctrl-C, then finishes in-flight requests. A client that does not send
 /// its request line and headers within the header read timeout (10 s by default) is disconnected
 /// (hyper's `header_read_timeout`; axum::serve cannot set it). Each request carries its peer
-/// address as `ConnectInfo<SocketAddr>`.
+/// address as `ConnectInfo<SocketAddr>`. At most `HTTP_MAX_CONNECTIONS` (1,024) connections are
+/// served at once; further ones wait to be accepted.
 pub async fn serve(addr: SocketAddr, app: Router) -> anyhow::Result<()> {
     let header_read_timeout = crate::config::header_read_timeout()?;
+    let max_connections = crate::config::max_connections()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, header_read_timeout_seconds = header_read_timeout.as_secs(), "listening");
-    serve_on(listener, app, header_read_timeout, shutdown_signal()).await;
+    tracing::info!(%addr, header_read_timeout_seconds = header_read_timeout.as_secs(), max_connections, "listening");
+    serve_on(listener, app, header_read_timeout, max_connections, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -289,13 +303,20 @@ async fn serve_on(
     listener: tokio::net::TcpListener,
     app: Router,
     header_read_timeout: Duration,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        // A slot first, then accept: at the cap, clients wait in the kernel's accept queue.
+        let connection_slot = tokio::select! {
+            slot = connections.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -316,6 +337,7 @@ async fn serve_on(
         });
         let connection = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
         tokio::spawn(async move {
+            let _connection_slot = connection_slot;
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
             }
@@ -602,7 +624,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (app, _) = test_app(Router::new(), limits(0, 1, 8));
-        tokio::spawn(serve_on(listener, app, Duration::from_secs(1), std::future::pending()));
+        tokio::spawn(serve_on(listener, app, Duration::from_secs(1), 64, std::future::pending()));
         let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
         stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Half: ").await.unwrap();
         let started = Instant::now();
@@ -624,6 +646,45 @@ mod tests {
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_wait_until_one_closes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (app, _) = test_app(Router::new(), limits(0, 1, 8));
+        tokio::spawn(serve_on(listener, app, Duration::from_secs(60), 2, std::future::pending()));
+        let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        // Two silent connections take both slots (the header read timeout is 60 s here).
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A third connects (the kernel queues it) but is not served while both are open.
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        third.write_all(request).await.unwrap();
+        let mut answer = String::new();
+        let waited = tokio::time::timeout(Duration::from_millis(500), third.read_to_string(&mut answer)).await;
+        assert!(waited.is_err() && answer.is_empty(), "served past the cap: {answer}");
+        // Once one finishes, the third is accepted and served.
+        first.write_all(request).await.unwrap();
+        first.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        answer.clear();
+        tokio::time::timeout(Duration::from_secs(5), third.read_to_string(&mut answer)).await.unwrap().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn scrapes_past_their_own_bound_get_503_at_once() {
+        let telemetry = Telemetry::new("test");
+        let scrapes = tokio::sync::Semaphore::new(METRICS_MAX_CONCURRENT_SCRAPES);
+        let held = scrapes.try_acquire_many(METRICS_MAX_CONCURRENT_SCRAPES as u32).unwrap();
+        let busy = metrics_answer(&scrapes, &telemetry);
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(json(busy).await["error"], "overloaded");
+        drop(held);
+        assert_eq!(metrics_answer(&scrapes, &telemetry).status(), StatusCode::OK);
     }
 
     #[test]
