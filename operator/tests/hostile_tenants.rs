@@ -427,3 +427,116 @@ async fn a_forged_status_record_does_not_get_a_hand_made_table_dropped() {
     assert!(stack.columns(&ns.database, "own").await.is_empty(), "its own table is dropped");
     assert_eq!(rows(&stack, &victim, "t").await, 3, "the hand-made table is not");
 }
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn an_older_pipeline_cannot_adopt_the_table_and_topic_a_younger_one_created() {
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("creator").await;
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+    let mut older = storage_only(&ns, "older", &format!("{}.older-own", ns.name), &ns.database, "older_own");
+    apply(&api, &older).await.unwrap();
+    wait_condition(&api, "older", "Ready", "True", None).await;
+    let topic = format!("{}.younger-own", ns.name);
+    apply(&api, &storage_only(&ns, "younger", &topic, &ns.database, "younger_own")).await.unwrap();
+    wait_condition(&api, "younger", "Ready", "True", None).await;
+    // A row a one-day TTL would expire.
+    let insert = format!("INSERT INTO `{}`.younger_own (scheduled_at) VALUES (now() - INTERVAL 3 DAY)", ns.database);
+    execute(&stack, &insert).await;
+
+    // The older pipeline names both, adopting, with a TTL and a short retention: it is older, but
+    // the younger one created them, so they stay the younger one's and nothing changes.
+    older.spec.kafka.topic = topic.clone();
+    older.spec.kafka.adopt_existing = true;
+    older.spec.kafka.retention = "1h".into();
+    older.spec.clickhouse.table = "younger_own".into();
+    older.spec.clickhouse.adopt_existing = true;
+    older.spec.clickhouse.ttl = "1d".into();
+    apply(&api, &older).await.unwrap();
+    let refused = wait_condition(&api, "older", "Ready", "False", Some("ResourceConflict")).await;
+    for type_ in ["KafkaReady", "ClickHouseReady"] {
+        let text = message(&refused, type_);
+        assert!(text.contains(&format!("{}/younger, which created it", ns.name)), "{type_}: {text}");
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await; // resyncs every 2 s
+    assert!(!table_facts(&stack, &ns.database, "younger_own").await.engine_full.contains("TTL"));
+    execute(&stack, &format!("OPTIMIZE TABLE `{}`.younger_own FINAL", ns.database)).await;
+    assert_eq!(rows(&stack, &ns.database, "younger_own").await, 1);
+    assert_eq!(stack.topic(&topic).await.unwrap().configs.unwrap()["retention.ms"], "604800000");
+    wait_condition(&api, "younger", "Ready", "True", None).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn internal_topics_and_another_pipelines_default_names_are_refused_and_leave_it_free() {
+    use flightline_operator::build::table::default_table_name;
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("squat").await;
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+    let victim_table = default_table_name(&ns.name, "victim").unwrap();
+    let victim_topic = format!("{}.victim.flights", ns.name);
+    let mut offsets = storage_only(&ns, "offsets", "__consumer_offsets", &ns.database, "offsets");
+    offsets.spec.kafka.adopt_existing = true;
+    offsets.spec.kafka.retention = "1ms".into();
+    let cases = [
+        (offsets, "spec.kafka.topic: \"__consumer_offsets\" is reserved".to_string()),
+        (
+            storage_only(&ns, "by-topic", &victim_topic, &ns.database, "by_topic"),
+            format!("spec.kafka.topic: {victim_topic:?} is the default name of pipeline {}/victim", ns.name),
+        ),
+        (
+            storage_only(&ns, "by-table", "", &ns.database, &victim_table),
+            format!("spec.clickhouse.table: {victim_table:?} is the default name of pipeline {}/victim", ns.name),
+        ),
+    ];
+    for (fp, _) in &cases {
+        apply(&api, fp).await.unwrap();
+    }
+    for (fp, text) in &cases {
+        let refused = wait_condition(&api, &fp.name_any(), "Ready", "False", Some("InvalidSpec")).await;
+        assert!(message(&refused, "Ready").contains(text), "{text:?} in {:?}", message(&refused, "Ready"));
+    }
+    // The pipeline whose names they are gets them.
+    apply(&api, &storage_only(&ns, "victim", "", &ns.database, "")).await.unwrap();
+    let ready = wait_condition(&api, "victim", "Ready", "True", None).await;
+    let storage = ready.status.unwrap().storage.unwrap();
+    assert!(storage.iter().any(|r| r.name == format!("{}.{victim_table}", ns.database) && r.created_by_flightline));
+    assert!(storage.iter().any(|r| r.name == victim_topic && r.created_by_flightline), "{storage:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn an_adopted_compacted_topic_is_never_turned_into_a_delete_topic() {
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("compact").await;
+    let topic = format!("{}.state", ns.name);
+    let mut admin = KafkaAdmin::connect(&stack.bootstrap, Duration::from_secs(10)).await.expect("broker");
+    let spec = TopicSpec {
+        name: topic.clone(),
+        partitions: 1,
+        replication_factor: 1,
+        configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+    };
+    admin.apply(&spec, &TopicPlan { create: true, ..TopicPlan::default() }).await.expect("create topic");
+    let policy = async || stack.topic(&topic).await.unwrap().configs.unwrap()["cleanup.policy"].clone();
+    assert_eq!(policy().await, "compact");
+
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+    let mut fp = storage_only(&ns, "state", &topic, &ns.database, "state");
+    fp.spec.kafka.adopt_existing = true;
+    fp.spec.kafka.partitions = 1; // as the topic has: the policy is the only difference that cannot be made
+    fp.spec.kafka.retention = "1h".into();
+    apply(&api, &fp).await.unwrap();
+    let blocked = wait_condition(&api, "state", "KafkaReady", "False", Some("NotSupported")).await;
+    let text = message(&blocked, "KafkaReady");
+    assert!(text.contains("cleanup.policy=compact") && text.contains("nothing was changed"), "{text}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(policy().await, "compact");
+    assert_ne!(
+        stack.topic(&topic).await.unwrap().configs.unwrap().get("retention.ms").map(String::as_str),
+        Some("3600000")
+    );
+}
