@@ -97,8 +97,8 @@ pub fn decide(
 fn how_to_adopt(kind: StorageKind) -> &'static str {
     match kind {
         StorageKind::Topic => {
-            "To use it, set spec.kafka.adoptExisting: true (the operator then manages its partitions and \
-             configs, and never deletes it)"
+            "To use it, set spec.kafka.adoptExisting: true (the operator then manages its partitions, \
+             retention and extra configs, never changes its cleanup.policy, and never deletes it)"
         }
         StorageKind::Table => {
             "To use it, set spec.clickhouse.adoptExisting: true (the operator then adds its columns and \
