@@ -381,6 +381,9 @@ async fn predict_memory_stays_bounded_at_its_limits() {
     let (status, _, body) = post(zeros.as_bytes()).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(json_body(&body)["field"], "flights[0].OPERA", "{body}");
+    let refused = peak_rss_kib(&predict);
+    eprintln!("predict peak RSS after the two refused bodies: +{} KiB", refused - idle);
+    assert!(refused - idle < 16 * 1024, "predict grew by {} KiB on refused bodies", refused - idle);
     // 10,000 valid flights, the most one request may carry, are predicted.
     let flight = format!(r#"{{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3,"padding":"{}"}}"#, " ".repeat(330));
     let most = format!("{{\"flights\":[{}]}}", vec![flight.as_str(); 10_000].join(","));
@@ -392,4 +395,70 @@ async fn predict_memory_stays_bounded_at_its_limits() {
     // Each body is about 4 MB: the peak stays within a small multiple of it (2 million JSON values
     // would take 64-128 MB).
     assert!(peak - idle < 24 * 1024, "predict grew by {} KiB", peak - idle);
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack and the services built: run dev/test"]
+async fn query_pages_of_control_characters_stay_bounded_in_memory() {
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("hostile-page").await;
+    let admin = stack.clickhouse();
+    admin.query(&format!("CREATE DATABASE IF NOT EXISTS `{}`", ns.database)).execute().await.unwrap();
+    let columns = flightline_operator::build::table::BASE_COLUMNS;
+    let ddl: Vec<String> = columns.iter().map(|(name, ty)| format!("`{name}` {ty}")).collect();
+    admin
+        .query(&format!(
+            "CREATE TABLE `{}`.`flights` ({}) ENGINE = ReplacingMergeTree \
+             ORDER BY (scheduled_at, source_partition, source_offset, source_topic)",
+            ns.database,
+            ddl.join(", ")
+        ))
+        .execute()
+        .await
+        .unwrap();
+    // 10,001 rows whose every string field is 256 control characters (6 bytes each in JSON): the
+    // worst a client could have stored before ingest refused control characters.
+    let strings: Vec<&str> =
+        columns.iter().filter(|(_, ty)| ty.ends_with("String)") || *ty == "String").map(|c| c.0).collect();
+    let values = vec!["repeat(char(1), 256)"; strings.len()].join(", ");
+    admin
+        .query(&format!(
+            "INSERT INTO `{}`.`flights` (scheduled_at, source_partition, source_offset, {}) \
+             SELECT toDateTime('2017-01-01 00:00:00', 'UTC') + number, 0, number, {values} FROM numbers(10001)",
+            ns.database,
+            strings.join(", ")
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let (query, addr) = started(
+        "flightline-query",
+        &[
+            ("CLICKHOUSE_URL", &stack.clickhouse_url),
+            ("CLICKHOUSE_DATABASE", &ns.database),
+            ("CLICKHOUSE_TABLE", "flights"),
+        ],
+    )
+    .await;
+    let idle = peak_rss_kib(&query);
+    // A full page of such rows is more than a page may read: refused, and not as a 5xx.
+    let (status, _, body) = get(&addr, "/v1/flights?limit=10000", &[]).await;
+    assert_eq!(status, 422, "{}", &body[..body.len().min(300)]);
+    assert_eq!(json_body(&body)["error"], "result_too_large");
+    // 1,000 rows fit in what a page may read, not in what it may write: the page ends early
+    // with a cursor, and the next page goes on from there.
+    let (status, _, body) = get(&addr, "/v1/flights?limit=1000", &[]).await;
+    assert_eq!(status, 200, "{}", &body[..body.len().min(300)]);
+    assert!(body.len() <= 8 * 1024 * 1024, "{} bytes", body.len());
+    let page = json_body(&body);
+    let listed = page["flights"].as_array().unwrap().len();
+    assert!((100..1000).contains(&listed), "{listed} rows");
+    let cursor = page["next_cursor"].as_str().expect("a cursor to the rest").to_string();
+    let (status, _, body) = get(&addr, &format!("/v1/flights?limit=5&cursor={cursor}"), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let next = json_body(&body);
+    assert_eq!(next["flights"][0]["Fecha-I"], format!("2017-01-01 00:{:02}:{:02}", listed / 60, listed % 60));
+    let peak = peak_rss_kib(&query);
+    eprintln!("query peak RSS: idle {idle} KiB, after the pages {peak} KiB (+{} KiB)", peak - idle);
+    assert!(peak - idle < 40 * 1024, "query grew by {} KiB", peak - idle);
 }
