@@ -399,7 +399,7 @@ async fn predict_memory_stays_bounded_at_its_limits() {
 
 #[tokio::test]
 #[ignore = "needs the local stack and the services built: run dev/test"]
-async fn query_pages_of_control_characters_stay_bounded_in_memory() {
+async fn query_pages_of_control_characters_stay_bounded_and_many_groups_are_cut_not_failed() {
     let stack = Stack::connect().await;
     let ns = stack.namespace("hostile-page").await;
     let admin = stack.clickhouse();
@@ -461,4 +461,25 @@ async fn query_pages_of_control_characters_stay_bounded_in_memory() {
     let peak = peak_rss_kib(&query);
     eprintln!("query peak RSS: idle {idle} KiB, after the pages {peak} KiB (+{} KiB)", peak - idle);
     assert!(peak - idle < 40 * 1024, "query grew by {} KiB", peak - idle);
+
+    // 1,500 made-up airlines: statistics by airline still answer, with the largest 1,000 groups,
+    // `truncated`, and a total over every flight.
+    admin
+        .query(&format!(
+            "INSERT INTO `{}`.`flights` (scheduled_at, source_partition, source_offset, airline_name) \
+             SELECT toDateTime('2017-02-01 00:00:00', 'UTC') + number, 1, number, toString(number) FROM numbers(1500)",
+            ns.database
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let (status, _, body) = get(&addr, "/v1/stats/delays?by=airline", &[]).await;
+    assert_eq!(status, 200, "{}", &body[..body.len().min(300)]);
+    let stats = json_body(&body);
+    assert_eq!(stats["truncated"], true);
+    assert_eq!(stats["groups"].as_array().unwrap().len(), 1000);
+    assert_eq!(stats["groups"][0]["flights"], 10_001, "the largest group first");
+    assert_eq!(stats["total"]["flights"], 11_501);
+    let (status, _, body) = get(&addr, "/v1/stats/delays?by=month", &[]).await;
+    assert_eq!((status, json_body(&body)["truncated"].clone()), (200, json!(false)), "{body}");
 }
