@@ -357,3 +357,39 @@ async fn with_the_dead_letter_topic_off_poison_is_counted_as_dropped() {
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn a_dead_letter_too_large_for_the_broker_goes_truncated_with_its_size() {
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("dlq-size").await;
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let fp = ready_pipeline(&stack, &ns, &example_pipeline(&ns)).await;
+    let topic = topic_of(&fp);
+    let sink = service_addr(&stack, &ns, "scl", "sink").await;
+
+    // A 1.5 MB poison record on the topic (a producer with a larger limit than the sink's): its
+    // dead letter is over the sink producer's 1 MB `message.max.bytes`, refused for good. Before,
+    // the sink retried it for ever and the partition stalled behind it.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.bootstrap)
+        .set("message.max.bytes", "4000000")
+        .create()
+        .unwrap();
+    let huge = "x".repeat(1_500_000);
+    let good = serde_json::to_string(&flight("2017-05-05 10:00:00", "Sky Airline")).unwrap();
+    for payload in [huge.as_str(), good.as_str()] {
+        producer.send(FutureRecord::<(), _>::to(&topic).payload(payload), Duration::from_secs(10)).await.unwrap();
+    }
+    wait_count(&stack, &ns, &fp, 1).await;
+    let dlq = read_all(&stack, &format!("{topic}.dlq")).await;
+    assert_eq!(dlq.len(), 1, "{:?}", dlq.iter().map(|(p, h)| (p.len(), h)).collect::<Vec<_>>());
+    let (payload, headers) = &dlq[0];
+    assert_eq!(payload.len(), 1024);
+    assert_eq!(headers["flightline.original-size"], "1500000");
+    assert_eq!(headers["flightline.reason-kind"], "unparseable");
+    let (_, metrics) = http("GET", &sink, "/metrics", &[], b"").await;
+    assert!(metrics.lines().any(|l| l == "flightline_sink_dead_letters_truncated_total 1"), "{metrics}");
+    let (status, _) = http("GET", &sink, "/readyz", &[], b"").await;
+    assert_eq!(status, 200);
+}
