@@ -10,7 +10,6 @@ use clickhouse::Row;
 use flightline_operator::crd::FlightPipeline;
 use kube::ResourceExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
@@ -123,15 +122,7 @@ async fn read_all(stack: &Stack, topic: &str) -> Vec<(String, BTreeMap<String, S
         assert!(std::time::Instant::now() < deadline, "read {} of {want} records of {topic}", found.len());
         if let Some(message) = consumer.poll(Duration::from_millis(500)) {
             let message = message.expect("a record");
-            let headers = message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            found.push((String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(), headers));
+            found.push(payload_and_headers(&message));
         }
         tokio::task::yield_now().await;
     }

@@ -415,7 +415,6 @@ pub fn dev(args: &[&str]) {
 /// Reads a topic's partition 0 from the start: up to `want` records as (payload, headers).
 pub async fn read_topic(bootstrap: &str, topic: &str, want: usize) -> Vec<(String, BTreeMap<String, String>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "e2e-topic-reader")
@@ -428,15 +427,7 @@ pub async fn read_topic(bootstrap: &str, topic: &str, want: usize) -> Vec<(Strin
     let deadline = std::time::Instant::now() + TIMEOUT;
     while found.len() < want && std::time::Instant::now() < deadline {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) {
-            let headers = message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            found.push((String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(), headers));
+            found.push(payload_and_headers(&message));
         }
         tokio::task::yield_now().await;
     }
@@ -472,4 +463,18 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmHWM")
+}
+
+/// A record's payload and headers, as text.
+pub fn payload_and_headers(message: &impl rdkafka::message::Message) -> (String, BTreeMap<String, String>) {
+    use rdkafka::message::Headers;
+    let headers = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(), headers)
 }
