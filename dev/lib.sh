@@ -1,7 +1,7 @@
 # Shared settings and helpers for the dev/ scripts (sourced, not executed).
 #
 # Two places hold state:
-#   $FLIGHTLINE_CACHE  heavy, reusable builds: Kubernetes binaries, Tansu, the chDB venv, cargo's
+#   $FLIGHTLINE_CACHE  heavy, reusable builds: Kubernetes binaries, Kafka's jars, the chDB venv, cargo's
 #                      target dir. Default /var/tmp/flightline, outside the clone, so fresh clones,
 #                      CI and later sessions reuse them.
 #   $STATE (.flightline/ at the repo root, git-ignored)  this checkout's running stack: certificates,
@@ -17,7 +17,6 @@ LOGS="$STATE/logs"
 ENV_FILE="$STATE/env"
 
 K8S_BIN="$FLIGHTLINE_CACHE/k8s/bin"
-TANSU_BIN="$FLIGHTLINE_CACHE/tansu/bin/tansu"
 # Apache Kafka's jars (dev/install kafka-apache): kafka_2.13 and its runtime dependencies from Maven
 # Central in $KAFKA_APACHE_HOME/libs, with the log4j2 config the broker runs with.
 KAFKA_APACHE_HOME="$FLIGHTLINE_CACHE/kafka-apache"
@@ -32,11 +31,7 @@ PROMTOOL_BIN="${PROMTOOL_BIN:-/usr/bin/promtool}"
 ALERTMANAGER_BIN="${ALERTMANAGER_BIN:-/usr/bin/prometheus-alertmanager}"
 AMTOOL_BIN="${AMTOOL_BIN:-/usr/bin/amtool}"
 
-TANSU_VERSION=0.6.0
 KAFKA_APACHE_VERSION="${KAFKA_APACHE_VERSION:-4.4.0}"
-# The local broker dev/stack runs: tansu (default) or apache (Apache Kafka, KRaft, one combined
-# broker and controller; dev/install kafka-apache first).
-KAFKA_IMPL="${KAFKA_IMPL:-tansu}"
 CHDB_CORE_VERSION=26.9.0
 
 HOST=127.0.0.1
@@ -46,7 +41,7 @@ SCHED_PORT="${SCHED_PORT:-16445}"
 ETCD_PORT="${ETCD_PORT:-12379}"
 ETCD_PEER_PORT="${ETCD_PEER_PORT:-12380}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
-# Apache Kafka's KRaft controller listener (KAFKA_IMPL=apache only); +1 would be Alertmanager's 19093.
+# Apache Kafka's KRaft controller listener; +1 would be Alertmanager's 19093.
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 2))}"
 CH_PORT="${CH_PORT:-18123}"
 OPERATOR_METRICS_PORT="${OPERATOR_METRICS_PORT:-18080}"

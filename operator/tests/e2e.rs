@@ -1,5 +1,5 @@
-//! End-to-end tests of the operator against the local stack: a real Kubernetes 1.20 apiserver,
-//! Tansu (Kafka protocol) and the ClickHouse engine. Run them with `dev/test`.
+//! End-to-end tests of the operator against the local stack: a real Kubernetes apiserver,
+//! Apache Kafka and the ClickHouse engine. Run them with `dev/test`.
 
 mod support;
 
@@ -90,7 +90,7 @@ async fn example_pipeline_becomes_ready_with_topic_table_and_workloads() {
 
 #[tokio::test]
 #[ignore = "needs the local stack: run dev/test"]
-async fn retention_converges_and_partition_changes_report_not_supported() {
+async fn retention_converges_partitions_grow_and_never_shrink() {
     let stack = Stack::connect().await;
     let ns = stack.namespace("topic").await;
     let operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
@@ -106,13 +106,15 @@ async fn retention_converges_and_partition_changes_report_not_supported() {
     wait_condition(&api, "scl", "Ready", "True", None).await;
     assert_eq!(stack.topic(&topic_name).await.unwrap().configs.unwrap()["retention.ms"], "129600000");
 
-    // 3 → 6: Tansu has no CreatePartitions, so the operator says so instead of pretending.
+    // 3 → 6: the broker adds partitions (CreatePartitions) and the status reports them.
     fp.spec.kafka.partitions = 6;
     apply(&api, &fp).await.unwrap();
-    let grown = wait_condition(&api, "scl", "KafkaReady", "False", Some("NotSupported")).await;
-    let message = &condition(&grown, "KafkaReady").unwrap().message;
-    assert!(message.contains("CreatePartitions"), "{message}");
-    assert_eq!(condition(&grown, "Ready").unwrap().reason, "NotSupported");
+    eventually("the topic has 6 partitions", async || {
+        stack.topic(&topic_name).await.is_some_and(|t| t.partitions == 6)
+    })
+    .await;
+    let grown = wait_condition(&api, "scl", "Ready", "True", None).await;
+    assert_eq!(grown.status.as_ref().unwrap().partitions, Some(6));
 
     // No retry storm: with a 2 s resync, 10 s bring a handful of reconciles, not hundreds.
     let before = operator.metric("flightline_operator_reconciliations_total{result=\"ok\"}").await.unwrap_or(0.0);

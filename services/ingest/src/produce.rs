@@ -214,8 +214,9 @@ fn body_refused(error: BodyError, max_records: usize) -> ApiError {
 
 /// Reads the body again and publishes its valid records as they come, waiting for every
 /// acknowledgement. After a batch Kafka did not fully acknowledge, the producer is replaced by a
-/// fresh one: a broker that lost or cannot resume the idempotent producer's session (Tansu after
-/// a restart) then gets a new producer id instead of failing every later batch.
+/// fresh one: librdkafka turns an idempotence violation it cannot repair (a broker that lost the
+/// producer's state, an out-of-order sequence) into a fatal error that leaves the instance unusable,
+/// so a new producer id is the only way on instead of failing every later batch.
 async fn publish(state: &AppState, body: Bytes, format: Format, accepted: usize) -> Result<(), ApiError> {
     let producer = state.producer.read().expect("producer lock").clone();
     let (flights, mut incoming) = mpsc::channel::<Flight>(1_024);
