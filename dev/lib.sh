@@ -16,7 +16,11 @@ RUN="$STATE/run"
 LOGS="$STATE/logs"
 ENV_FILE="$STATE/env"
 
-K8S_BIN="$FLIGHTLINE_CACHE/k8s/bin"
+# Kubernetes control plane + kubelet and etcd, built from Go modules by dev/k8s/build.sh into a
+# versioned directory (a version bump builds beside the old binaries; K8S_BIN overrides the directory).
+K8S_VERSION="${K8S_VERSION:-1.35.4}"
+ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
+K8S_BIN="${K8S_BIN:-$FLIGHTLINE_CACHE/k8s/v$K8S_VERSION/bin}"
 # Apache Kafka's jars (dev/install kafka-apache): kafka_2.13 and its runtime dependencies from Maven
 # Central in $KAFKA_APACHE_HOME/libs, with the log4j2 config the broker runs with.
 KAFKA_APACHE_HOME="$FLIGHTLINE_CACHE/kafka-apache"

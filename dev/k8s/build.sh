@@ -1,145 +1,142 @@
 #!/usr/bin/env bash
-# dev/k8s/build.sh - idempotent install of a REAL Kubernetes control plane using only Debian's
-# package registry (apt):
-#   * kube-apiserver, kube-controller-manager, kube-scheduler v1.20.2, compiled from
-#     Debian bookworm's `kubernetes` SOURCE package (1.20.5+really1.20.2-1.1+deb12u1;
-#     upstream tarball incl. vendor/) with Debian's Go 1.19 (golang-1.19-go), offline.
-#   * etcd 3.4.23 from Debian's etcd-server .deb (unpacked, no service installed/started).
-# Nothing is fetched from outside the Debian mirror. Binaries land in $K8S_DIR/bin.
-# Re-running is a no-op once bin/ holds the expected versions (FORCE=1 rebuilds).
-# CLEAN=1 removes the build tree + Go cache afterwards (~1.5 GB) - the binaries stay.
+# dev/k8s/build.sh - idempotent build of a REAL, current Kubernetes control plane from Go modules
+# (the Go module proxy is the only source):
+#   * kube-apiserver, kube-controller-manager, kube-scheduler (static, CGO_ENABLED=0) and kubelet
+#     (cgo, as upstream builds it) from k8s.io/kubernetes v$K8S_VERSION;
+#   * etcd from go.etcd.io/etcd/server/v3 v$ETCD_VERSION.
+# `go install k8s.io/kubernetes/cmd/...@v1.x` is refused (its go.mod has replace directives), so each
+# is built inside a small consumer module under $K8S_HOME/v$K8S_VERSION/mod that requires the module
+# and replaces every staging module kubernetes requires at v0.0.0 (k8s.io/api, k8s.io/apiserver, ...)
+# with its published v0.<minor>.<patch>. The list is generated from kubernetes' own go.mod.
+# Binaries land in $K8S_BIN (default $FLIGHTLINE_CACHE/k8s/v$K8S_VERSION/bin, outside the clone) with
+# a .installed stamp; GOCACHE is $FLIGHTLINE_CACHE/k8s/gocache, GOMODCACHE stays Go's default.
+# Re-running is a no-op once the stamp matches (FORCE=1 rebuilds). CLEAN=1 drops the Go build cache.
+# (The former lane, 1.20.2 from Debian's source package with Go 1.19 and a go-openapi patch that made
+# zero values in custom resources valid again, is gone: 1.35's kube-openapi validates `data == nil`.)
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-K8S_DIR="$FLIGHTLINE_CACHE/k8s"   # bin/ and .build/ live in the shared cache, outside the clone
-BIN="$K8S_DIR/bin"
-WORK="$K8S_DIR/.build"
-COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler)
+K8S_HOME="$FLIGHTLINE_CACHE/k8s"
+BIN="$K8S_BIN"
+MOD="$K8S_HOME/v$K8S_VERSION/mod"
+ETCD_MOD="$K8S_HOME/etcd-v$ETCD_VERSION/mod"
+COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
 STAMP="$BIN/.installed"
+# Bump when the way the binaries are built changes (flags, tags), so cached binaries are rebuilt.
+RECIPE=1
+WANT="recipe=$RECIPE kubernetes=v$K8S_VERSION etcd=v$ETCD_VERSION"
 trap 'log "FAILED (line $LINENO, exit $?)"' ERR
 T0=$(date +%s)
 
-# Bump when the source patches below change, so cached binaries are rebuilt.
-PATCH_LEVEL=3
 installed() {
-  [ -f "$STAMP" ] && [ -x "$BIN/etcd" ] && grep -q "^patches=$PATCH_LEVEL\$" "$STAMP" || return 1
+  [ -f "$STAMP" ] && [ "$(head -1 "$STAMP")" = "$WANT" ] && [ -x "$BIN/etcd" ] || return 1
   local c; for c in "${COMPONENTS[@]}"; do [ -x "$BIN/$c" ] || return 1; done
 }
 if [ "${FORCE:-0}" != 1 ] && installed; then
-  log "already installed: $(tr '\n' ' ' < "$STAMP")"
+  log "already installed in $BIN: $(head -1 "$STAMP")"
   exit 0
 fi
 
-export DEBIAN_FRONTEND=noninteractive
-APT_LOCK=(-o DPkg::Lock::Timeout=600)
+step() { STEP_T=$(date +%s); log "$*"; }
+took() { log "  ... ${1:-done} in $(( $(date +%s) - STEP_T ))s"; }
 
-# ---------------------------------------------------------------- 1. toolchain (system apt)
-GO=/usr/lib/go-1.19/bin/go
+# ---------------------------------------------------------------- 1. tools (system apt)
 need=()
-[ -x "$GO" ] || need+=(golang-1.19-go)
+command -v go >/dev/null || die "Go is missing (this machine kind ships Go 1.26)"
+command -v jq >/dev/null || need+=(jq)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)   # kubelet links with cgo
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
-command -v make >/dev/null || need+=(make)
-command -v rsync >/dev/null || need+=(rsync)
 command -v ss >/dev/null || need+=(iproute2)
-command -v kubectl >/dev/null || need+=(kubernetes-client)   # Debian's kubectl 1.20 as a fallback
-if [ ${#need[@]} -gt 0 ]; then
-  log "apt-get install ${need[*]}"
-  if ! apt-get "${APT_LOCK[@]}" install -y --no-install-recommends "${need[@]}" >/dev/null; then
-    apt-get "${APT_LOCK[@]}" update >/dev/null
-    apt-get "${APT_LOCK[@]}" install -y --no-install-recommends "${need[@]}" >/dev/null
-  fi
-fi
-"$GO" version >&2
+[ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+# The go command must not switch toolchains behind our back; a too-old local Go fails loudly below.
+export GOTOOLCHAIN=local GOCACHE="$K8S_HOME/gocache" GOFLAGS=-buildvcs=false
+unset GOOS GOARCH
+log "$(go version); kubernetes v$K8S_VERSION, etcd v$ETCD_VERSION -> $BIN"
+mkdir -p "$BIN" "$MOD" "$ETCD_MOD" "$GOCACHE"
 
-# ---------------------------------------------------------------- 2. sources via a private apt config
-# (deb-src lines are not in the system sources.list; a private config leaves /etc/apt untouched)
-APTDIR="$WORK/apt"
-mkdir -p "$APTDIR/lists/partial" "$APTDIR/cache/archives/partial" "$WORK/dl"
-cat > "$APTDIR/sources.list" <<'EOF'
-deb     http://deb.debian.org/debian bookworm main
-deb-src http://deb.debian.org/debian bookworm main
-deb     http://deb.debian.org/debian bookworm-updates main
-deb-src http://deb.debian.org/debian bookworm-updates main
-deb     http://deb.debian.org/debian-security bookworm-security main
-deb-src http://deb.debian.org/debian-security bookworm-security main
-EOF
-APTO=("${APT_LOCK[@]}" -o Dir::Etc::SourceList="$APTDIR/sources.list" -o Dir::Etc::SourceParts=/dev/null
-      -o Dir::State::Lists="$APTDIR/lists" -o Dir::Cache="$APTDIR/cache" -o APT::Sandbox::User=root)
-log "apt-get update (private deb + deb-src index)"
-apt-get "${APTO[@]}" update >/dev/null
-cd "$WORK/dl"
-if ! ls kubernetes_*.orig.tar.gz >/dev/null 2>&1; then
-  log "apt-get source --download-only kubernetes"
-  apt-get "${APTO[@]}" source --download-only kubernetes >/dev/null
+# ---------------------------------------------------------------- 2. kubernetes consumer module
+MINOR=${K8S_VERSION#1.}            # 35.4 -> staging modules are v0.35.4
+if [ ! -f "$MOD/.resolved" ] || [ "${FORCE:-0}" = 1 ]; then
+  step "go mod download k8s.io/kubernetes@v$K8S_VERSION (the module zip: ~40 MB)"
+  GM=$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | jq -r .GoMod)
+  [ -s "$GM" ] || die "no go.mod for k8s.io/kubernetes@v$K8S_VERSION"
+  took
+  KGO=$(awk '$1=="go"{print $2; exit}' "$GM")
+  log "kubernetes v$K8S_VERSION's go.mod: go $KGO (local: $(go env GOVERSION))"
+  rm -f "$MOD/go.mod" "$MOD/go.sum" "$MOD/.resolved"
+  (cd "$MOD" && go mod init flightline.local/k8s-build >/dev/null 2>&1)
+  cd "$MOD"
+  edits=(-go="$KGO" -require="k8s.io/kubernetes@v$K8S_VERSION")
+  # every module kubernetes requires at v0.0.0 is a staging module served as v0.<minor>.<patch>
+  for m in $(awk '$2=="v0.0.0"{print $1}' "$GM"); do edits+=(-replace="$m=$m@v0.$MINOR"); done
+  # godebug lines only count in the main module: copy kubernetes' (single-line and block form)
+  for kv in $(awk '$1=="godebug" && $2!="("{print $2} /^godebug \(/{b=1;next} b&&/^\)/{b=0} b{print $1}' "$GM"); do
+    edits+=(-godebug="$kv")
+  done
+  for c in "${COMPONENTS[@]}"; do edits+=(-tool="k8s.io/kubernetes/cmd/$c"); done
+  go mod edit "${edits[@]}"
+  log "consumer module: $(grep -c '=> ' go.mod) staging replaces, godebug: $(grep '^godebug' go.mod | tr '\n' ' ')"
+  step "go mod tidy (downloads every dependency of the four commands)"
+  go mod tidy >"$MOD/tidy.log" 2>&1 || { tail -30 "$MOD/tidy.log" >&2; die "go mod tidy failed"; }
+  took
+  touch "$MOD/.resolved"
 fi
-if ! ls etcd-server_*.deb golang-github-modern-go-reflect2-dev_*.deb >/dev/null 2>&1; then
-  log "apt-get download etcd-server golang-github-modern-go-reflect2-dev"
-  apt-get "${APTO[@]}" download etcd-server golang-github-modern-go-reflect2-dev >/dev/null
-fi
-ORIG=$(ls kubernetes_*.orig.tar.gz | sort -V | tail -1)
-DEBVER=$(ls kubernetes_*.dsc | sort -V | tail -1 | sed 's/^kubernetes_//; s/\.dsc$//')
+cd "$MOD"
 
-# ---------------------------------------------------------------- 3. unpack + patch vendor
-SRCTOP=$( (tar tzf "$ORIG" || true) | head -1 | cut -d/ -f1)   # kubernetes-1.20.2
-case "$SRCTOP" in kubernetes-1.*) ;; *) log "unexpected source layout: $SRCTOP"; exit 1 ;; esac
-SRC="$WORK/$SRCTOP"
-if [ ! -f "$SRC/.unpacked" ]; then
-  rm -rf "$SRC"
-  log "unpacking $ORIG"
-  tar xzf "$ORIG" -C "$WORK"
-  # vendored reflect2 v1.0.1 breaks with Go >= 1.18; swap in Debian's v1.0.2 (API compatible)
-  rm -rf "$WORK/reflect2" && mkdir -p "$WORK/reflect2"
-  dpkg-deb -x golang-github-modern-go-reflect2-dev_*.deb "$WORK/reflect2"
-  R="$SRC/vendor/github.com/modern-go/reflect2"
-  rm -f "$R"/*.go "$R"/*.s
-  cp "$WORK"/reflect2/usr/share/gocode/src/github.com/modern-go/reflect2/*.go \
-     "$WORK"/reflect2/usr/share/gocode/src/github.com/modern-go/reflect2/*.s "$R"/
-  touch "$SRC/.unpacked"
-fi
-# go-openapi/validate treats a value as null when reflect.DeepEqual(reflect.Zero(T), reflect.ValueOf(v)),
-# comparing two reflect.Value structs. Go >= 1.19 points both at the same shared zero buffer for "",
-# 0 and false, so every empty string, zero and false in a custom resource was rejected as "null".
-# Upstream later reduced the check to `data == nil`; do the same.
-for TYPE_GO in "$SRC"/vendor/github.com/go-openapi/validate/type.go "$SRC"/vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go; do
-  if [ -f "$TYPE_GO" ] && grep -q 'data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))' "$TYPE_GO"; then
-    log "patching ${TYPE_GO#"$SRC"/vendor/}: zero values are not null"
-    sed -i 's/if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {/if data == nil {/' "$TYPE_GO"
-  fi
+# ---------------------------------------------------------------- 3. build (upstream's tags and stamps)
+# hack/lib/golang.sh: -tags selinux,notest; version via -X, else the binaries report v0.0.0; -s -w as
+# upstream's default GOLDFLAGS. Only the control plane is static; the kubelet keeps cgo like upstream.
+VPKGS=(k8s.io/component-base/version k8s.io/client-go/pkg/version)
+LDFLAGS="-s -w"
+BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+for p in "${VPKGS[@]}"; do
+  LDFLAGS+=" -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=${MINOR%%.*}"
+  LDFLAGS+=" -X $p.gitTreeState=clean -X $p.buildDate=$BUILD_DATE"
+done
+for c in "${COMPONENTS[@]}"; do
+  cgo=0; [ "$c" = kubelet ] && cgo=1
+  case $c in
+    kube-apiserver) note="; compiles most shared packages: the longest step" ;;
+    kubelet) note="; cgo changes every package's build: the second long step" ;;
+    *) note="" ;;
+  esac
+  step "go build $c (CGO_ENABLED=$cgo$note)"
+  CGO_ENABLED=$cgo go build -trimpath -tags selinux,notest -ldflags "$LDFLAGS" -o "$BIN/$c.new" "k8s.io/kubernetes/cmd/$c"
+  mv -f "$BIN/$c.new" "$BIN/$c"
+  took "$c $(du -h "$BIN/$c" | cut -f1)"
 done
 
-# ---------------------------------------------------------------- 4. build (upstream Makefile, vendor/, no network)
-# `make` first generates the zz_generated openapi/deepcopy/... files (not shipped in the
-# tarball), then builds statically linked binaries; the version (v1.20.2) is stamped from
-# the git-archive metadata in the tarball. `providerless` drops the in-tree cloud providers.
-export PATH="/usr/lib/go-1.19/bin:$PATH" GOPROXY=off GOTOOLCHAIN=local GOFLAGS=-tags=providerless
-export GOCACHE="$WORK/gocache"
-mkdir -p "$BIN"
-cd "$SRC"
-s=$(date +%s)
-WHAT=""; for c in "${COMPONENTS[@]}"; do WHAT="$WHAT cmd/$c"; done
-log "make WHAT=\"${WHAT# }\" (the slow part: ~10-20 min on 2 cores)"
-make WHAT="${WHAT# }" KUBE_BUILD_PLATFORMS=linux/amd64 >"$WORK/make.log" 2>&1 || { tail -40 "$WORK/make.log" >&2; exit 1; }
-for c in "${COMPONENTS[@]}"; do install -m 0755 "_output/local/bin/linux/amd64/$c" "$BIN/$c"; done
-log "built ${COMPONENTS[*]} in $(( $(date +%s) - s ))s"
-KVER=$("$BIN/kube-apiserver" --version | awk '{print $2}')
-
-# ---------------------------------------------------------------- 5. etcd from the .deb (no service)
-rm -rf "$WORK/etcd" && mkdir -p "$WORK/etcd"
-dpkg-deb -x "$WORK"/dl/etcd-server_*.deb "$WORK/etcd"
-install -m 0755 "$WORK/etcd/usr/bin/etcd" "$BIN/etcd"
-ETCDVER=$("$BIN/etcd" --version | awk '/etcd Version/{print $3}')
-
-{
-  echo "patches=$PATCH_LEVEL"
-  echo "kubernetes=$KVER (debian source $DEBVER, $("$GO" version | awk '{print $3}'))"
-  echo "etcd=$ETCDVER ($(ls "$WORK"/dl/etcd-server_*.deb | xargs -n1 basename))"
-} > "$STAMP"
-"$BIN/kube-apiserver" --version >&2
-
-if [ "${CLEAN:-0}" = 1 ]; then
-  log "CLEAN=1: removing build tree and Go cache"
-  rm -rf "$WORK/$SRCTOP" "$WORK/gocache" "$WORK/reflect2" "$WORK/etcd"
+# ---------------------------------------------------------------- 4. etcd (its own consumer module)
+# go.etcd.io/etcd/server/v3 has replace directives too, and sharing kubernetes' module graph would
+# move either side's dependencies; a second module keeps both at the versions their releases test.
+cd "$ETCD_MOD"
+if [ ! -f .resolved ] || [ "${FORCE:-0}" = 1 ]; then
+  rm -f go.mod go.sum
+  go mod init flightline.local/etcd-build >/dev/null 2>&1
+  step "go get -tool go.etcd.io/etcd/server/v3@v$ETCD_VERSION"
+  go get -tool "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" >get.log 2>&1 || { tail -30 get.log >&2; die "go get etcd failed"; }
+  took
+  touch .resolved
 fi
-log "done in $(( $(date +%s) - T0 ))s: $(tr '\n' ' ' < "$STAMP")"
+step "go build etcd"
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/etcd.new" go.etcd.io/etcd/server/v3
+mv -f "$BIN/etcd.new" "$BIN/etcd"
+took "etcd $(du -h "$BIN/etcd" | cut -f1)"
+
+# ---------------------------------------------------------------- 5. check + stamp
+KVER=$("$BIN/kube-apiserver" --version | awk '{print $2}')
+[ "$KVER" = "v$K8S_VERSION" ] || die "kube-apiserver reports $KVER, expected v$K8S_VERSION"
+ETCDVER=$("$BIN/etcd" --version | awk '/etcd Version/{print $3}')
+[ "$ETCDVER" = "$ETCD_VERSION" ] || die "etcd reports $ETCDVER, expected $ETCD_VERSION"
+{
+  echo "$WANT"
+  echo "built $BUILD_DATE with $(go env GOVERSION), tags selinux,notest"
+  for c in "${COMPONENTS[@]}" etcd; do echo "$c $("$BIN/$c" --version 2>/dev/null | head -1)"; done
+} > "$STAMP"
+if [ "${CLEAN:-0}" = 1 ]; then
+  log "CLEAN=1: removing the Go build cache ($(du -sh "$GOCACHE" | cut -f1))"
+  rm -rf "$GOCACHE"
+fi
+log "done in $(( $(date +%s) - T0 ))s: $(head -1 "$STAMP")"
 du -sh "$BIN" >&2

@@ -27,6 +27,10 @@ import urllib.request
 from datetime import datetime, timezone
 
 NODE = "flightline-local"
+# Pod IPs are PREFIX.2-254; a second stack on the same machine (a try stack) sets another prefix.
+POD_IP_PREFIX = os.environ.get("FLIGHTLINE_POD_IP_PREFIX", "127.0.1")
+# The version this stand-in reports as its kubelet's: the control plane's (dev/stack passes it).
+K8S_VERSION = os.environ.get("K8S_VERSION", "1.35.4")
 
 
 def now():
@@ -64,7 +68,7 @@ def post_node_status():
         "capacity": {"cpu": "64", "memory": "256Gi", "pods": "250"},
         "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "250"},
         "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": NODE}],
-        "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "v1.20.2-flightline-local",
+        "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": f"v{K8S_VERSION}-flightline-local",
                      "kubeProxyVersion": "none", "containerRuntimeVersion": "process://local", "kernelVersion": os.uname().release,
                      "osImage": "local processes", "machineID": "", "systemUUID": "", "bootID": ""},
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "node.py runs pods as local processes",
@@ -87,7 +91,7 @@ class Pods:
 
     def allocate_ip(self):
         for n in range(2, 255):
-            ip = f"127.0.1.{n}"
+            ip = f"{POD_IP_PREFIX}.{n}"
             if ip not in self.ips:
                 self.ips.add(ip)
                 return ip
