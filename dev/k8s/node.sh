@@ -297,6 +297,17 @@ in_namespace() {
 node_ready() {
   [ "$(kubectl_ get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
+# node_ready_since EPOCH: Ready, and this kubelet is the one reporting: its healthz answers and it
+# renewed the node's Lease at or after EPOCH. (A Node object left by the last run still says Ready
+# for up to 40 s after its kubelet stopped, and the kubelet rewrites an unchanged status only every
+# 5 minutes, so the condition's heartbeat time says nothing.)
+node_ready_since() {
+  local renew
+  node_ready || return 1
+  [ "$(curl -s --max-time 2 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz" 2>/dev/null)" = ok ] || return 1
+  renew=$(kubectl_ -n kube-node-lease get lease "$NODE_NAME" -o jsonpath='{.spec.renewTime}' 2>/dev/null) || return 1
+  [ -n "$renew" ] && [ "$(date -d "$renew" +%s)" -ge "$1" ]
+}
 
 do_start() {
   local t0 t1; t0=$(date +%s%N)
@@ -324,7 +335,7 @@ do_start() {
   wait_until 30 containerd "$CTR_BIN" -a "$SOCK" version || { tail -20 "$LOGS/containerd.log" >&2; die "containerd did not start"; }
   import_images
   [ "${NODE_CONTAINERD_ONLY:-0}" = 1 ] && { log "node: containerd only (NODE_CONTAINERD_ONLY=1)"; return; }
-  wait_until 120 "node Ready" node_ready || { tail -30 "$LOGS/kubelet.log" >&2; die "node $NODE_NAME not Ready after 120s"; }
+  wait_until 120 "node Ready" node_ready_since "$(( t0 / 1000000000 ))" || { tail -30 "$LOGS/kubelet.log" >&2; die "node $NODE_NAME not Ready after 120s"; }
   t1=$(date +%s%N)
   log "node: $NODE_NAME Ready in $(( (t1 - t0) / 1000000 )) ms ($(kubectl_ get node "$NODE_NAME" \
     -o jsonpath='{.status.nodeInfo.kubeletVersion}, {.status.nodeInfo.containerRuntimeVersion}'))"
