@@ -28,10 +28,18 @@ VENV="$FLIGHTLINE_CACHE/venv"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FLIGHTLINE_CACHE/target}"
 OPERATOR_BIN="$CARGO_TARGET_DIR/debug/flightline-operator"
 
-# Prometheus and Alertmanager from Debian's packages (dev/install monitoring); overridable to run
-# other builds (Debian's Prometheus lacks Kubernetes service discovery: see dev/stack).
-PROMETHEUS_BIN="${PROMETHEUS_BIN:-/usr/bin/prometheus}"
-PROMTOOL_BIN="${PROMTOOL_BIN:-/usr/bin/promtool}"
+# Monitoring (dev/install monitoring): Prometheus 3 and its promtool from the Go module
+# github.com/prometheus/prometheus (its tag v0.3XX.Y is Prometheus 3.XX.Y) and prometheus-adapter
+# from sigs.k8s.io/prometheus-adapter, built into versioned directories (a version bump builds
+# beside the old binaries); Alertmanager and amtool from Debian's packages. Each binary is
+# overridable (e.g. PROMETHEUS_BIN=/usr/bin/prometheus PROMTOOL_BIN=/usr/bin/promtool for Debian's
+# 2.42, which dev/stack then feeds from dev/monitoring/pod_sd.py).
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-3.16.0}"
+PROMETHEUS_ADAPTER_VERSION="${PROMETHEUS_ADAPTER_VERSION:-0.12.0}"
+MONITORING_HOME="$FLIGHTLINE_CACHE/monitoring"
+PROMETHEUS_BIN="${PROMETHEUS_BIN:-$MONITORING_HOME/prometheus-v$PROMETHEUS_VERSION/bin/prometheus}"
+PROMTOOL_BIN="${PROMTOOL_BIN:-$MONITORING_HOME/prometheus-v$PROMETHEUS_VERSION/bin/promtool}"
+PROMETHEUS_ADAPTER_BIN="${PROMETHEUS_ADAPTER_BIN:-$MONITORING_HOME/prometheus-adapter-v$PROMETHEUS_ADAPTER_VERSION/bin/adapter}"
 ALERTMANAGER_BIN="${ALERTMANAGER_BIN:-/usr/bin/prometheus-alertmanager}"
 AMTOOL_BIN="${AMTOOL_BIN:-/usr/bin/amtool}"
 
@@ -51,6 +59,8 @@ CH_PORT="${CH_PORT:-18123}"
 OPERATOR_METRICS_PORT="${OPERATOR_METRICS_PORT:-18080}"
 PROM_PORT="${PROM_PORT:-19090}"
 AM_PORT="${AM_PORT:-19093}"
+# prometheus-adapter's HTTPS port (the custom.metrics.k8s.io APIService)
+ADAPTER_PORT="${ADAPTER_PORT:-16446}"
 KUBECONFIG_FILE="$STATE/k8s/kubeconfig"
 
 log() { printf '[%s %s] %s\n' "$(basename "$0")" "$(date +%T)" "$*" >&2; }

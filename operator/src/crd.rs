@@ -377,6 +377,12 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_target_lag")]
     #[schemars(range(min = 1, max = 100000000))]
     pub target_consumer_lag: i64,
+    /// Seconds of lower load before the autoscaler removes pods (the HPA's
+    /// `behavior.scaleDown.stabilizationWindowSeconds`; for KEDA its HPA's). Unset: 300, as
+    /// Kubernetes. Shorter follows load faster, at the risk of flapping on bursty traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: Option<i32>,
 }
 
 impl Default for AutoscalingSpec {
@@ -387,6 +393,7 @@ impl Default for AutoscalingSpec {
             max_replicas: default_max_replicas(),
             target_requests_per_second: default_target_rps(),
             target_consumer_lag: default_target_lag(),
+            scale_down_stabilization_seconds: None,
         }
     }
 }

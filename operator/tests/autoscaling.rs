@@ -1,15 +1,21 @@
-//! End-to-end tests of autoscaling against the local Kubernetes 1.20 control plane: the HPA API
-//! version chosen by discovery, HPAs that follow the spec, a sink never scaled past its
-//! partitions, no replicas fight with the autoscaler, and KEDA ScaledObjects when KEDA is there.
+//! End-to-end tests of autoscaling against the local control plane: the HPA API version chosen by
+//! discovery, HPAs that follow the spec, a sink never scaled past its partitions, no replicas fight
+//! with the autoscaler, KEDA ScaledObjects when KEDA is there, and the predict HPA really scaling
+//! on its request rate through the local prometheus-adapter (custom.metrics.k8s.io).
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use flightline_operator::build::autoscaling::{HpaVersion, scaled_object_resource};
 use flightline_operator::crd::{AutoscalingProvider, AutoscalingSpec};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, DynamicObject};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::Value;
 use support::*;
 
@@ -46,6 +52,7 @@ async fn hpas_follow_the_spec_and_leave_replicas_to_the_autoscaler() {
         max_replicas: max,
         target_requests_per_second: rps,
         target_consumer_lag: lag,
+        scale_down_stabilization_seconds: None,
     };
     fp.spec.predict.workload.autoscaling = Some(scaled(4, 50, 1));
     fp.spec.sink.workload.autoscaling = Some(scaled(10, 1, 5_000));
@@ -145,4 +152,252 @@ async fn keda_scaled_objects_need_keda_and_say_so() {
     assert!(query.contains(&format!(r#"namespace="{}",pipeline="scl""#, ns.name)), "{query}");
     assert!(query.starts_with("sum(rate(flightline_query_http_requests_total{"), "{query}");
     wait_condition(&api, "scl", "Ready", "True", None).await;
+}
+
+const PREDICTION: &[u8] = br#"{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"I","MES":7}]}"#;
+/// Requests per second one predict pod should serve in the scaling test.
+const TARGET_PER_POD: i32 = 5;
+/// The steady load: twice the target, so the HPA wants exactly 2 pods (one would serve 10/s, two 5/s).
+const LOAD_PER_SECOND: u64 = 10;
+
+/// The IPs of the Ready, not terminating pods of a pipeline's component.
+async fn ready_pod_ips(pods: &Api<Pod>, component: &str) -> BTreeSet<String> {
+    let selector = format!("app.kubernetes.io/instance=scl,app.kubernetes.io/component={component}");
+    let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else { return BTreeSet::new() };
+    list.items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status?;
+            let ready = status.conditions?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(status.pod_ip).flatten()
+        })
+        .collect()
+}
+
+/// `LOAD_PER_SECOND` predictions a second, round-robin over the Ready predict pods (pods are
+/// local processes with IPs of their own and no Service routing, so the test balances as a Service
+/// would); the pod list is refreshed every second. Stops when dropped.
+struct Load {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl Load {
+    fn start(pods: Api<Pod>) -> Self {
+        let targets = Arc::new(tokio::sync::RwLock::new(Vec::<String>::new()));
+        let refresh = {
+            let targets = targets.clone();
+            tokio::spawn(async move {
+                loop {
+                    let ips = ready_pod_ips(&pods, "predict").await;
+                    if !ips.is_empty() {
+                        *targets.write().await = ips.into_iter().map(|ip| format!("{ip}:8080")).collect();
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        };
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let send = {
+            let (ok, failed) = (ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(1000 / LOAD_PER_SECOND));
+                for n in 0usize.. {
+                    tick.tick().await;
+                    let targets = targets.read().await.clone();
+                    if targets.is_empty() {
+                        continue;
+                    }
+                    let addr = targets[n % targets.len()].clone();
+                    let (ok, failed) = (ok.clone(), failed.clone());
+                    tokio::spawn(async move {
+                        let answer = tokio::time::timeout(Duration::from_secs(5), post_prediction(&addr)).await;
+                        let counter = if matches!(answer, Ok(200)) { ok } else { failed };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+            })
+        };
+        Self { tasks: vec![refresh, send], ok, failed }
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// One POST /predict; the status (0 when the connection failed).
+async fn post_prediction(addr: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else { return 0 };
+    let head = format!(
+        "POST /predict HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        PREDICTION.len()
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(PREDICTION).await.is_err() {
+        return 0;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// `kubectl get hpa NAME` as a user sees it.
+fn kubectl_get_hpa(ns: &str, name: &str) -> String {
+    let out = Command::new("kubectl").args(["get", "hpa", name, "-n", ns]).output().expect("kubectl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the HPA last read: the average per pod (a quantity such as `9800m`), desired replicas.
+fn hpa_reading(hpa: &DynamicObject) -> (Option<String>, i64) {
+    let status = &hpa.data["status"];
+    let current = status["currentMetrics"][0]["pods"]["current"]["averageValue"].as_str().map(String::from);
+    (current, status["desiredReplicas"].as_i64().unwrap_or(0))
+}
+
+/// A quantity as the API server writes it (`9800m`, `10`, `5k`) as a number.
+fn quantity_value(q: &str) -> f64 {
+    let (number, scale) = match q.strip_suffix('m') {
+        Some(n) => (n, 1e-3),
+        None => match q.strip_suffix('k') {
+            Some(n) => (n, 1e3),
+            None => (q, 1.0),
+        },
+    };
+    number.parse::<f64>().expect("a quantity") * scale
+}
+
+#[test]
+fn quantities_read_back() {
+    assert_eq!(quantity_value("9800m"), 9.8);
+    assert_eq!(quantity_value("10"), 10.0);
+    assert_eq!(quantity_value("5k"), 5000.0);
+}
+
+/// Polls every 2 s for up to `limit`; panics with `state()` when it runs out.
+async fn within(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool, state: impl AsyncFn() -> String) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        if Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting until {what}; {}", state().await);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack with Prometheus and prometheus-adapter: run dev/test"]
+async fn predict_scales_out_on_request_rate_and_back_in_when_the_load_stops() {
+    let stack = Stack::connect().await;
+    let groups = stack.client.list_api_groups().await.unwrap();
+    assert!(
+        groups.groups.iter().any(|g| g.name == "custom.metrics.k8s.io"),
+        "custom.metrics.k8s.io is not served: start prometheus-adapter (dev/stack start-monitoring)"
+    );
+    let ns = stack.namespace("hpa-scale").await;
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+    let resource = HpaVersion::V2.api_resource();
+    let hpas: Api<DynamicObject> = Api::namespaced_with(stack.client.clone(), &ns.name, &resource);
+    let deployments: Api<Deployment> = Api::namespaced(stack.client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(stack.client.clone(), &ns.name);
+
+    let mut fp = example_pipeline(&ns);
+    fp.spec.predict.workload.autoscaling = Some(AutoscalingSpec {
+        provider: AutoscalingProvider::Hpa,
+        min_replicas: 1,
+        max_replicas: 3,
+        target_requests_per_second: TARGET_PER_POD,
+        // Kubernetes' 300 s would make the test wait 5 minutes for the way back.
+        scale_down_stabilization_seconds: Some(15),
+        ..AutoscalingSpec::default()
+    });
+    apply(&api, &fp).await.unwrap();
+    wait_condition(&api, "scl", "AutoscalingReady", "True", Some("AutoscalersApplied")).await;
+    let hpa = hpas.get("scl-predict").await.unwrap();
+    assert_eq!(hpa.data["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 15);
+    assert_eq!(hpa.data["spec"]["metrics"][0]["pods"]["target"]["averageValue"], TARGET_PER_POD.to_string());
+    eventually("one ready predict pod", async || ready_pod_ips(&pods, "predict").await.len() == 1).await;
+
+    let state = async || {
+        let hpa = hpas.get("scl-predict").await.map(|h| h.data["status"].clone()).unwrap_or_default();
+        let replicas = deployments.get("scl-predict").await.ok().and_then(|d| d.spec.replicas);
+        format!(
+            "deployment replicas {replicas:?}, ready pods {:?}, HPA status {hpa}",
+            ready_pod_ips(&pods, "predict").await
+        )
+    };
+
+    // Load above the target: the HPA reads the live rate through the adapter and adds a pod.
+    let started = Instant::now();
+    let load = Load::start(pods.clone());
+    within(
+        Duration::from_secs(240),
+        "the HPA reads the request rate",
+        async || {
+            let hpa = hpas.get("scl-predict").await.unwrap();
+            hpa_reading(&hpa).0.is_some_and(|v| quantity_value(&v) > f64::from(TARGET_PER_POD))
+        },
+        state,
+    )
+    .await;
+    let read_after = started.elapsed();
+    within(
+        Duration::from_secs(240),
+        "predict runs at least 2 ready pods",
+        async || ready_pod_ips(&pods, "predict").await.len() >= 2,
+        state,
+    )
+    .await;
+    let up_after = started.elapsed();
+    // `kubectl get hpa` shows the live value per pod against the target, not <unknown>.
+    let shown = kubectl_get_hpa(&ns.name, "scl-predict");
+    println!("scale-up: the HPA read the load after {read_after:?}, 2 ready pods after {up_after:?}\n{shown}");
+    assert!(!shown.contains("<unknown>"), "{shown}");
+    let targets = shown.lines().nth(1).and_then(|l| l.split_whitespace().nth(2)).unwrap_or_default().to_string();
+    assert!(targets.ends_with(&format!("/{TARGET_PER_POD}")), "TARGETS column: {targets}\n{shown}");
+    // Twice the target needs two pods; the requests are spread over both and keep being answered.
+    let ips = ready_pod_ips(&pods, "predict").await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (ok, failed) = load.counts();
+    assert!(ok > 0 && failed * 100 <= ok, "predictions answered {ok}, failed {failed}");
+    let hpa = hpas.get("scl-predict").await.unwrap();
+    let (current, desired) = hpa_reading(&hpa);
+    println!("under load: pods {ips:?}, HPA current {current:?} per pod, desired {desired}");
+    assert!((2..=3).contains(&desired), "desired {desired}; {}", state().await);
+
+    // The load stops: the 2-minute rate falls below the target, and after the 15 s window the
+    // HPA goes back to one pod.
+    drop(load);
+    let stopped = Instant::now();
+    within(
+        Duration::from_secs(360),
+        "predict is back to one pod",
+        async || {
+            let replicas = deployments.get("scl-predict").await.unwrap().spec.replicas;
+            let hpa = hpas.get("scl-predict").await.unwrap();
+            replicas == Some(1)
+                && ready_pod_ips(&pods, "predict").await.len() == 1
+                && hpa.data["status"]["currentReplicas"] == 1
+        },
+        state,
+    )
+    .await;
+    let down_after = stopped.elapsed();
+    let shown = kubectl_get_hpa(&ns.name, "scl-predict");
+    println!("scale-down: one pod {down_after:?} after the load stopped\n{shown}");
+    assert!(!shown.contains("<unknown>"), "{shown}");
+    let (current, desired) = hpa_reading(&hpas.get("scl-predict").await.unwrap());
+    assert_eq!(desired, 1);
+    assert!(current.is_some_and(|v| quantity_value(&v) <= f64::from(TARGET_PER_POD)), "{}", state().await);
 }

@@ -107,6 +107,31 @@ fn scale_target(resolved: &Resolved, component: Component) -> serde_json::Value 
     json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": workload_name(&resolved.name, component)})
 }
 
+/// Kubernetes' own scale-down stabilisation window, used when the spec sets none.
+pub const DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS: i32 = 300;
+
+/// The HPA's `behavior`: up fast (double, or +4 pods, per 30 s), down slowly (a fifth per minute
+/// after `scaleDownStabilizationSeconds`, default 5 minutes, of lower load), so bursts are served
+/// and a dip does not flap the pods.
+pub fn behavior(a: &AutoscalingSpec) -> serde_json::Value {
+    let window = a.scale_down_stabilization_seconds.unwrap_or(DEFAULT_SCALE_DOWN_STABILIZATION_SECONDS);
+    json!({
+        "scaleUp": {
+            "stabilizationWindowSeconds": 0,
+            "selectPolicy": "Max",
+            "policies": [
+                {"type": "Percent", "value": 100, "periodSeconds": 30},
+                {"type": "Pods", "value": 4, "periodSeconds": 30},
+            ],
+        },
+        "scaleDown": {
+            "stabilizationWindowSeconds": window,
+            "selectPolicy": "Max",
+            "policies": [{"type": "Percent", "value": 20, "periodSeconds": 60}],
+        },
+    })
+}
+
 pub fn hpa(
     resolved: &Resolved,
     workload: &Workload,
@@ -129,23 +154,7 @@ pub fn hpa(
                     "target": {"type": "AverageValue", "averageValue": quantity(target(workload.component, a))},
                 },
             }],
-            // Up fast (double, or +4 pods, per 30 s), down slowly (a fifth per minute after 5
-            // minutes of lower load), so bursts are served and a dip does not flap the pods.
-            "behavior": {
-                "scaleUp": {
-                    "stabilizationWindowSeconds": 0,
-                    "selectPolicy": "Max",
-                    "policies": [
-                        {"type": "Percent", "value": 100, "periodSeconds": 30},
-                        {"type": "Pods", "value": 4, "periodSeconds": 30},
-                    ],
-                },
-                "scaleDown": {
-                    "stabilizationWindowSeconds": 300,
-                    "selectPolicy": "Max",
-                    "policies": [{"type": "Percent", "value": 20, "periodSeconds": 60}],
-                },
-            },
+            "behavior": behavior(a),
         }
     });
     hpa
@@ -182,6 +191,12 @@ pub fn scaled_object(
             }],
         }
     });
+    // The window of the HPA KEDA makes, only when asked for (KEDA's own default stays otherwise).
+    if let Some(window) = a.scale_down_stabilization_seconds {
+        object.data["spec"]["advanced"] = json!({
+            "horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": window}}}
+        });
+    }
     object
 }
 
@@ -260,6 +275,43 @@ mod tests {
         assert_eq!((spec["minReplicas"].as_i64(), spec["maxReplicas"].as_i64()), (Some(2), Some(8)));
         assert_eq!(spec["metrics"][0]["pods"]["metric"]["name"], "flightline_predict_http_requests_per_second");
         assert_eq!(spec["metrics"][0]["pods"]["target"]["averageValue"], "100");
+    }
+
+    #[test]
+    fn scale_down_window_defaults_to_kubernetes_and_follows_the_spec() {
+        let mut spec = autoscaled(AutoscalingProvider::Hpa);
+        let offers = Offers { hpa: Some(HpaVersion::V2), keda: false };
+        let window = |spec: &FlightPipelineSpec| {
+            let r = resolved(spec);
+            let Plan::Hpa(hpa) = plan(&r, r.workload(Component::Predict), offers, None, &owner()) else { panic!() };
+            let behavior = &hpa.data["spec"]["behavior"];
+            // Scaling up is never delayed, whatever the window down.
+            assert_eq!(behavior["scaleUp"]["stabilizationWindowSeconds"], 0);
+            behavior["scaleDown"]["stabilizationWindowSeconds"].as_i64()
+        };
+        assert_eq!(window(&spec), Some(300));
+        spec.predict.workload.autoscaling.as_mut().unwrap().scale_down_stabilization_seconds = Some(15);
+        assert_eq!(window(&spec), Some(15));
+        spec.predict.workload.autoscaling.as_mut().unwrap().scale_down_stabilization_seconds = Some(0);
+        assert_eq!(window(&spec), Some(0));
+    }
+
+    #[test]
+    fn keda_gets_the_window_only_when_asked() {
+        let mut spec = autoscaled(AutoscalingProvider::Keda);
+        let keda = Offers { hpa: None, keda: true };
+        let advanced = |spec: &FlightPipelineSpec| {
+            let r = resolved(spec);
+            let Plan::ScaledObject(so) = plan(&r, r.workload(Component::Sink), keda, Some("http://p:9090"), &owner())
+            else {
+                panic!()
+            };
+            so.data["spec"].get("advanced").cloned()
+        };
+        assert_eq!(advanced(&spec), None);
+        spec.sink.workload.autoscaling.as_mut().unwrap().scale_down_stabilization_seconds = Some(30);
+        let got = advanced(&spec).expect("advanced");
+        assert_eq!(got["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 30);
     }
 
     #[test]
