@@ -15,6 +15,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::crd_rules;
+
 /// Finalizer that lets the operator clean up the topic and table on deletion.
 pub const FINALIZER: &str = "flightline.dev/cleanup";
 /// Annotation (`"true"`) that lets a pipeline go without touching Kafka or ClickHouse.
@@ -81,6 +83,7 @@ pub struct FlightPipelineSpec {
 /// The Kafka side of the pipeline.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crd_rules::kafka)]
 pub struct KafkaSpec {
     /// Comma-separated `host:port` bootstrap servers. Empty means the operator's default
     /// (`--kafka-bootstrap-servers`); a pipeline with neither is reported as invalid.
@@ -122,6 +125,7 @@ pub struct KafkaSpec {
 /// The dead-letter topic.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crd_rules::dead_letter)]
 pub struct DeadLetterSpec {
     /// Create and use a dead-letter topic.
     #[serde(default = "default_true")]
@@ -139,6 +143,7 @@ pub struct DeadLetterSpec {
 /// The ClickHouse side of the pipeline.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crd_rules::clickhouse)]
 pub struct ClickHouseSpec {
     /// HTTP(S) URL of ClickHouse, e.g. `http://clickhouse:8123`. Empty means the operator's
     /// default (`--clickhouse-url`).
@@ -332,6 +337,7 @@ pub struct WorkloadSpec {
     /// spec (KAFKA_*, CLICKHOUSE_*, INGEST_*, SINK_*, QUERY_*, PREDICT_*, API_KEY*, JWT_*, the HTTP limits,
     /// LISTEN_ADDR) are refused: set the spec field instead.
     #[serde(default)]
+    #[schemars(extend("maxProperties" = crd_rules::MAX_ENV_VARS))]
     pub env: BTreeMap<String, String>,
     /// Scale the component on its load instead of a fixed `replicas`: HTTP components on their
     /// request rate per pod, the sink on its consumer lag (never above the topic's partitions).
@@ -355,6 +361,7 @@ impl Default for WorkloadSpec {
 /// Autoscaling of one component. The Deployment then leaves `replicas` to the autoscaler.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crd_rules::autoscaling)]
 pub struct AutoscalingSpec {
     /// `HPA`: a HorizontalPodAutoscaler on the per-pod metric served by prometheus-adapter
     /// (`autoscaling/v2`, or `v2beta2` on servers without it). `KEDA`: a KEDA `ScaledObject`
@@ -413,6 +420,7 @@ pub enum AutoscalingProvider {
 /// Service-level objectives, shared by the ingest, query and predict APIs (each is judged on its own).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crd_rules::slo)]
 pub struct SloSpec {
     /// Percentage of API requests that must not fail with a 5xx, e.g. `99.5`.
     #[serde(default = "default_availability")]
@@ -485,6 +493,7 @@ impl Default for MonitoringSpec {
 /// The ingest component.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crd_rules::workload)]
 pub struct IngestSpec {
     #[serde(flatten)]
     pub workload: WorkloadSpec,
@@ -507,6 +516,7 @@ pub struct IngestSpec {
 /// The sink component.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crd_rules::workload)]
 pub struct SinkSpec {
     #[serde(flatten)]
     pub workload: WorkloadSpec,
@@ -528,6 +538,7 @@ pub struct SinkSpec {
 /// The query component.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crd_rules::workload)]
 pub struct QuerySpec {
     #[serde(flatten)]
     pub workload: WorkloadSpec,
@@ -552,6 +563,7 @@ pub struct QuerySpec {
 /// The predict component.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crd_rules::workload)]
 pub struct PredictSpec {
     #[serde(flatten)]
     pub workload: WorkloadSpec,

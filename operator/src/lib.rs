@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod crd;
+pub mod crd_rules;
 pub mod crdgen;
 pub mod leader;
 pub mod reconcile;

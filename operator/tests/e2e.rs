@@ -359,6 +359,62 @@ async fn invalid_specs_are_rejected_or_reported_and_the_operator_keeps_going() {
         assert!(error.contains(field), "{name}: expected an error naming {field}, got {error}");
     }
 
+    // Cross-field checks: refused at admission by the CRD's CEL rules (x-kubernetes-validations),
+    // with the field's path and the rule's message.
+    let cel_cases = [
+        (
+            "min-above-max",
+            json!({"spec": {"predict": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}}),
+            "spec.predict.autoscaling.minReplicas",
+            "minReplicas must be at most maxReplicas",
+        ),
+        (
+            "clashing-column",
+            json!({"spec": {"clickhouse": {"extraColumns": [{"name": "delayed", "type": "Bool"}]}}}),
+            "spec.clickhouse.extraColumns",
+            "built-in columns",
+        ),
+        (
+            "twice-column",
+            json!({"spec": {"clickhouse": {"extraColumns": [{"name": "gate", "type": "String"}, {"name": "gate", "type": "Int64"}]}}}),
+            "spec.clickhouse.extraColumns",
+            "appears twice",
+        ),
+        (
+            "same-dlq",
+            json!({"spec": {"kafka": {"topic": "t1", "deadLetter": {"topic": "t1"}}}}),
+            "spec.kafka.deadLetter.topic",
+            "must differ from the topic",
+        ),
+        (
+            "managed-config",
+            json!({"spec": {"kafka": {"config": {"retention.ms": "1"}}}}),
+            "spec.kafka.config",
+            "managed by the operator",
+        ),
+        ("internal-topic", json!({"spec": {"kafka": {"topic": "__consumer_offsets"}}}), "spec.kafka.topic", "reserved"),
+        (
+            "streams-dlq",
+            json!({"spec": {"kafka": {"deadLetter": {"topic": "app-store-changelog"}}}}),
+            "spec.kafka.deadLetter.topic",
+            "reserved",
+        ),
+        (
+            "env-other-table",
+            json!({"spec": {"sink": {"env": {"CLICKHOUSE_TABLE": "another_teams_table"}}}}),
+            "spec.sink.env",
+            "the operator writes from the spec",
+        ),
+        ("ftp-clickhouse", json!({"spec": {"clickhouse": {"url": "ftp://ch:21"}}}), "spec.clickhouse.url", "http://"),
+        ("odd-bucket", json!({"spec": {"slo": {"latencyThresholdMs": 7}}}), "spec.slo.latencyThresholdMs", "bucket"),
+    ];
+    for (name, patch, field, text) in cel_cases {
+        let mut body = valid(name);
+        merge(&mut body, &patch);
+        let error = create_raw(&stack, &ns, &body).await.expect_err(&format!("{name} should be refused"));
+        assert!(error.contains(field) && error.contains(text), "{name}: expected {field} and {text:?} in {error}");
+    }
+
     // Accepted by the schema, reported by the operator as InvalidSpec naming the field.
     let long_name = "a-pipeline-name-much-longer-than-forty-chars";
     let operator_cases = [
@@ -373,17 +429,6 @@ async fn invalid_specs_are_rejected_or_reported_and_the_operator_keeps_going() {
             "spec.kafka.bootstrapServers",
         ),
         (long_name, json!({}), "metadata.name"),
-        (
-            "clashing-column",
-            json!({"spec": {"clickhouse": {"extraColumns": [{"name": "delayed", "type": "Bool"}]}}}),
-            "built-in column",
-        ),
-        (
-            "same-dlq",
-            json!({"spec": {"kafka": {"topic": "t1", "deadLetter": {"topic": "t1"}}}}),
-            "spec.kafka.deadLetter.topic",
-        ),
-        ("managed-config", json!({"spec": {"kafka": {"config": {"retention.ms": "1"}}}}), "managed by the operator"),
         ("missing-clickhouse", json!({"spec": {"clickhouse": {"url": ""}}}), "spec.clickhouse.url: missing"),
     ];
     for (name, patch, _) in &operator_cases {
@@ -420,16 +465,6 @@ fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
 }
 
 /// Creates a pipeline from raw JSON (bypassing the Rust types, as `kubectl create` would).
-async fn create_raw(stack: &Stack, ns: &TestNamespace, body: &serde_json::Value) -> Result<(), String> {
-    let api: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(stack.client.clone(), &ns.name, &kube::api::ApiResource::erase::<FlightPipeline>(&()));
-    let mut body = body.clone();
-    body["metadata"] = json!({"name": body["metadata"]["name"], "namespace": ns.name});
-    body.as_object_mut().unwrap().remove("status");
-    let object: kube::api::DynamicObject = serde_json::from_value(body).unwrap();
-    api.create(&Default::default(), &object).await.map(|_| ()).map_err(|e| e.to_string())
-}
-
 fn kubectl(args: &[&str]) -> String {
     let output = std::process::Command::new("kubectl").args(args).output().expect("kubectl");
     assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));

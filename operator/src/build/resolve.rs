@@ -17,7 +17,7 @@ use crate::crd::{
 /// Longest pipeline name: `<name>-predict` must stay a valid Service name with room for pod suffixes.
 pub const MAX_NAME_LEN: usize = 40;
 const MAX_TOPIC_LEN: usize = 249;
-const MANAGED_TOPIC_CONFIGS: [&str; 2] = ["retention.ms", "cleanup.policy"];
+pub const MANAGED_TOPIC_CONFIGS: [&str; 2] = ["retention.ms", "cleanup.policy"];
 
 /// What the operator supplies when a pipeline leaves something out.
 #[derive(Clone, Debug, Default)]
@@ -584,9 +584,9 @@ fn over_limit(field: &str, value: impl std::fmt::Display, flag: &str, max: impl 
 /// Environment the operator writes into a pipeline's ConfigMap or containers, or the services read
 /// for where their data goes and how they authenticate: `spec.<component>.env` may not set it.
 /// Left free: `RUST_LOG`, the fault switch of drills and the header/body read timeouts.
-const RESERVED_ENV_PREFIXES: [&str; 8] =
+pub const RESERVED_ENV_PREFIXES: [&str; 8] =
     ["KAFKA_", "CLICKHOUSE_", "INGEST_", "SINK_", "QUERY_", "PREDICT_", "API_KEY", "JWT_"];
-const RESERVED_ENV: [&str; 7] = [
+pub const RESERVED_ENV: [&str; 7] = [
     "LISTEN_ADDR",
     "FLIGHTLINE_PIPELINE",
     "FLIGHTLINE_COMPONENT",

@@ -99,6 +99,13 @@ pub fn default_topic_owner(topic: &str) -> Option<(String, String)> {
 
 const CLEANUP_POLICY: &str = "cleanup.policy";
 
+/// Topics of well-known Kafka tools (Schema Registry, Connect, MirrorMaker).
+pub const TOOL_TOPICS: &[&str] = &["_schemas", "connect-configs", "connect-offsets", "connect-status", "heartbeats"];
+/// Prefixes of Kafka's own internal topics and Confluent's.
+pub const INTERNAL_TOPIC_PREFIXES: &[&str] = &["__", "_confluent"];
+/// Suffixes of MirrorMaker's and Kafka Streams' internal topics.
+pub const INTERNAL_TOPIC_SUFFIXES: &[&str] = &[".internal", "-changelog", "-repartition"];
+
 /// Why a topic name belongs to Kafka itself or to a well-known tool, so that no pipeline may
 /// create, adopt or reconfigure it: `__consumer_offsets`, `__transaction_state`,
 /// `__cluster_metadata` and every other `__` name (Kafka's internal topics), `_confluent*` and
@@ -106,12 +113,11 @@ const CLEANUP_POLICY: &str = "cleanup.policy";
 /// `connect-configs`/`connect-offsets`/`connect-status`, MirrorMaker 2's `heartbeats` and
 /// `*.internal`, and Kafka Streams' `*-changelog`/`*-repartition`.
 pub fn reserved_topic(name: &str) -> Option<&'static str> {
-    const TOOL_TOPICS: [&str; 5] = ["_schemas", "connect-configs", "connect-offsets", "connect-status", "heartbeats"];
     if name.starts_with("__") {
         Some("names starting with '__' are Kafka's internal topics")
-    } else if name.starts_with("_confluent") || TOOL_TOPICS.contains(&name) {
+    } else if INTERNAL_TOPIC_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) || TOOL_TOPICS.contains(&name) {
         Some("is the topic of a well-known Kafka tool (Schema Registry, Connect, MirrorMaker, Confluent)")
-    } else if [".internal", "-changelog", "-repartition"].iter().any(|suffix| name.ends_with(suffix)) {
+    } else if INTERNAL_TOPIC_SUFFIXES.iter().any(|suffix| name.ends_with(suffix)) {
         Some(
             "names ending in .internal, -changelog or -repartition are internal topics of MirrorMaker or Kafka Streams",
         )

@@ -478,3 +478,15 @@ pub fn payload_and_headers(message: &impl rdkafka::message::Message) -> (String,
         .unwrap_or_default();
     (String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(), headers)
 }
+
+/// Creates a FlightPipeline from raw JSON (so a test can send what the Rust types would never
+/// serialize) and gives the API server's refusal as text.
+pub async fn create_raw(stack: &Stack, ns: &TestNamespace, body: &serde_json::Value) -> Result<(), String> {
+    let resource = kube::api::ApiResource::erase::<FlightPipeline>(&());
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(stack.client.clone(), &ns.name, &resource);
+    let mut body = body.clone();
+    body["metadata"] = serde_json::json!({"name": body["metadata"]["name"], "namespace": ns.name});
+    body.as_object_mut().expect("a JSON object").remove("status");
+    let object: kube::api::DynamicObject = serde_json::from_value(body).expect("a FlightPipeline's JSON");
+    api.create(&Default::default(), &object).await.map(|_| ()).map_err(|e| e.to_string())
+}
