@@ -32,8 +32,7 @@ OPERATOR_BIN="$CARGO_TARGET_DIR/debug/flightline-operator"
 # github.com/prometheus/prometheus (its tag v0.3XX.Y is Prometheus 3.XX.Y) and prometheus-adapter
 # from sigs.k8s.io/prometheus-adapter, built into versioned directories (a version bump builds
 # beside the old binaries); Alertmanager and amtool from Debian's packages. Each binary is
-# overridable (e.g. PROMETHEUS_BIN=/usr/bin/prometheus PROMTOOL_BIN=/usr/bin/promtool for Debian's
-# 2.42, which dev/stack then feeds from dev/monitoring/pod_sd.py).
+# overridable (a Prometheus must have kubernetes_sd_configs, which Debian's 2.42 lacks).
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-3.16.0}"
 PROMETHEUS_ADAPTER_VERSION="${PROMETHEUS_ADAPTER_VERSION:-0.12.0}"
 MONITORING_HOME="$FLIGHTLINE_CACHE/monitoring"
