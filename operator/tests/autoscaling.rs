@@ -82,6 +82,8 @@ async fn hpas_follow_the_spec_and_leave_replicas_to_the_autoscaler() {
     let ours = managed.iter().find(|m| m.manager.as_deref() == Some("flightline-operator")).expect("our entry");
     let owned = serde_json::to_string(&ours.fields_v1).unwrap();
     assert!(!owned.contains("f:replicas"), "the operator owns spec.replicas: {owned}");
+    // (No API request reaches predict in this test, so the adapter has no rate for its pods and the
+    // HPA, which has no reading, leaves the scaled replicas alone.)
     kubectl(&["scale", "deployment/scl-predict", "-n", &ns.name, "--replicas=2"]);
 
     // A new target converges; the scaled replicas survive the reconcile.
