@@ -118,7 +118,9 @@ async fn keda_scaled_objects_need_keda_and_say_so() {
     options.prometheus_url = Some("http://prometheus.monitoring.svc:9090".into());
     let _operator = Operator::start(&stack, &options);
     let api = pipelines(&stack, &ns);
-    let crd = concat!(env!("CARGO_MANIFEST_DIR"), "/../dev/crds/keda/keda.sh_scaledobjects.yaml");
+    // KEDA's own CRD, from its Go module (dev/install crds).
+    let cache = std::env::var("FLIGHTLINE_CACHE").expect("FLIGHTLINE_CACHE (from .flightline/env)");
+    let crd = &format!("{cache}/crds/keda/keda.sh_scaledobjects.yaml");
     // This is the only test that touches KEDA's CRD (cluster-wide): start without it.
     kubectl(&["delete", "-f", crd, "--ignore-not-found", "--wait=true"]);
 
