@@ -77,7 +77,7 @@ if [ ! -f "$MOD/.resolved" ] || [ "${FORCE:-0}" = 1 ]; then
   for c in "${COMPONENTS[@]}"; do edits+=(-tool="k8s.io/kubernetes/cmd/$c"); done
   go mod edit "${edits[@]}"
   log "consumer module: $(grep -c '=> ' go.mod) staging replaces, godebug: $(grep '^godebug' go.mod | tr '\n' ' ')"
-  step "go mod tidy (downloads every dependency of the four commands)"
+  step "go mod tidy (resolves the module graph; the sources download during the builds)"
   go mod tidy >"$MOD/tidy.log" 2>&1 || { tail -30 "$MOD/tidy.log" >&2; die "go mod tidy failed"; }
   took
   touch "$MOD/.resolved"
