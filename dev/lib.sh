@@ -64,6 +64,16 @@ PROM_PORT="${PROM_PORT:-19090}"
 AM_PORT="${AM_PORT:-19093}"
 # prometheus-adapter's HTTPS port (the custom.metrics.k8s.io APIService)
 ADAPTER_PORT="${ADAPTER_PORT:-16446}"
+# Where pods run: `real` = dev/k8s/node.sh (kubelet + containerd, pods in network namespaces on the
+# bridge POD_BRIDGE), `process` = dev/k8s/node.py (pods as host processes on 127.0.1.N).
+FLIGHTLINE_NODE="${FLIGHTLINE_NODE:-real}"
+POD_BRIDGE="${POD_BRIDGE:-flightline0}"
+POD_CIDR="${POD_CIDR:-10.88.0.0/16}"
+POD_GATEWAY="${POD_GATEWAY:-${POD_CIDR%.0/*}.1}"   # the host's address on the bridge: 10.88.0.1
+# The address Kafka and ClickHouse listen on and advertise, and that the operator and the pods are
+# given: pods in their own network namespaces reach the host only at POD_GATEWAY (their 127.0.0.1 is
+# their own); the host reaches it too. With process pods, loopback.
+if [ "$FLIGHTLINE_NODE" = real ]; then SERVICE_HOST="${SERVICE_HOST:-$POD_GATEWAY}"; else SERVICE_HOST="${SERVICE_HOST:-$HOST}"; fi
 KUBECONFIG_FILE="$STATE/k8s/kubeconfig"
 
 log() { printf '[%s %s] %s\n' "$(basename "$0")" "$(date +%T)" "$*" >&2; }

@@ -10,7 +10,7 @@
 #   node.sh stop      kubelet, pods, containerd; removes the bridge, the pods' network namespaces
 #                     (they live in the node's private mount namespace) and the node's cgroups
 #   node.sh status    one line per process
-#   node.sh images    (re)imports the images into a running containerd
+#   node.sh images    rebuilds the images if the workspace's binaries changed, imports them again
 #   node.sh check     containerd + runc run the predict image (ctr run, host network): a prediction
 #
 # Network: the stack creates the bridge $POD_BRIDGE (default flightline0) with $POD_GATEWAY/16
@@ -101,8 +101,27 @@ image_archives() {
       "${BUILDAH[@]}" push -q "$image" "docker-archive:$archive:$image" >/dev/null
       echo "$id" >"$archive.id"
     fi
+    touch "$archive"   # it is the image of the current binaries (refresh_images compares against it)
     echo "$archive"
   done
+}
+
+# refresh_images: the services' images are built (dev/images) from the workspace's binaries of
+# NODE_IMAGES_PROFILE (default debug: those `cargo build --workspace` and the tests keep current, as
+# node.py ran them) whenever a binary is newer than the archive last imported, or there is none.
+# Returns 0 when it rebuilt them.
+NODE_IMAGES_PROFILE="${NODE_IMAGES_PROFILE:-debug}"
+refresh_images() {
+  local c bin archive stale=()
+  for c in "${IMAGE_COMPONENTS[@]}"; do
+    bin="$CARGO_TARGET_DIR/$NODE_IMAGES_PROFILE/flightline-$c"
+    archive="$NODE_STATE/images/flightline-$c-$WORKSPACE_VERSION.tar"
+    if [ ! -s "$archive" ] || [ ! -e "$bin" ] || [ "$bin" -nt "$archive" ]; then stale+=("$c"); fi
+  done
+  [ ${#stale[@]} -gt 0 ] || return 1
+  log "node: building the images from $NODE_IMAGES_PROFILE binaries (new or changed: ${stale[*]}): dev/images"
+  IMAGES_PROFILE="$NODE_IMAGES_PROFILE" "$DEV/images" >"$LOGS/images.log" 2>&1 || { tail -20 "$LOGS/images.log" >&2; die "dev/images failed"; }
+  return 0
 }
 
 # import_images: every archive into containerd's k8s.io namespace (the CRI plugin's). The services'
@@ -311,7 +330,10 @@ node_ready_since() {
 
 do_start() {
   local t0 t1; t0=$(date +%s%N)
-  if alive kubelet && alive containerd && node_ready; then log "node: already running"; return; fi
+  if alive kubelet && alive containerd && node_ready; then
+    if refresh_images; then import_images; fi
+    log "node: already running"; return
+  fi
   [ "${NODE_CONTAINERD_ONLY:-0}" = 1 ] || [ -x "$K8S_BIN/kubelet" ] || die "no kubelet in $K8S_BIN: run dev/install k8s"
   [ -x "$CONTAINERD_BIN" ] && [ -x "$RUNC_BIN" ] && [ -x "$CNI_BIN_DIR/bridge" ] || die "containerd/runc/CNI missing: run dev/install node"
   [ -e /dev/kmsg ] || die "no /dev/kmsg: the kubelet's OOM watcher needs it"
@@ -333,6 +355,7 @@ do_start() {
     env NODE_CONTAINERD_ONLY="${NODE_CONTAINERD_ONLY:-0}" bash "$DEV/k8s/node.sh" _ns "$NODE_STATE/kubelet.yaml"
   # containerd first: then the images, before the kubelet would try to run any pod
   wait_until 30 containerd "$CTR_BIN" -a "$SOCK" version || { tail -20 "$LOGS/containerd.log" >&2; die "containerd did not start"; }
+  refresh_images || true
   import_images
   [ "${NODE_CONTAINERD_ONLY:-0}" = 1 ] && { log "node: containerd only (NODE_CONTAINERD_ONLY=1)"; return; }
   wait_until 120 "node Ready" node_ready_since "$(( t0 / 1000000000 ))" || { tail -30 "$LOGS/kubelet.log" >&2; die "node $NODE_NAME not Ready after 120s"; }
@@ -428,7 +451,7 @@ case "${1:-}" in
   start) do_start ;;
   stop) do_stop ;;
   status) do_status ;;
-  images) import_images ;;
+  images) refresh_images || true; import_images ;;
   check) do_check ;;
   _ns) in_namespace ;;
   *) die "usage: dev/k8s/node.sh install|start|stop|status|images|check" ;;

@@ -434,8 +434,8 @@ pub async fn read_topic(bootstrap: &str, topic: &str, want: usize) -> Vec<(Strin
     found
 }
 
-/// The process id of a ready pod of a component (the local node runs containers as processes and
-/// reports `process://<pid>` as the container ID).
+/// The process id of a ready pod of a component: `process://<pid>` from `dev/k8s/node.py`, which runs
+/// containers as processes, or the process in the container's cgroup on the real node.
 pub async fn pod_pid(stack: &Stack, ns: &TestNamespace, pipeline: &str, component: &str) -> u32 {
     use k8s_openapi::api::core::v1::Pod;
     let addr = service_addr(stack, ns, pipeline, component).await;
@@ -452,7 +452,36 @@ pub async fn pod_pid(stack: &Stack, ns: &TestNamespace, pipeline: &str, componen
         .expect("the ready pod");
     let statuses = pod.status.and_then(|s| s.container_statuses).expect("container statuses");
     let id = statuses[0].container_id.clone().expect("container id");
+    if let Some(container) = id.strip_prefix("containerd://") {
+        return container_pid(container);
+    }
     id.strip_prefix("process://").and_then(|pid| pid.parse().ok()).expect("a process of the local node")
+}
+
+/// The process of a container the real node (`dev/k8s/node.sh`) runs: the one in its cgroup, a
+/// directory named after the container under the node's cgroup root (same pid namespace as the tests).
+fn container_pid(container: &str) -> u32 {
+    fn find(dir: &std::path::Path, name: &str, depth: u32) -> Option<std::path::PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if entry.file_name() == name {
+                return Some(path);
+            }
+            if depth > 0
+                && let Some(found) = find(&path, name, depth - 1)
+            {
+                return Some(found);
+            }
+        }
+        None
+    }
+    let cgroup = find(std::path::Path::new("/sys/fs/cgroup/pids"), container, 3)
+        .unwrap_or_else(|| panic!("no cgroup of container {container} under /sys/fs/cgroup/pids"));
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).expect("cgroup.procs");
+    procs.lines().next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no process in {}", cgroup.display()))
 }
 
 /// Peak resident memory (VmHWM) of a process, in KiB.
