@@ -21,6 +21,8 @@ ENV_FILE="$STATE/env"
 K8S_VERSION="${K8S_VERSION:-1.35.4}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 K8S_BIN="${K8S_BIN:-$FLIGHTLINE_CACHE/k8s/v$K8S_VERSION/bin}"
+# kubectl of the server's minor (dev/k8s/build.sh) before the machine's own, for every dev/ script.
+case ":$PATH:" in *":$K8S_BIN:"*) ;; *) export PATH="$K8S_BIN:$PATH" ;; esac
 # Apache Kafka's jars (dev/install kafka-apache): kafka_2.13 and its runtime dependencies from Maven
 # Central in $KAFKA_APACHE_HOME/libs, with the log4j2 config the broker runs with.
 KAFKA_APACHE_HOME="$FLIGHTLINE_CACHE/kafka-apache"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # dev/k8s/build.sh - idempotent build of a REAL, current Kubernetes control plane from Go modules
 # (the Go module proxy is the only source):
-#   * kube-apiserver, kube-controller-manager, kube-scheduler (static, CGO_ENABLED=0) and kubelet
-#     (cgo, as upstream builds it) from k8s.io/kubernetes v$K8S_VERSION;
+#   * kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (static, CGO_ENABLED=0) and
+#     kubelet (cgo, as upstream builds it) from k8s.io/kubernetes v$K8S_VERSION (kubectl of the same
+#     minor as the server: the machine's own is older than kubectl's +/-1 version skew allows);
 #   * etcd from go.etcd.io/etcd/server/v3 v$ETCD_VERSION.
 # `go install k8s.io/kubernetes/cmd/...@v1.x` is refused (its go.mod has replace directives), so each
 # is built inside a small consumer module under $K8S_HOME/v$K8S_VERSION/mod that requires the module
@@ -20,10 +21,10 @@ K8S_HOME="$FLIGHTLINE_CACHE/k8s"
 BIN="$K8S_BIN"
 MOD="$K8S_HOME/v$K8S_VERSION/mod"
 ETCD_MOD="$K8S_HOME/etcd-v$ETCD_VERSION/mod"
-COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 STAMP="$BIN/.installed"
 # Bump when the way the binaries are built changes (flags, tags), so cached binaries are rebuilt.
-RECIPE=1
+RECIPE=2
 WANT="recipe=$RECIPE kubernetes=v$K8S_VERSION etcd=v$ETCD_VERSION"
 trap 'log "FAILED (line $LINENO, exit $?)"' ERR
 T0=$(date +%s)
@@ -57,7 +58,8 @@ mkdir -p "$BIN" "$MOD" "$ETCD_MOD" "$GOCACHE"
 
 # ---------------------------------------------------------------- 2. kubernetes consumer module
 MINOR=${K8S_VERSION#1.}            # 35.4 -> staging modules are v0.35.4
-if [ ! -f "$MOD/.resolved" ] || [ "${FORCE:-0}" = 1 ]; then
+# (.resolved holds the components the module was tidied for: another list resolves again)
+if [ "$(cat "$MOD/.resolved" 2>/dev/null)" != "${COMPONENTS[*]}" ] || [ "${FORCE:-0}" = 1 ]; then
   step "go mod download k8s.io/kubernetes@v$K8S_VERSION (the module zip: ~40 MB)"
   GM=$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | jq -r .GoMod)
   [ -s "$GM" ] || die "no go.mod for k8s.io/kubernetes@v$K8S_VERSION"
@@ -80,7 +82,7 @@ if [ ! -f "$MOD/.resolved" ] || [ "${FORCE:-0}" = 1 ]; then
   step "go mod tidy (resolves the module graph; the sources download during the builds)"
   go mod tidy >"$MOD/tidy.log" 2>&1 || { tail -30 "$MOD/tidy.log" >&2; die "go mod tidy failed"; }
   took
-  touch "$MOD/.resolved"
+  echo "${COMPONENTS[*]}" >"$MOD/.resolved"
 fi
 cd "$MOD"
 
