@@ -61,6 +61,9 @@ KAFKA_PORT="${KAFKA_PORT:-19092}"
 # Apache Kafka's KRaft controller listener; +1 would be Alertmanager's 19093.
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 2))}"
 CH_PORT="${CH_PORT:-18123}"
+# TLS ports of the same Kafka broker and ClickHouse front end (CA and certificates from dev/stack gen_service_tls)
+KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-$((KAFKA_PORT + 3))}"
+CH_HTTPS_PORT="${CH_HTTPS_PORT:-$((CH_PORT + 320))}"
 OPERATOR_METRICS_PORT="${OPERATOR_METRICS_PORT:-18080}"
 PROM_PORT="${PROM_PORT:-19090}"
 AM_PORT="${AM_PORT:-19093}"

@@ -2,11 +2,14 @@
 """Tests of chdb_http.py against the engine it fronts: failed statements, inserts included, answer
 with ClickHouse's code, message and HTTP status; URL settings reach the engine.
 
-Starts its own front end on a free port with a throw-away data directory.
+Starts its own front end on free ports (HTTP, and HTTPS with a throw-away CA made by openssl) with
+a throw-away data directory.
 Run: $VENV/bin/python dev/brokers/test_chdb_http.py   (or pytest, if installed)
 """
+import http.client
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -19,17 +22,44 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = None
 URL = None
+HTTPS_URL = None
+CA = None  # PEM file of the CA that signed the HTTPS port's certificate
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_certificates(directory):
+    """A CA and a server certificate for 127.0.0.1 and localhost, as dev/stack makes them."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    ca, ca_key = os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key")
+    crt, key = os.path.join(directory, "server.crt"), os.path.join(directory, "server.key")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca_key,
+            "-subj", "/CN=chdb-http-test-ca", "-days", "1", "-out", ca)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key,
+            "-subj", "/CN=127.0.0.1", "-out", crt + ".csr")
+    ext = os.path.join(directory, "server.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", crt + ".csr", "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "1",
+            "-extfile", ext, "-out", crt)
+    return ca, crt, key
 
 
 def setup_module(_module=None):
-    global SERVER, URL
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    global SERVER, URL, HTTPS_URL, CA
+    port, https_port = free_port(), free_port()
     data = tempfile.mkdtemp(prefix="chdb-http-test-")
-    SERVER = subprocess.Popen([sys.executable, os.path.join(HERE, "chdb_http.py"), "--port", str(port), "--path", data],
+    CA, crt, key = make_certificates(data)
+    SERVER = subprocess.Popen([sys.executable, os.path.join(HERE, "chdb_http.py"), "--port", str(port), "--path", data,
+                               "--https-port", str(https_port), "--tls-cert", crt, "--tls-key", key],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     URL = f"http://127.0.0.1:{port}/"
+    HTTPS_URL = f"https://127.0.0.1:{https_port}/"
     for _ in range(300):
         try:
             urllib.request.urlopen(URL + "ping", timeout=1).read()
@@ -48,11 +78,12 @@ def teardown_module(_module=None):
     SERVER.wait(10)
 
 
-def post(query, body=b"", **params):
-    """(status, exception code or None, body text)."""
-    url = URL + "?" + urllib.parse.urlencode({"query": query, **params})
+def post(query, body=b"", base=None, context=None, **params):
+    """(status, exception code or None, body text), over HTTP, or HTTPS with `base=HTTPS_URL`."""
+    url = (base or URL) + "?" + urllib.parse.urlencode({"query": query, **params})
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=30) as r:
+        request = urllib.request.Request(url, data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=30, context=context) as r:
             return r.status, r.headers.get("X-ClickHouse-Exception-Code"), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("X-ClickHouse-Exception-Code"), e.read().decode()
@@ -143,6 +174,42 @@ def test_errors_map_to_clickhouse_statuses():
     assert post("SELECT * FROM hostile.missing")[:2] == (404, "60")
     assert post("SELEC 1")[:2] == (400, "62")
     assert post("INSERT INTO hostile.monthly FORMAT TabSeparated", b"not a date\t1\n")[:2] == (400, "41")
+
+
+
+def trusting_the_ca():
+    return ssl.create_default_context(cafile=CA)
+
+
+def test_https_answers_as_http_does():
+    tls = trusting_the_ca()
+    with urllib.request.urlopen(HTTPS_URL + "ping", timeout=10, context=tls) as r:
+        assert (r.status, r.read()) == (200, b"Ok.\n")
+    post("CREATE TABLE IF NOT EXISTS hostile.over_tls (x UInt32) ENGINE = MergeTree ORDER BY x")
+    assert post("INSERT INTO hostile.over_tls FORMAT TSV", b"7\n8\n", base=HTTPS_URL, context=tls)[0] == 200
+    # One engine behind both ports: what one wrote the other reads.
+    for base, context in [(URL, None), (HTTPS_URL, tls)]:
+        assert post("SELECT sum(x) FROM hostile.over_tls", base=base, context=context) == (200, None, "15\n")
+    # Errors too: same status, code and message.
+    assert post("SELEC 1", base=HTTPS_URL, context=tls)[:2] == post("SELEC 1")[:2] == (400, "62")
+    assert post("SELECT 1", base=HTTPS_URL, context=tls, no_such_setting="1")[:2] == (404, "115")
+
+
+def test_https_refuses_clients_that_do_not_trust_its_certificate():
+    other = ssl.create_default_context()  # the system's roots: not the test CA
+    try:
+        urllib.request.urlopen(HTTPS_URL + "ping", timeout=10, context=other).read()
+        raise AssertionError("an untrusted certificate was accepted")
+    except urllib.error.URLError as e:
+        assert isinstance(e.reason, ssl.SSLCertVerificationError), e
+    # Plain HTTP to the HTTPS port gets no HTTP answer, and the server goes on serving.
+    try:
+        urllib.request.urlopen(HTTPS_URL.replace("https://", "http://") + "ping", timeout=10).read()
+        raise AssertionError("plain HTTP was answered on the HTTPS port")
+    except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
+        pass
+    with urllib.request.urlopen(HTTPS_URL + "ping", timeout=10, context=trusting_the_ca()) as r:
+        assert r.read() == b"Ok.\n"
 
 
 if __name__ == "__main__":

@@ -120,6 +120,102 @@ pub struct KafkaSpec {
     /// is reported as `ResourceConflict` and left alone. An adopted topic is never deleted.
     #[serde(default)]
     pub adopt_existing: bool,
+    /// TLS to the brokers (security protocol `SSL`, or `SASL_SSL` with `sasl`), used by the
+    /// operator, ingest and the sink. Without it they connect in plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTlsSpec>,
+    /// SASL authentication to the brokers: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with a user and
+    /// password from a Secret. It needs `tls` unless `allowPlaintext` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSaslSpec>,
+}
+
+/// TLS to the Kafka brokers.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTlsSpec {
+    /// Secret key holding the PEM CA bundle that signed the brokers' certificates (Strimzi's
+    /// `<cluster>-cluster-ca-cert`, key `ca.crt`). Without it the system's trusted roots are used,
+    /// as for a managed service with a public certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<CaSecretRef>,
+    /// Secret holding a client certificate and its private key in PEM, for brokers that
+    /// authenticate clients by certificate (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_secret: Option<ClientCertificateSecretRef>,
+}
+
+/// SASL authentication to the Kafka brokers.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSaslSpec {
+    /// `SCRAM-SHA-512` (Strimzi, MSK), `SCRAM-SHA-256` or `PLAIN` (Confluent Cloud API keys).
+    pub mechanism: SaslMechanism,
+    /// Secret with the user and password (keys `username` and `password` unless set).
+    pub credentials_secret: SecretKeyRefs,
+    /// Allow SASL without `tls` (security protocol `SASL_PLAINTEXT`): the credentials then cross
+    /// the network unencrypted (in clear with `PLAIN`). Off, such a spec is `InvalidSpec`.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+/// SASL mechanisms.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SaslMechanism {
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "PLAIN")]
+    Plain,
+}
+
+/// A Secret key holding a PEM CA bundle.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    /// Secret name, in the pipeline's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the PEM CA bundle.
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+/// A Secret holding a client certificate and key (the `kubernetes.io/tls` layout by default).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateSecretRef {
+    /// Secret name, in the pipeline's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the PEM certificate (chain).
+    #[serde(default = "default_cert_key")]
+    pub cert_key: String,
+    /// Key of the PEM private key (PKCS#8, PKCS#1 or SEC1, unencrypted).
+    #[serde(default = "default_key_key")]
+    pub key_key: String,
+}
+
+fn default_cert_key() -> String {
+    "tls.crt".into()
+}
+fn default_key_key() -> String {
+    "tls.key".into()
+}
+
+/// TLS to ClickHouse over `https://`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClickHouseTlsSpec {
+    /// Secret key holding the PEM CA bundle that signed ClickHouse's certificate. Without it the
+    /// system's trusted roots are used (ClickHouse Cloud).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<CaSecretRef>,
 }
 
 /// The dead-letter topic.
@@ -145,8 +241,8 @@ pub struct DeadLetterSpec {
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = crd_rules::clickhouse)]
 pub struct ClickHouseSpec {
-    /// HTTP(S) URL of ClickHouse, e.g. `http://clickhouse:8123`. Empty means the operator's
-    /// default (`--clickhouse-url`).
+    /// HTTP(S) URL of ClickHouse, e.g. `http://clickhouse:8123` or `https://clickhouse:8443`
+    /// (see `tls`). Empty means the operator's default (`--clickhouse-url`).
     #[serde(default)]
     #[schemars(length(max = 1024))]
     pub url: String,
@@ -184,6 +280,10 @@ pub struct ClickHouseSpec {
     /// `ResourceConflict` and left alone. An adopted table is never dropped.
     #[serde(default)]
     pub adopt_existing: bool,
+    /// TLS settings for an `https://` URL (used by the operator, the sink and query). An
+    /// `https://` URL without it trusts the system's roots; with an `http://` URL it is `InvalidSpec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClickHouseTlsSpec>,
 }
 
 /// API authentication: API keys, JWTs, or both (a caller needs one that passes).
@@ -747,6 +847,8 @@ impl Default for KafkaSpec {
             config: BTreeMap::new(),
             dead_letter: DeadLetterSpec::default(),
             adopt_existing: false,
+            tls: None,
+            sasl: None,
         }
     }
 }
@@ -768,6 +870,7 @@ impl Default for ClickHouseSpec {
             partition_by: Partitioning::default(),
             extra_columns: Vec::new(),
             adopt_existing: false,
+            tls: None,
         }
     }
 }

@@ -27,8 +27,16 @@ pub mod reason {
     pub const TABLE_READY: &str = "TableReady";
     pub const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
     pub const KAFKA_ERROR: &str = "KafkaError";
+    /// The TLS handshake with a broker failed (CA, certificate name, client certificate, listener).
+    pub const KAFKA_TLS_FAILED: &str = "KafkaTLSFailed";
+    /// A broker refused the SASL mechanism or the credentials.
+    pub const KAFKA_AUTHENTICATION_FAILED: &str = "KafkaAuthenticationFailed";
     pub const CLICKHOUSE_UNAVAILABLE: &str = "ClickHouseUnavailable";
     pub const CLICKHOUSE_ERROR: &str = "ClickHouseError";
+    /// The TLS handshake with ClickHouse failed (CA, certificate name, a plain-HTTP port).
+    pub const CLICKHOUSE_TLS_FAILED: &str = "ClickHouseTLSFailed";
+    /// ClickHouse refused the user or password.
+    pub const CLICKHOUSE_AUTHENTICATION_FAILED: &str = "ClickHouseAuthenticationFailed";
     pub const AVAILABLE: &str = "Available";
     pub const PROGRESSING: &str = "Progressing";
     pub const WAITING: &str = "WaitingForStorage";

@@ -10,6 +10,7 @@ pub mod labels;
 pub mod monitoring;
 pub mod ownership;
 pub mod resolve;
+pub mod security;
 pub mod slo;
 pub mod table;
 pub mod topic;

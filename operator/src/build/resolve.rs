@@ -7,11 +7,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::build::security::{self, KafkaSecurityRefs};
 use crate::build::slo::{Objectives, latency_le, window_seconds};
 use crate::build::table::{BASE_COLUMNS, MAX_TABLE_LEN, TableSpec, default_table_name, default_table_owner, ttl_days};
 use crate::build::topic::{TopicSpec, default_topic_owner, reserved_topic, retention_ms};
 use crate::crd::{
-    AutoscalingSpec, FlightPipelineSpec, HttpLimits, JwtSpec, MonitoringSpec, SecretKeyRef, SecretKeyRefs, WorkloadSpec,
+    AutoscalingSpec, CaSecretRef, FlightPipelineSpec, HttpLimits, JwtSpec, MonitoringSpec, SecretKeyRef, SecretKeyRefs,
+    WorkloadSpec,
 };
 
 /// Longest pipeline name: `<name>-predict` must stay a valid Service name with room for pod suffixes.
@@ -197,6 +199,10 @@ pub struct Resolved {
     pub topic: TopicSpec,
     pub dead_letter: Option<TopicSpec>,
     pub clickhouse_url: String,
+    /// TLS and SASL to Kafka, for the operator, ingest and the sink.
+    pub kafka_security: KafkaSecurityRefs,
+    /// CA of ClickHouse's certificate (an `https://` URL), for the operator, the sink and query.
+    pub clickhouse_ca: Option<CaSecretRef>,
     pub credentials: Option<SecretKeyRefs>,
     /// ClickHouse credentials of query: its own, else `credentials`.
     pub query_credentials: Option<SecretKeyRefs>,
@@ -410,12 +416,14 @@ pub fn resolve(
     }
 
     let objectives = objectives(&spec.slo, &mut problems);
+    let kafka_security = security::kafka(&spec.kafka).map_err(|e| problems.push(e)).unwrap_or_default();
+    let clickhouse_ca = security::clickhouse(&spec.clickhouse, &clickhouse_url).map_err(|e| problems.push(e));
 
     if !problems.is_empty() {
         return Err(problems);
     }
 
-    let settings = BTreeMap::from([
+    let mut settings = BTreeMap::from([
         ("FLIGHTLINE_PIPELINE".to_string(), format!("{namespace}/{name}")),
         ("KAFKA_BOOTSTRAP_SERVERS".into(), bootstrap_servers.clone()),
         ("KAFKA_TOPIC".into(), topic.name.clone()),
@@ -433,6 +441,7 @@ pub fn resolve(
         ("QUERY_MAX_EXECUTION_SECONDS".into(), spec.query.max_execution_seconds.to_string()),
         ("PREDICT_MODEL_PATH".into(), spec.predict.model_path.clone()),
     ]);
+    settings.extend(security::kafka_settings(&kafka_security));
 
     Ok(Resolved {
         namespace: namespace.into(),
@@ -441,6 +450,8 @@ pub fn resolve(
         topic,
         dead_letter,
         clickhouse_url,
+        kafka_security,
+        clickhouse_ca: clickhouse_ca.unwrap_or_default(),
         credentials: spec.clickhouse.credentials_secret.clone(),
         query_credentials: spec.query.credentials_secret.clone().or_else(|| spec.clickhouse.credentials_secret.clone()),
         api_keys: spec.auth.as_ref().and_then(|a| a.api_keys_secret.clone()),

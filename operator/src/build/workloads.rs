@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::build::labels;
 use crate::build::resolve::{Component, Resolved, Workload};
+use crate::build::security;
 
 pub const HTTP_PORT: i32 = 8080;
 /// Pod-template annotation that changes whenever the settings do, so pods roll.
@@ -203,6 +204,13 @@ fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
     if let Some(secret) = credentials {
         env.push(from_secret("CLICKHOUSE_USER", &secret.name, &secret.username_key));
         env.push(from_secret("CLICKHOUSE_PASSWORD", &secret.name, &secret.password_key));
+    }
+    // TLS and SASL material from Secrets: Kafka for the two Kafka clients, ClickHouse's CA for its two.
+    if matches!(workload.component, Component::Ingest | Component::Sink) {
+        env.extend(security::kafka_env(&resolved.kafka_security));
+    }
+    if matches!(workload.component, Component::Sink | Component::Query) {
+        env.extend(security::clickhouse_env(resolved.clickhouse_ca.as_ref()));
     }
     // Limits are per component, so they are the container's, not the shared ConfigMap's.
     if let Some(limits) = &workload.http_limits {

@@ -17,14 +17,30 @@ pub enum ClickHouseError {
     /// A create found the table there: someone else made it since it was described.
     #[error("table {table} was created by someone else meanwhile")]
     Exists { table: String },
+    /// The TLS handshake failed: a certificate the CA did not sign, a name not in it, an HTTP port.
+    #[error("TLS with ClickHouse at {url} failed: {message}")]
+    Tls { url: String, message: String },
+    /// The TLS settings cannot be used (a CA bundle that is not PEM).
+    #[error("ClickHouse TLS settings: {0}")]
+    Settings(String),
 }
 
 /// ClickHouse's `TABLE_ALREADY_EXISTS`.
 const TABLE_ALREADY_EXISTS: &str = "Code: 57.";
+/// ClickHouse's `AUTHENTICATION_FAILED` (and `REQUIRED_PASSWORD`, `UNKNOWN_USER`).
+const AUTHENTICATION_FAILED: [&str; 3] = ["Code: 516.", "Code: 194.", "Code: 192."];
 
 impl ClickHouseError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unreachable { .. })
+    }
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Self::Tls { .. } | Self::Settings(_))
+    }
+    /// ClickHouse refused the user or the password.
+    pub fn is_authentication(&self) -> bool {
+        matches!(self, Self::Refused { source: clickhouse::error::Error::BadResponse(text), .. }
+            if AUTHENTICATION_FAILED.iter().any(|code| text.contains(code)))
     }
 }
 
@@ -57,16 +73,26 @@ pub struct ClickHouseAdmin {
 }
 
 impl ClickHouseAdmin {
-    pub fn new(url: &str, credentials: Option<(String, String)>, timeout: Duration) -> Self {
-        let mut client =
-            Client::default().with_url(url).with_setting("max_execution_time", timeout.as_secs().max(1).to_string());
+    /// A client for `url`; `ca_pem` is the CA bundle of an `https://` URL (else the system's roots).
+    pub fn new(
+        url: &str,
+        credentials: Option<(String, String)>,
+        ca_pem: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, ClickHouseError> {
+        let client = flightline_service::connect::clickhouse_client(url, ca_pem)
+            .map_err(|e| ClickHouseError::Settings(format!("{e:#}")))?;
+        let mut client = client.with_setting("max_execution_time", timeout.as_secs().max(1).to_string());
         if let Some((user, password)) = credentials {
             client = client.with_user(user).with_password(password);
         }
-        Self { client, url: url.into(), timeout }
+        Ok(Self { client, url: url.into(), timeout })
     }
 
     fn classify(&self, statement: &str, source: clickhouse::error::Error) -> ClickHouseError {
+        if let Some(message) = flightline_service::connect::tls_failure(&source) {
+            return ClickHouseError::Tls { url: self.url.clone(), message };
+        }
         match source {
             clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut => {
                 ClickHouseError::Unreachable { url: self.url.clone(), source }

@@ -15,7 +15,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::kafka_wire::{Connection, WireError, error_text};
+use flightline_service::connect::KafkaSecurity;
+
+use super::kafka_wire::{Connection, Security, WireError, error_text};
 use crate::build::topic::{ObservedTopic, TopicPlan, TopicSpec};
 
 const TOPIC_RESOURCE: i8 = 2;
@@ -32,6 +34,9 @@ pub enum KafkaError {
     /// A create found the topic there: someone else made it since it was described.
     #[error("topic {topic} was created by someone else meanwhile")]
     Exists { topic: String },
+    /// A Secret of `spec.kafka.tls`/`sasl` is missing or lacks a key.
+    #[error("Kafka TLS/SASL settings: {0}")]
+    Secret(String),
 }
 
 /// Error codes a retry can cure: leadership moving, a controller change, a slow broker.
@@ -48,11 +53,19 @@ impl KafkaError {
         match self {
             Self::Wire(e) => e.is_transient(),
             Self::Refused { code, .. } => RETRIABLE_CODES.contains(code),
-            Self::Exists { .. } => false,
+            Self::Exists { .. } | Self::Secret(_) => false,
         }
     }
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Self::Wire(WireError::Unsupported { .. }))
+    }
+    /// A TLS handshake or TLS settings failure: the CA, a certificate or the listener is wrong.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Self::Wire(WireError::Tls { .. } | WireError::Settings(_)))
+    }
+    /// The broker refused the SASL mechanism or the credentials.
+    pub fn is_authentication(&self) -> bool {
+        matches!(self, Self::Wire(WireError::Authentication { .. }))
     }
 }
 
@@ -61,17 +74,31 @@ impl KafkaError {
 pub struct KafkaAdmin {
     bootstrap: Connection,
     controller: Option<Connection>,
+    security: Security,
     timeout: Duration,
 }
 
 impl KafkaAdmin {
+    /// A PLAINTEXT session.
     pub async fn connect(bootstrap_servers: &str, timeout: Duration) -> Result<Self, KafkaError> {
+        Self::connect_with(bootstrap_servers, &KafkaSecurity::default(), timeout).await
+    }
+
+    /// A session with TLS and/or SASL as `security` says. A TLS or authentication failure ends the
+    /// attempt at once: another bootstrap server of the same cluster would refuse the same way.
+    pub async fn connect_with(
+        bootstrap_servers: &str,
+        security: &KafkaSecurity,
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        let security = Security::new(security)?;
         let mut last_error = None;
         for server in bootstrap_servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match Connection::connect(server, timeout).await {
+            match Connection::connect(server, &security, timeout).await {
                 Ok(bootstrap) => {
-                    return Ok(Self { bootstrap, controller: None, timeout });
+                    return Ok(Self { bootstrap, controller: None, security, timeout });
                 }
+                Err(e @ (WireError::Tls { .. } | WireError::Authentication { .. })) => return Err(e.into()),
                 Err(e) => last_error = Some(e),
             }
         }
@@ -106,7 +133,7 @@ impl KafkaAdmin {
                 .find(|b| b.node_id == metadata.controller_id)
                 .map(|b| format!("{}:{}", b.host.as_str(), b.port));
             if let Some(address) = address.filter(|a| a != self.bootstrap.addr()) {
-                match Connection::connect(&address, self.timeout).await {
+                match Connection::connect(&address, &self.security, self.timeout).await {
                     Ok(conn) => self.controller = Some(conn),
                     // An advertised address we cannot reach (e.g. outside the cluster): KRaft brokers
                     // forward admin writes, so the bootstrap connection is the fallback.

@@ -2,16 +2,32 @@
 //!
 //! The operator needs only admin calls (metadata, topics, configs, partitions). Speaking the
 //! protocol directly lets it negotiate versions per broker, use `IncrementalAlterConfigs`, and
-//! name exactly which API a broker lacks, without linking librdkafka. PLAINTEXT only for now.
+//! name exactly which API a broker lacks, without linking librdkafka. It speaks PLAINTEXT, SSL
+//! (rustls with ring: a CA from a Secret or the system's roots, an optional client certificate),
+//! SASL_PLAINTEXT and SASL_SSL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; `kafka_sasl`).
+//!
+//! Why not rdkafka's admin API (0.39, librdkafka 2.12): its safe `AdminClient` has `AlterConfigs`
+//! only, which replaces a topic's whole config set and so resets every config the operator does
+//! not manage on an adopted topic; `IncrementalAlterConfigs` and the controller id exist only as
+//! raw `rdkafka-sys` functions (unsafe FFI plus an event queue to drive by hand); and it would
+//! link librdkafka and OpenSSL into an operator that is otherwise pure Rust with rustls.
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use flightline_service::connect::{KafkaSecurity, SaslCredentials};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::kafka_sasl::{self, Exchange};
 
 const CLIENT_ID: &str = "flightline-operator";
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -28,6 +44,16 @@ pub enum WireError {
     Protocol { addr: String, message: String },
     #[error("the Kafka broker does not support {api} (API key {key})")]
     Unsupported { api: &'static str, key: i16 },
+    /// The TLS handshake failed: a certificate not signed by the CA, a name not in it, a client
+    /// certificate refused, or a plaintext listener.
+    #[error("TLS with Kafka broker {addr} failed: {message}")]
+    Tls { addr: String, message: String },
+    /// The broker refused the SASL mechanism or the credentials.
+    #[error("SASL {mechanism} authentication with Kafka broker {addr} failed: {message}")]
+    Authentication { addr: String, mechanism: &'static str, message: String },
+    /// The TLS settings themselves are unusable (a CA that is not PEM, a key that does not match).
+    #[error("Kafka TLS settings: {0}")]
+    Settings(String),
 }
 
 impl WireError {
@@ -37,30 +63,167 @@ impl WireError {
     }
 }
 
+/// TLS and SASL for every connection of one admin session, prepared once.
+#[derive(Clone, Default)]
+pub struct Security {
+    tls: Option<tokio_rustls::TlsConnector>,
+    sasl: Option<SaslCredentials>,
+}
+
+impl Security {
+    pub fn new(security: &KafkaSecurity) -> Result<Self, WireError> {
+        let tls = if security.protocol.tls() {
+            let config = flightline_service::connect::tls_config(
+                security.ca_pem.as_deref(),
+                security.client_certificate.as_ref(),
+            )
+            .map_err(|e| WireError::Settings(format!("{e:#}")))?;
+            Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
+        } else {
+            None
+        };
+        Ok(Self { tls, sasl: security.sasl.clone() })
+    }
+}
+
+/// A broker connection, plaintext or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The host part of `host:port` (`[v6]:port` too), as the name a TLS certificate must carry.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
 /// One connection to one broker, with the API versions it advertised.
 pub struct Connection {
     addr: String,
-    stream: TcpStream,
+    stream: Stream,
     correlation_id: i32,
     versions: HashMap<i16, (i16, i16)>,
     timeout: Duration,
 }
 
 impl Connection {
-    pub async fn connect(addr: &str, timeout: Duration) -> Result<Self, WireError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    pub async fn connect(addr: &str, security: &Security, timeout: Duration) -> Result<Self, WireError> {
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| WireError::Timeout { addr: addr.into() })?
             .map_err(|source| WireError::Connect { addr: addr.into(), source })?;
-        stream.set_nodelay(true).ok();
+        tcp.set_nodelay(true).ok();
+        let stream = match &security.tls {
+            None => Stream::Plain(tcp),
+            Some(connector) => {
+                let tls_error = |message: String| WireError::Tls { addr: addr.into(), message };
+                let name = rustls::pki_types::ServerName::try_from(host_of(addr).to_string())
+                    .map_err(|e| tls_error(format!("{:?} is not a host name: {e}", host_of(addr))))?;
+                let handshake = tokio::time::timeout(timeout, connector.connect(name, tcp))
+                    .await
+                    .map_err(|_| WireError::Timeout { addr: addr.into() })?;
+                // Every failure here is the handshake's: name the certificate problem when rustls
+                // has one, else the connection dropped mid-handshake (a plaintext listener, a
+                // refused client certificate).
+                Stream::Tls(Box::new(handshake.map_err(|e| {
+                    let detail = flightline_service::connect::tls_failure(&e).unwrap_or_else(|| e.to_string());
+                    tls_error(format!("{detail} (is the listener TLS, and is its certificate signed by the CA given?)"))
+                })?))
+            }
+        };
         let mut conn = Self { addr: addr.into(), stream, correlation_id: 0, versions: HashMap::new(), timeout };
-        // ApiVersions v0 is understood by every broker; it tells us what else is.
+        // ApiVersions v0 is understood by every broker, before SASL too; it tells us what else is.
         let response = conn.send(ApiVersionsRequest::default(), 0).await?;
         if response.error_code != 0 {
             return Err(conn.protocol_error(format!("ApiVersions failed with error code {}", response.error_code)));
         }
         conn.versions = response.api_keys.iter().map(|k| (k.api_key, (k.min_version, k.max_version))).collect();
+        if let Some(credentials) = &security.sasl {
+            conn.authenticate(credentials).await?;
+        }
         Ok(conn)
+    }
+
+    /// `SaslHandshake` v1 then `SaslAuthenticate` rounds (KIP-152), the way Java clients do it.
+    async fn authenticate(&mut self, credentials: &SaslCredentials) -> Result<(), WireError> {
+        let mechanism = credentials.mechanism.as_str();
+        let refused = |addr: &str, message: String| WireError::Authentication { addr: addr.into(), mechanism, message };
+        let mut handshake = SaslHandshakeRequest::default();
+        handshake.mechanism = StrBytes::from_static_str(mechanism);
+        let (response, _) = self.call(handshake, 1).await?;
+        if response.error_code != 0 {
+            let offered: Vec<&str> = response.mechanisms.iter().map(|m| m.as_str()).collect();
+            let message = format!("{}; the listener offers {offered:?}", error_text(response.error_code, None));
+            return Err(refused(&self.addr, message));
+        }
+        let nonce = kafka_sasl::nonce();
+        match Exchange::start(credentials.mechanism, &credentials.username, &credentials.password, &nonce) {
+            Exchange::Plain(message) => {
+                self.sasl_round(message, mechanism).await?;
+            }
+            Exchange::Scram(mut scram) => {
+                let server_first = self.sasl_round(scram.client_first(), mechanism).await?;
+                let client_final = scram.client_final(&server_first).map_err(|m| refused(&self.addr, m))?;
+                let server_final = self.sasl_round(client_final, mechanism).await?;
+                scram.verify_server_final(&server_final).map_err(|m| refused(&self.addr, m))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sasl_round(&mut self, message: Vec<u8>, mechanism: &'static str) -> Result<bytes::Bytes, WireError> {
+        let mut request = SaslAuthenticateRequest::default();
+        request.auth_bytes = bytes::Bytes::from(message);
+        let (response, _) = match self.call(request, 2).await {
+            // The broker closes the connection after a failed round on SaslAuthenticate v0.
+            Err(WireError::Io { source, .. }) => {
+                return Err(WireError::Authentication {
+                    addr: self.addr.clone(),
+                    mechanism,
+                    message: format!("the broker closed the connection ({source})"),
+                });
+            }
+            other => other?,
+        };
+        if response.error_code != 0 {
+            return Err(WireError::Authentication {
+                addr: self.addr.clone(),
+                mechanism,
+                message: error_text(response.error_code, response.error_message.as_ref()),
+            });
+        }
+        Ok(response.auth_bytes)
     }
 
     pub fn addr(&self) -> &str {
@@ -149,6 +312,8 @@ fn api_name(key: i16) -> &'static str {
         Ok(ApiKey::DeleteTopics) => "DeleteTopics",
         Ok(ApiKey::Metadata) => "Metadata",
         Ok(ApiKey::ApiVersions) => "ApiVersions",
+        Ok(ApiKey::SaslHandshake) => "SaslHandshake",
+        Ok(ApiKey::SaslAuthenticate) => "SaslAuthenticate",
         _ => "an admin API",
     }
 }
@@ -157,6 +322,8 @@ fn api_name(key: i16) -> &'static str {
 pub fn error_text(code: i16, message: Option<&StrBytes>) -> String {
     let name = match code {
         3 => "UNKNOWN_TOPIC_OR_PARTITION",
+        33 => "UNSUPPORTED_SASL_MECHANISM",
+        34 => "ILLEGAL_SASL_STATE",
         7 => "REQUEST_TIMED_OUT",
         17 => "INVALID_TOPIC_EXCEPTION",
         29 => "TOPIC_AUTHORIZATION_FAILED",
@@ -167,6 +334,7 @@ pub fn error_text(code: i16, message: Option<&StrBytes>) -> String {
         41 => "NOT_CONTROLLER",
         42 => "INVALID_REQUEST",
         44 => "POLICY_VIOLATION",
+        58 => "SASL_AUTHENTICATION_FAILED",
         _ => "KAFKA_ERROR",
     };
     match message.map(|m| m.as_str()).filter(|m| !m.is_empty()) {

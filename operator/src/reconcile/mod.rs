@@ -4,8 +4,10 @@ pub mod children;
 pub mod clickhouse;
 pub mod discovery;
 pub mod kafka;
+pub mod kafka_sasl;
 pub mod kafka_wire;
 pub mod kubernetes;
+pub mod security;
 pub mod status;
 pub mod storage;
 

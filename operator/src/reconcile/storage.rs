@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::clickhouse::{ClickHouseAdmin, ClickHouseError};
 use super::kafka::{KafkaAdmin, KafkaError};
+use super::security;
 use super::{Context, Error};
 use crate::build::claims::{Claimant, ResourceKey, conflicts, resource_keys};
 use crate::build::conditions::{self, Finding, reason};
@@ -19,7 +20,7 @@ use crate::build::ownership::{self, Found, Ownership};
 use crate::build::resolve::{Resolved, resolve};
 use crate::build::table::{ObservedTable, TableOwner, TablePlan, plan_table};
 use crate::build::topic::{ObservedTopic, TopicPlan, TopicSpec, plan_topic};
-use crate::crd::{FlightPipeline, SecretKeyRefs, StorageKind, StorageRecord};
+use crate::crd::{CaSecretRef, FlightPipeline, SecretKeyRefs, StorageKind, StorageRecord};
 
 /// What the storage step found and did.
 pub struct Storage {
@@ -152,12 +153,18 @@ pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> 
     let records = current_records(fp, resolved);
     let topics = [Some(&resolved.topic), resolved.dead_letter.as_ref()];
     let kafka = observe_topics(resolved, ctx, topics.into_iter().flatten()).await;
-    let clickhouse =
-        match clickhouse_admin(&resolved.namespace, resolved.credentials.as_ref(), &resolved.clickhouse_url, ctx).await
-        {
-            Ok(admin) => admin.describe(&resolved.table).await.map(|t| (admin, t)).map_err(Error::from),
-            Err(e) => Err(e),
-        };
+    let clickhouse = match clickhouse_admin(
+        &resolved.namespace,
+        resolved.credentials.as_ref(),
+        resolved.clickhouse_ca.as_ref(),
+        &resolved.clickhouse_url,
+        ctx,
+    )
+    .await
+    {
+        Ok(admin) => admin.describe(&resolved.table).await.map(|t| (admin, t)).map_err(Error::from),
+        Err(e) => Err(e),
+    };
 
     // 3. Decide and plan everything before changing anything.
     let kafka = kafka.map(|(admin, observed)| {
@@ -396,7 +403,15 @@ impl Storage {
 
 fn kafka_failure(e: KafkaError, error: &mut Option<Error>) -> Finding {
     let transient = e.is_transient();
-    let why = if transient { reason::KAFKA_UNAVAILABLE } else { reason::KAFKA_ERROR };
+    let why = if e.is_tls() {
+        reason::KAFKA_TLS_FAILED
+    } else if e.is_authentication() {
+        reason::KAFKA_AUTHENTICATION_FAILED
+    } else if transient {
+        reason::KAFKA_UNAVAILABLE
+    } else {
+        reason::KAFKA_ERROR
+    };
     let finding = Finding::failed(conditions::KAFKA_READY, why, e.to_string());
     if transient {
         *error = Some(e.into());
@@ -406,7 +421,12 @@ fn kafka_failure(e: KafkaError, error: &mut Option<Error>) -> Finding {
 
 fn clickhouse_failure(e: Error, error: &mut Option<Error>) -> Finding {
     let transient = matches!(&e, Error::ClickHouse(c) if c.is_transient());
-    let why = if transient { reason::CLICKHOUSE_UNAVAILABLE } else { reason::CLICKHOUSE_ERROR };
+    let why = match &e {
+        Error::ClickHouse(c) if c.is_tls() => reason::CLICKHOUSE_TLS_FAILED,
+        Error::ClickHouse(c) if c.is_authentication() => reason::CLICKHOUSE_AUTHENTICATION_FAILED,
+        _ if transient => reason::CLICKHOUSE_UNAVAILABLE,
+        _ => reason::CLICKHOUSE_ERROR,
+    };
     let finding = Finding::failed(conditions::CLICKHOUSE_READY, why, e.to_string());
     if transient && error.is_none() {
         *error = Some(e);
@@ -419,7 +439,8 @@ async fn observe_topics<'a>(
     ctx: &Context,
     topics: impl Iterator<Item = &'a TopicSpec>,
 ) -> Result<(KafkaAdmin, Vec<(TopicSpec, Option<ObservedTopic>)>), KafkaError> {
-    let mut admin = KafkaAdmin::connect(&resolved.bootstrap_servers, ctx.io_timeout).await?;
+    let security = security::kafka(&resolved.namespace, &resolved.kafka_security, ctx).await?;
+    let mut admin = KafkaAdmin::connect_with(&resolved.bootstrap_servers, &security, ctx.io_timeout).await?;
     let mut observed = Vec::new();
     for topic in topics {
         let have = admin.describe(&topic.name).await?;
@@ -444,9 +465,11 @@ async fn write_records(fp: &FlightPipeline, ctx: &Context, records: &[StorageRec
 pub async fn clickhouse_admin(
     namespace: &str,
     credentials: Option<&SecretKeyRefs>,
+    ca: Option<&CaSecretRef>,
     url: &str,
     ctx: &Context,
 ) -> Result<ClickHouseAdmin, Error> {
+    let ca_pem = security::clickhouse_ca(namespace, ca, ctx).await?;
     let credentials = match credentials {
         None => None,
         Some(refs) => {
@@ -466,7 +489,7 @@ pub async fn clickhouse_admin(
             Some((read(&refs.username_key)?, read(&refs.password_key)?))
         }
     };
-    Ok(ClickHouseAdmin::new(url, credentials, ctx.io_timeout))
+    Ok(ClickHouseAdmin::new(url, credentials, ca_pem.as_deref(), ctx.io_timeout)?)
 }
 
 /// Deletes what this pipeline created, where it created it, except what another pipeline uses now
@@ -496,10 +519,15 @@ pub async fn delete_created(fp: &FlightPipeline, ctx: &Context) -> Result<Vec<St
     }
     // Credentials first: if their Secret is gone, fail before deleting anything.
     let credentials = fp.spec.clickhouse.credentials_secret.as_ref();
+    let ca = fp.spec.clickhouse.tls.as_ref().and_then(|t| t.ca_secret.as_ref());
     let mut tables = Vec::new();
     for key in deletable.iter().filter(|k| k.kind == StorageKind::Table) {
-        tables.push((key, clickhouse_admin(&me.namespace, credentials, &key.location, ctx).await?));
+        tables.push((key, clickhouse_admin(&me.namespace, credentials, ca, &key.location, ctx).await?));
     }
+    // The topics were made with the spec's TLS and SASL; a spec made invalid since falls back to
+    // plaintext, and the broker's refusal then says what is wrong.
+    let refs = crate::build::security::kafka(&fp.spec.kafka).unwrap_or_default();
+    let kafka_security = security::kafka(&me.namespace, &refs, ctx).await?;
     let mut deleted = Vec::new();
     let mut by_cluster: Vec<(&str, Vec<String>)> = Vec::new();
     for key in deletable.iter().filter(|k| k.kind == StorageKind::Topic) {
@@ -509,7 +537,7 @@ pub async fn delete_created(fp: &FlightPipeline, ctx: &Context) -> Result<Vec<St
         }
     }
     for (location, names) in by_cluster {
-        KafkaAdmin::connect(location, ctx.io_timeout).await?.delete(&names).await?;
+        KafkaAdmin::connect_with(location, &kafka_security, ctx.io_timeout).await?.delete(&names).await?;
         deleted.extend(names.iter().map(|n| format!("topic {n} at {location}")));
     }
     for (key, admin) in tables {

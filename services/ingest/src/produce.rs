@@ -21,6 +21,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use flightline_service::auth::Auth;
 use flightline_service::config;
+use flightline_service::connect::KafkaSecurity;
 use flightline_service::flight::{
     BodyError, DEFAULT_MAX_RECORDS, Flight, Format, MAX_FIELD_BYTES, RecordErrors, Summary, read_flights,
 };
@@ -55,9 +56,19 @@ struct Accepted {
     errors: Vec<RecordErrors>,
 }
 
+/// librdkafka settings the producer and the sink's consumer share: the brokers, and TLS and SASL
+/// as the environment says (`flightline_service::connect`; plaintext when nothing is set).
+pub fn client_config(bootstrap: &str) -> anyhow::Result<ClientConfig> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in KafkaSecurity::from_env()?.rdkafka_settings() {
+        config.set(key, value);
+    }
+    Ok(config)
+}
+
 pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    Ok(client_config(bootstrap)?
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")

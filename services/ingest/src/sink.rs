@@ -37,7 +37,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
 /// Days of `scheduled_at` (UTC) in one insert. ClickHouse refuses an insert touching more than 100
@@ -444,8 +444,7 @@ pub async fn run() -> anyhow::Result<()> {
     if settings.dead_letter_topic.is_none() {
         tracing::warn!("no dead-letter topic: records that cannot be stored are dropped (logged and counted)");
     }
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.bootstrap)
+    let consumer: StreamConsumer = crate::produce::client_config(&settings.bootstrap)?
         .set("group.id", config::required("KAFKA_CONSUMER_GROUP")?)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -454,8 +453,8 @@ pub async fn run() -> anyhow::Result<()> {
         .create()?;
     consumer.subscribe(&[&settings.topic])?;
     let dead_letters = RwLock::new(crate::produce::producer(&settings.bootstrap)?);
-    let mut clickhouse = clickhouse::Client::default()
-        .with_url(config::required("CLICKHOUSE_URL")?)
+    // CLICKHOUSE_URL, and CLICKHOUSE_CA_PEM for an https:// one.
+    let mut clickhouse = flightline_service::connect::clickhouse_client_from_env()?
         .with_database(config::required("CLICKHOUSE_DATABASE")?)
         .with_validation(false);
     if let Ok(user) = config::required("CLICKHOUSE_USER") {

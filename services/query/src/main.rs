@@ -85,8 +85,8 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     // Rows are read by position (RowBinary); the SELECT lists the columns in struct order.
-    let mut clickhouse =
-        clickhouse::Client::default().with_url(config::required("CLICKHOUSE_URL")?).with_validation(false);
+    // CLICKHOUSE_URL, and CLICKHOUSE_CA_PEM for an https:// one.
+    let mut clickhouse = flightline_service::connect::clickhouse_client_from_env()?.with_validation(false);
     if let Ok(user) = config::required("CLICKHOUSE_USER") {
         clickhouse = clickhouse.with_user(user).with_password(std::env::var("CLICKHOUSE_PASSWORD").unwrap_or_default());
     }
