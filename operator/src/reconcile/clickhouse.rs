@@ -173,3 +173,34 @@ impl ClickHouseAdmin {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(text: &str) -> ClickHouseError {
+        ClickHouseError::Refused {
+            url: "https://ch:8443".into(),
+            statement: "SELECT 1".into(),
+            source: clickhouse::error::Error::BadResponse(text.into()),
+        }
+    }
+
+    #[test]
+    fn authentication_and_tls_failures_are_told_apart() {
+        let wrong_password = refused(
+            "Code: 516. DB::Exception: default: Authentication failed: password is incorrect, or there is no user",
+        );
+        assert!(wrong_password.is_authentication() && !wrong_password.is_transient());
+        assert!(!refused("Code: 60. DB::Exception: Unknown table").is_authentication());
+        let tls = ClickHouseError::Tls { url: "https://ch:8443".into(), message: "UnknownIssuer".into() };
+        assert!(tls.is_tls() && !tls.is_transient() && !tls.is_authentication());
+    }
+
+    #[test]
+    fn a_ca_for_a_plain_http_url_is_a_settings_error() {
+        let error = ClickHouseAdmin::new("http://ch:8123", None, Some("CA"), Duration::from_secs(1)).err().unwrap();
+        assert!(error.is_tls() && error.to_string().contains("not https://"), "{error}");
+        assert!(ClickHouseAdmin::new("https://ch:8443", None, None, Duration::from_secs(1)).is_ok());
+    }
+}

@@ -342,3 +342,44 @@ pub fn error_text(code: i16, message: Option<&StrBytes>) -> String {
         None => format!("{name} ({code})"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_name_is_the_host_of_the_address() {
+        assert_eq!(host_of("kafka-0.kafka:9093"), "kafka-0.kafka");
+        assert_eq!(host_of("10.88.0.1:19095"), "10.88.0.1");
+        assert_eq!(host_of("[fd00::1]:9093"), "fd00::1");
+        assert_eq!(host_of("kafka"), "kafka");
+    }
+
+    #[test]
+    fn sasl_refusals_read_as_kafka_names_them() {
+        let message =
+            StrBytes::from_static_str("Authentication failed during authentication due to invalid credentials");
+        assert_eq!(
+            error_text(58, Some(&message)),
+            "SASL_AUTHENTICATION_FAILED (58): Authentication failed during authentication due to invalid credentials"
+        );
+        assert_eq!(error_text(33, None), "UNSUPPORTED_SASL_MECHANISM (33)");
+        let tls = WireError::Tls { addr: "b:9093".into(), message: "invalid peer certificate: UnknownIssuer".into() };
+        let auth = WireError::Authentication { addr: "b:9093".into(), mechanism: "PLAIN", message: "x".into() };
+        // Neither is retried fast: the same CA or password fails the same way until the Secret changes.
+        assert!(!tls.is_transient() && !auth.is_transient());
+        assert_eq!(auth.to_string(), "SASL PLAIN authentication with Kafka broker b:9093 failed: x");
+    }
+
+    #[test]
+    fn unusable_tls_settings_are_refused_before_any_connection() {
+        let security = KafkaSecurity {
+            protocol: flightline_service::connect::SecurityProtocol::Ssl,
+            ca_pem: Some("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".into()),
+            ..KafkaSecurity::default()
+        };
+        let Err(WireError::Settings(message)) = Security::new(&security) else { panic!("bad PEM accepted") };
+        assert!(message.contains("CA bundle"), "{message}");
+        assert!(Security::new(&KafkaSecurity::default()).is_ok_and(|s| s.tls.is_none() && s.sasl.is_none()));
+    }
+}
