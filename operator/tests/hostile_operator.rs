@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flightline_operator::crd::{FlightPipeline, HttpLimits, SecretKeyRefs};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Event, Pod, PodSpec, PodTemplateSpec, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Event, PodSpec, PodTemplateSpec, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
@@ -268,23 +268,10 @@ async fn existing_config_maps_of_a_childs_name_are_left_alone_and_no_pod_reads_s
     }
 }
 
-/// The environment a pod's process actually runs with (the local node runs containers as processes
-/// and reports `process://<pid>` as the container ID).
+/// The environment a pod's process actually runs with: its process on this machine (`pod_pid`: a
+/// process of node.py's, or the process in a container of the real node).
 async fn process_env(stack: &Stack, ns: &TestNamespace, component: &str) -> BTreeMap<String, String> {
-    let addr = service_addr(stack, ns, "scl", component).await;
-    let ip = addr.split(':').next().unwrap().to_string();
-    let pods: Api<Pod> = Api::namespaced(stack.client.clone(), &ns.name);
-    let selector = format!("app.kubernetes.io/instance=scl,app.kubernetes.io/component={component}");
-    let pod = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .find(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(ip.as_str()))
-        .expect("the ready pod");
-    let container_id = pod.status.unwrap().container_statuses.unwrap()[0].container_id.clone().unwrap();
-    let pid = container_id.strip_prefix("process://").expect("a process of the local node");
+    let pid = pod_pid(stack, ns, "scl", component).await;
     let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("read the process environment");
     environ
         .split(|b| *b == 0)
