@@ -1089,11 +1089,10 @@ mod tests {
         assert_eq!(read(many.as_bytes(), Format::Json, 10), Err(BodyError::TooManyRecords { limit: 10 }));
         assert_eq!(read(&sample_csv(11), Format::Csv, 10), Err(BodyError::TooManyRecords { limit: 10 }));
         assert_eq!(read(&sample_csv(10), Format::Csv, 10).unwrap().len(), 10);
-        // The case: 8 MB of one-column rows is refused at the limit, long before the end.
+        // The case: 8 MB of one-column rows is refused at the limit (how soon is bench/ingest's
+        // business: a wall-clock bound here fails on a loaded machine).
         let body = [&b"DIA\n"[..], &b"1\n".repeat(4_000_000)].concat();
-        let started = std::time::Instant::now();
         assert_eq!(Summary::of(&body, Format::Csv, 100_000), Err(BodyError::TooManyRecords { limit: 100_000 }));
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
