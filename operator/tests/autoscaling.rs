@@ -179,9 +179,10 @@ async fn ready_pod_ips(pods: &Api<Pod>, component: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// `LOAD_PER_SECOND` predictions a second, round-robin over the Ready predict pods (pods are
-/// local processes with IPs of their own and no Service routing, so the test balances as a Service
-/// would); the pod list is refreshed every second. Stops when dropped.
+/// `LOAD_PER_SECOND` predictions a second, round-robin over the Ready predict pods' IPs (the host
+/// reaches them directly: the real node's CNI bridge, or node.py's 127.0.1.N; there is no
+/// kube-proxy, so the test balances as a Service would); the pod list is refreshed every second.
+/// Stops when dropped.
 struct Load {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     ok: Arc<AtomicU64>,
