@@ -196,7 +196,7 @@ write_kubelet_configs() {
   # NodeRestriction admit it), signed by the cluster CA dev/stack made.
   [ -s "$pki/ca.key" ] || die "no cluster CA in $pki: start Kubernetes first (dev/stack start)"
   if [ ! -s "$NODE_STATE/pki/kubelet-client.crt" ] || ! openssl verify -CAfile "$pki/ca.crt" "$NODE_STATE/pki/kubelet-client.crt" >/dev/null 2>&1 \
-     || ! openssl x509 -in "$NODE_STATE/pki/kubelet-client.crt" -noout -subject | grep -q "system:node:$NODE_NAME\$"; then
+     || ! openssl x509 -in "$NODE_STATE/pki/kubelet-client.crt" -noout -subject | grep "system:node:$NODE_NAME\$" >/dev/null; then
     ( umask 077; cd "$NODE_STATE/pki"
       openssl ecparam -name prime256v1 -genkey -noout -out kubelet-client.key 2>/dev/null
       openssl req -new -key kubelet-client.key -subj "/O=system:nodes/CN=system:node:$NODE_NAME" -out kubelet-client.csr 2>/dev/null
@@ -256,13 +256,23 @@ EOF
 }
 
 # ------------------------------------------------------------------------------ network
+# ip_addrs [DEV]: the IPv4 addresses, one interface a line. ip's netlink dump fails when interfaces
+# change meanwhile (another node's pod veths): its output counts, read again until it succeeds.
+ip_addrs() {
+  local out _
+  for _ in 1 2 3 4 5; do
+    if out=$(ip -4 -o addr show ${1:+dev "$1"} 2>/dev/null); then printf '%s\n' "$out"; return 0; fi
+    sleep 0.2
+  done
+  printf '%s\n' "$out"
+}
 bridge_up() {
   if ip link show "$POD_BRIDGE" >/dev/null 2>&1; then
-    ip -4 addr show dev "$POD_BRIDGE" | grep -q "inet $POD_GATEWAY/" \
+    [[ "$(ip_addrs "$POD_BRIDGE")" == *"inet $POD_GATEWAY/"* ]] \
       || die "an interface $POD_BRIDGE exists without $POD_GATEWAY: not this stack's (set POD_BRIDGE/POD_CIDR)"
   else
     # another interface in the pod range would make the routes ambiguous
-    ! ip -4 -o addr show | grep -v " $POD_BRIDGE " | grep -q "inet ${POD_CIDR%.0.0/*}\." \
+    ! ip_addrs | grep -v " $POD_BRIDGE " | grep "inet ${POD_CIDR%.0.0/*}\." >/dev/null \
       || die "another interface already has an address in $POD_CIDR (set POD_CIDR)"
     ip link add "$POD_BRIDGE" type bridge
     ip addr add "$POD_GATEWAY/${POD_CIDR#*/}" dev "$POD_BRIDGE"
@@ -272,7 +282,7 @@ bridge_up() {
 }
 
 bridge_down() {
-  if ip link show "$POD_BRIDGE" >/dev/null 2>&1 && ip -4 addr show dev "$POD_BRIDGE" | grep -q "inet $POD_GATEWAY/"; then
+  if ip link show "$POD_BRIDGE" >/dev/null 2>&1 && [[ "$(ip_addrs "$POD_BRIDGE")" == *"inet $POD_GATEWAY/"* ]]; then
     ip link delete "$POD_BRIDGE" && log "node: bridge $POD_BRIDGE deleted"
   fi
 }
