@@ -51,6 +51,13 @@ pub fn kafka(schema: &mut Schema) {
         "deadLetter.topic must differ from the topic",
         ".deadLetter.topic",
     );
+    add_rule(
+        schema,
+        "!has(self.sasl) || has(self.tls) || (has(self.sasl.allowPlaintext) && self.sasl.allowPlaintext)",
+        "sasl: the credentials would cross the network unencrypted; add tls, or set sasl.allowPlaintext: true \
+         for a SASL_PLAINTEXT listener",
+        ".sasl",
+    );
 }
 
 /// `spec.kafka.deadLetter`.
@@ -78,6 +85,12 @@ pub fn clickhouse(schema: &mut Schema) {
         "!has(self.extraColumns) || self.extraColumns.all(c, self.extraColumns.exists_one(d, d.name == c.name))",
         "extraColumns: a name appears twice",
         ".extraColumns",
+    );
+    add_rule(
+        schema,
+        "!has(self.tls) || !has(self.url) || self.url == '' || self.url.startsWith('https://')",
+        "tls: set, but the url is not https://",
+        ".tls",
     );
     add_rule(
         schema,

@@ -152,6 +152,9 @@ async fn a_wrong_password_a_wrong_ca_or_a_plaintext_port_fails_at_once_and_by_na
         .expect("TLS to a plaintext listener");
     assert!(error.is_tls(), "{error}");
     assert!(started.elapsed() < TIMEOUT + Duration::from_secs(1), "took {:?}", started.elapsed());
+    // Plaintext to the TLS listener: the broker's TLS alert is recognised, not read as a huge size.
+    let error = KafkaAdmin::connect(&tls.bootstrap, TIMEOUT).await.err().expect("plaintext to a TLS listener");
+    assert!(error.is_tls() && error.to_string().contains("set spec.kafka.tls"), "{error}");
     // A CA that is not PEM is a settings error before any connection.
     let mut garbage = tls.security(SaslMechanism::ScramSha512, &tls.password);
     garbage.ca_pem = Some("not a certificate".into());
@@ -327,9 +330,15 @@ async fn a_pipeline_runs_over_sasl_ssl_kafka_and_https_clickhouse_and_names_what
     secret(&plain, &ns, "clickhouse-ca", json!({"ca.crt": tls.ca})).await;
     wait_condition(&api, "scl", "Ready", "True", None).await;
 
-    // SASL without TLS is refused unless asked for, before anything connects.
+    // SASL without TLS is refused at admission unless asked for (the CRD's CEL rule; the operator
+    // checks the same for servers without CEL: build::security's unit tests).
     fp.spec.kafka.tls = None;
-    apply(&api, &fp).await.unwrap();
-    let invalid = wait_condition(&api, "scl", "Ready", "False", Some("InvalidSpec")).await;
-    assert!(condition(&invalid, "Ready").unwrap().message.contains("allowPlaintext"));
+    let refused = apply(&api, &fp).await.expect_err("SASL without TLS is refused");
+    assert!(refused.to_string().contains("sasl.allowPlaintext"), "{refused}");
+    fp.spec.kafka.sasl.as_mut().unwrap().allow_plaintext = true;
+    apply(&api, &fp).await.expect("SASL_PLAINTEXT when asked for");
+    // The operator then speaks plaintext to the TLS listener, which cannot work: said, not hung.
+    let failed = wait_condition(&api, "scl", "KafkaReady", "False", Some("KafkaTLSFailed")).await;
+    let message = &condition(&failed, "KafkaReady").unwrap().message;
+    assert!(message.contains("set spec.kafka.tls"), "{message}");
 }

@@ -269,9 +269,13 @@ impl Connection {
 
         let addr = self.addr.clone();
         let timeout = self.timeout;
+        let plaintext = matches!(self.stream, Stream::Plain(_));
         let exchange = async {
             self.stream.write_all(&frame).await?;
             let size = self.stream.read_i32().await?;
+            if plaintext && is_tls_alert(size) {
+                return Err(std::io::Error::other(TLS_LISTENER));
+            }
             if size < 0 || size as usize > MAX_RESPONSE_BYTES {
                 return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("response size {size}")));
             }
@@ -282,7 +286,10 @@ impl Connection {
         let body = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| WireError::Timeout { addr: addr.clone() })?
-            .map_err(|source| WireError::Io { addr: addr.clone(), source })?;
+            .map_err(|source| match source.get_ref().map(|e| e.to_string()) {
+                Some(message) if message == TLS_LISTENER => WireError::Tls { addr: addr.clone(), message },
+                _ => WireError::Io { addr: addr.clone(), source },
+            })?;
 
         let mut buf = bytes::Bytes::from(body);
         let response_header = ResponseHeader::decode(&mut buf, R::Response::header_version(version))
@@ -300,6 +307,15 @@ impl Connection {
     fn protocol_error(&self, message: String) -> WireError {
         WireError::Protocol { addr: self.addr.clone(), message }
     }
+}
+
+const TLS_LISTENER: &str = "the listener answered with TLS, but the connection is plaintext: set spec.kafka.tls";
+
+/// Whether the 4 bytes read as a response's size are a TLS alert record's header (content type 21,
+/// version 3.x): what a TLS listener sends back to a plaintext request.
+fn is_tls_alert(size: i32) -> bool {
+    let [content_type, major, ..] = size.to_be_bytes();
+    content_type == 21 && major == 3
 }
 
 fn api_name(key: i16) -> &'static str {
@@ -346,6 +362,13 @@ pub fn error_text(code: i16, message: Option<&StrBytes>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_alert_read_as_a_size_is_recognised() {
+        // What Apache Kafka's SSL listener sent to a plaintext ApiVersions: 15 03 03 00 (then 02 ..).
+        assert!(is_tls_alert(352_518_912));
+        assert!(!is_tls_alert(1024) && !is_tls_alert(-1) && !is_tls_alert(0x1502_0000));
+    }
 
     #[test]
     fn the_certificate_name_is_the_host_of_the_address() {
