@@ -355,7 +355,11 @@ async fn a_dead_letter_too_large_for_the_broker_goes_truncated_with_its_size() {
     let stack = Stack::connect().await;
     let ns = stack.namespace("dlq-size").await;
     let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
-    let fp = ready_pipeline(&stack, &ns, &example_pipeline(&ns)).await;
+    // The topic takes records up to 4 MB (Kafka's default is 1 MB); the dead-letter topic keeps
+    // the default, so the poison record's dead letter cannot be written whole.
+    let mut big_records = example_pipeline(&ns);
+    big_records.spec.kafka.config.insert("max.message.bytes".into(), "4000000".into());
+    let fp = ready_pipeline(&stack, &ns, &big_records).await;
     let topic = topic_of(&fp);
     let sink = service_addr(&stack, &ns, "scl", "sink").await;
 
