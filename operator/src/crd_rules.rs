@@ -31,13 +31,7 @@ pub fn autoscaling(schema: &mut Schema) {
 
 /// `spec.kafka`.
 pub fn kafka(schema: &mut Schema) {
-    add_rule(
-        schema,
-        &format!("!has(self.topic) || !({})", reserved_topic("self.topic")),
-        "topic: the name is reserved (Kafka's internal topics start with '__'; Schema Registry, Connect, \
-         MirrorMaker, Confluent and Kafka Streams own theirs) or is '.' or '..'",
-        ".topic",
-    );
+    topic_name_rule(schema);
     add_rule(
         schema,
         &format!("!has(self.config) || !{}.exists(k, k in self.config)", cel_strings(&MANAGED_TOPIC_CONFIGS)),
@@ -62,6 +56,11 @@ pub fn kafka(schema: &mut Schema) {
 
 /// `spec.kafka.deadLetter`.
 pub fn dead_letter(schema: &mut Schema) {
+    topic_name_rule(schema);
+}
+
+/// The rule on a `topic` field beside the rule (`spec.kafka` and `spec.kafka.deadLetter`).
+fn topic_name_rule(schema: &mut Schema) {
     add_rule(
         schema,
         &format!("!has(self.topic) || !({})", reserved_topic("self.topic")),
