@@ -13,6 +13,7 @@ use flightline_operator::build::topic::ObservedTopic;
 use flightline_operator::crd::FlightPipeline;
 use flightline_operator::reconcile::kafka::KafkaAdmin;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -327,6 +328,22 @@ pub fn example_pipeline(ns: &TestNamespace) -> FlightPipeline {
     fp.spec.clickhouse.database = ns.database.clone();
     // Open APIs unless a test sets up keys (the auth test does).
     fp.spec.auth = None;
+    // dev/test runs up to 8 pipelines at once on a 2-CPU node: at the default 100m CPU request per pod the
+    // scheduler leaves the later pods Pending (Insufficient cpu), so the tests' pods ask for 10m.
+    let small = |memory_limit: &str| {
+        Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("10m".into())),
+                ("memory".into(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity(memory_limit.into()))])),
+            ..Default::default()
+        })
+    };
+    fp.spec.ingest.workload.resources = small("512Mi");
+    fp.spec.sink.workload.resources = small("256Mi");
+    fp.spec.query.workload.resources = small("256Mi");
+    fp.spec.predict.workload.resources = small("256Mi");
     fp
 }
 
