@@ -1,0 +1,150 @@
+//! Query-string parsing both endpoints share: known names given once, typed filters, and the SQL
+//! conditions they select (typed parameters only, never user text).
+
+use std::collections::BTreeMap;
+
+use axum::extract::Query;
+use axum::http::{StatusCode, Uri};
+use flightline_service::flight::parse_datetime;
+use flightline_service::server::ApiError;
+
+/// Filters both endpoints share, parsed and checked.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Filters {
+    pub(crate) from: Option<u32>,
+    pub(crate) to: Option<u32>,
+    pub(crate) airline: Option<String>,
+    pub(crate) origin: Option<String>,
+    pub(crate) destination: Option<String>,
+    pub(crate) flight_type: Option<String>,
+    pub(crate) delayed: Option<bool>,
+}
+
+pub(crate) const FILTER_PARAMS: [&str; 7] = ["from", "to", "airline", "origin", "destination", "type", "delayed"];
+
+/// At most this much of a client's text is echoed in an error.
+pub(crate) fn clip(text: &str) -> &str {
+    text.char_indices().nth(60).map_or(text, |(end, _)| &text[..end])
+}
+
+/// The query string as name → value, each name known to this endpoint and given once.
+pub(crate) fn query_params(uri: &Uri, extra: &[&str]) -> Result<BTreeMap<String, String>, ApiError> {
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let mut params = BTreeMap::new();
+    for (name, value) in pairs {
+        if !FILTER_PARAMS.contains(&name.as_str()) && !extra.contains(&name.as_str()) {
+            return Err(ApiError::bad_field(clip(&name), "unknown query parameter"));
+        }
+        if params.contains_key(&name) {
+            return Err(ApiError::bad_field(name, "is given more than once"));
+        }
+        params.insert(name, value);
+    }
+    Ok(params)
+}
+
+/// `YYYY-MM-DD` or `YYYY-MM-DD HH:MM:SS`; a bare `to` date includes that whole day.
+pub(crate) fn parse_bound(name: &str, value: &str, end_of_day: bool) -> Result<u32, ApiError> {
+    let (text, whole_day) =
+        if value.len() == 10 { (format!("{value} 00:00:00"), true) } else { (value.to_string(), false) };
+    let epoch = parse_datetime(&text)
+        .ok_or_else(|| ApiError::bad_field(name, "must be a date YYYY-MM-DD or date-time YYYY-MM-DD HH:MM:SS"))?
+        .epoch;
+    let epoch = if whole_day && end_of_day { epoch + 86_399 } else { epoch };
+    u32::try_from(epoch).map_err(|_| ApiError::bad_field(name, "is out of range"))
+}
+
+pub(crate) fn short_text(name: &str, value: &str) -> Result<String, ApiError> {
+    if value.is_empty() || value.len() > 100 || value.chars().any(char::is_control) {
+        return Err(ApiError::bad_field(name, "must be 1 to 100 printable characters"));
+    }
+    Ok(value.to_string())
+}
+
+impl Filters {
+    pub(crate) fn parse(params: &BTreeMap<String, String>) -> Result<Self, ApiError> {
+        let mut f = Filters::default();
+        for (name, value) in params {
+            match name.as_str() {
+                "from" => f.from = Some(parse_bound(name, value, false)?),
+                "to" => f.to = Some(parse_bound(name, value, true)?),
+                "airline" => f.airline = Some(short_text(name, value)?),
+                "origin" => f.origin = Some(short_text(name, value)?),
+                "destination" => f.destination = Some(short_text(name, value)?),
+                "type" => match value.as_str() {
+                    "I" | "N" => f.flight_type = Some(value.clone()),
+                    _ => return Err(ApiError::bad_field(name, "must be I or N")),
+                },
+                "delayed" => match value.as_str() {
+                    "true" => f.delayed = Some(true),
+                    "false" => f.delayed = Some(false),
+                    _ => return Err(ApiError::bad_field(name, "must be true or false")),
+                },
+                _ => {}
+            }
+        }
+        if let (Some(from), Some(to)) = (f.from, f.to)
+            && from > to
+        {
+            return Err(ApiError::bad_field("from", "must not be after `to`"));
+        }
+        Ok(f)
+    }
+
+    /// SQL conditions that only reference typed parameters, never user text.
+    pub(crate) fn conditions(&self) -> Vec<&'static str> {
+        let mut c = Vec::new();
+        if self.from.is_some() {
+            c.push("toUInt32(scheduled_at) >= {from:UInt32}");
+        }
+        if self.to.is_some() {
+            c.push("toUInt32(scheduled_at) <= {to:UInt32}");
+        }
+        if self.airline.is_some() {
+            c.push("(airline_name = {airline:String} OR scheduled_airline = {airline:String})");
+        }
+        if self.origin.is_some() {
+            c.push("scheduled_origin = {origin:String}");
+        }
+        if self.destination.is_some() {
+            c.push("(scheduled_destination = {destination:String} OR destination_city = {destination:String})");
+        }
+        if self.flight_type.is_some() {
+            c.push("flight_type = {type:String}");
+        }
+        if self.delayed.is_some() {
+            c.push("delayed = {delayed:Bool}");
+        }
+        c
+    }
+
+    pub(crate) fn bind(&self, mut q: clickhouse::query::Query) -> clickhouse::query::Query {
+        if let Some(v) = self.from {
+            q = q.param("from", v);
+        }
+        if let Some(v) = self.to {
+            q = q.param("to", v);
+        }
+        if let Some(v) = &self.airline {
+            q = q.param("airline", v);
+        }
+        if let Some(v) = &self.origin {
+            q = q.param("origin", v);
+        }
+        if let Some(v) = &self.destination {
+            q = q.param("destination", v);
+        }
+        if let Some(v) = &self.flight_type {
+            q = q.param("type", v);
+        }
+        if let Some(v) = self.delayed {
+            q = q.param("delayed", v);
+        }
+        q
+    }
+}
+
+pub(crate) fn where_clause(conditions: &[&str]) -> String {
+    if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) }
+}

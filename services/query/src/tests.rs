@@ -1,0 +1,219 @@
+//! Unit and property tests of parsing, pages, statistics and error mapping.
+
+mod unit {
+    use crate::flights::*;
+    use crate::params::*;
+    use crate::stats::*;
+    use crate::*;
+    use axum::http::{StatusCode, Uri};
+    use serde::Serialize;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn filters_parse_and_name_bad_parameters() {
+        let f = Filters::parse(&params(&[
+            ("from", "2017-01-01"),
+            ("to", "2017-01-31"),
+            ("type", "I"),
+            ("delayed", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(f.from, Some(1_483_228_800));
+        assert_eq!(f.to, Some(1_483_228_800 + 30 * 86_400 + 86_399));
+        assert_eq!(f.conditions().len(), 4);
+        for (name, value) in [("from", "yesterday"), ("type", "X"), ("delayed", "1"), ("airline", "")] {
+            let e = Filters::parse(&params(&[(name, value)])).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(name));
+        }
+        assert_eq!(
+            Filters::parse(&params(&[("from", "2017-02-01"), ("to", "2017-01-01")])).unwrap_err().field.as_deref(),
+            Some("from")
+        );
+    }
+
+    fn uri(query: &str) -> Uri {
+        format!("/v1/flights?{query}").parse().unwrap()
+    }
+
+    #[test]
+    fn unknown_repeated_or_huge_parameters_are_rejected_by_name() {
+        for (query, field) in [
+            ("limit=1&sort=x", "sort"),
+            ("limit=1&limit=2", "limit"),
+            ("limit=99999999999999999999", "limit"),
+            ("limit=0", "limit"),
+            ("cursor=1.2", "cursor"),
+            (&format!("cursor={}", "9".repeat(10_000)), "cursor"),
+            (&format!("airline={}", "x".repeat(10_000)), "airline"),
+            (&format!("from={}", "2".repeat(10_000)), "from"),
+            ("from=2017-02-30", "from"),
+            ("to=%FF%FE", "to"),
+        ] {
+            let error = FlightsRequest::parse(&uri(query), 10_000).unwrap_err();
+            assert_eq!((error.status, error.field.as_deref()), (StatusCode::BAD_REQUEST, Some(field)), "{query}");
+        }
+        let long_name = format!("{}=1", "n".repeat(10_000));
+        assert!(FlightsRequest::parse(&uri(&long_name), 10_000).unwrap_err().field.unwrap().len() <= 60);
+        let by = |query: &str| StatsRequest::parse(&format!("/v1/stats/delays?{query}").parse().unwrap());
+        assert_eq!(by("").unwrap_err().field.as_deref(), Some("by"));
+        assert_eq!(by("by=airline;DROP").unwrap_err().field.as_deref(), Some("by"));
+        assert_eq!(by("by=month&delayed=true").unwrap().expression, "toString(month)");
+        assert!(group_expression("airline; DROP TABLE t").is_none());
+        let ok = FlightsRequest::parse(&uri("limit=5&cursor=1.2.3&airline=Grupo+LATAM"), 10_000).unwrap();
+        assert_eq!((ok.limit, ok.filters.airline.as_deref()), (5, Some("Grupo LATAM")));
+    }
+
+    #[tokio::test]
+    async fn a_hung_call_gives_504_within_the_timeout() {
+        let started = std::time::Instant::now();
+        let error = bounded::<()>(Duration::from_millis(200), std::future::pending()).await.unwrap_err();
+        assert_eq!((error.status, error.error), (StatusCode::GATEWAY_TIMEOUT, "clickhouse_timeout"));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn pages_end_before_the_response_limit_with_a_cursor_to_the_rest() {
+        #[derive(Serialize)]
+        struct Row {
+            n: usize,
+            text: String,
+        }
+        // Control characters are 6 bytes each in JSON: 100 rows of 200 would be ~120 KB.
+        let rows: Vec<_> = (0..101).map(|n| Row { n, text: "\u{1}".repeat(200) }).collect();
+        let cursor = |r: &Row| r.n.to_string();
+        let page: serde_json::Value = serde_json::from_slice(&page_json(&rows, 100, 1 << 20, cursor)).unwrap();
+        assert_eq!((page["flights"].as_array().unwrap().len(), &page["next_cursor"]), (100, &json!("99")));
+        let body = page_json(&rows, 100, 10_000, cursor);
+        assert!(body.len() <= 10_000, "{}", body.len());
+        let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let listed = page["flights"].as_array().unwrap().len();
+        assert!((5..10).contains(&listed), "{listed}");
+        assert_eq!(page["next_cursor"], json!((listed - 1).to_string()));
+        // The last page has no cursor; one row always fits, even past the limit.
+        let page: serde_json::Value = serde_json::from_slice(&page_json(&rows[..3], 100, 10, cursor)).unwrap();
+        assert_eq!((page["flights"].as_array().unwrap().len(), &page["next_cursor"]), (1, &json!("0")));
+        let page: serde_json::Value = serde_json::from_slice(&page_json(&rows[..0], 100, 10, cursor)).unwrap();
+        assert_eq!(page, json!({"flights": [], "next_cursor": null}));
+    }
+
+    #[test]
+    fn statistics_list_the_largest_groups_and_say_when_more_exist() {
+        let row =
+            |n: u64| GroupRow { key: n.to_string(), flights: 10, delayed: 1, all_flights: 90_000, all_delayed: 7 };
+        let stats = delay_stats("airline".into(), (0..=u64::from(STATS_MAX_GROUPS)).map(row).collect());
+        assert!(stats.truncated);
+        assert_eq!(stats.groups.len(), STATS_MAX_GROUPS as usize);
+        assert_eq!((stats.total.flights, stats.total.delayed), (90_000, 7));
+        let stats = delay_stats("airline".into(), (0..3).map(row).collect());
+        assert!(!stats.truncated && stats.groups.len() == 3);
+        let stats = delay_stats("airline".into(), Vec::new());
+        assert!(!stats.truncated && stats.total.flights == 0);
+    }
+
+    #[test]
+    fn an_oversized_answer_is_422_not_5xx() {
+        let e = clickhouse::error::Error::BadResponse(
+            "Code: 396. DB::Exception: Limit for result exceeded, max rows: 10.00. (TOO_MANY_ROWS_OR_BYTES)".into(),
+        );
+        let error = database_error(e);
+        assert_eq!((error.status, error.error), (StatusCode::UNPROCESSABLE_ENTITY, "result_too_large"));
+    }
+
+    #[test]
+    fn injection_text_stays_a_parameter() {
+        let f = Filters::parse(&params(&[("airline", "x' OR 1=1 --")])).unwrap();
+        assert!(f.conditions().iter().all(|c| !c.contains("OR 1=1")));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_rejected() {
+        let c = Cursor { scheduled_at: 1, partition: 2, offset: 3 };
+        assert_eq!(Cursor::parse(&c.encode()).unwrap(), c);
+        for bad in ["", "1.2", "1.2.3.4", "a.b.c", "1.2.3; DROP"] {
+            assert!(Cursor::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+mod properties {
+    use crate::flights::*;
+    use crate::stats::*;
+    use crate::*;
+    use axum::http::{StatusCode, Uri};
+    use proptest::prelude::*;
+
+    fn refused_by_name(error: &ApiError) -> bool {
+        error.status == StatusCode::BAD_REQUEST && (error.field.is_some() || error.error == "invalid_query")
+    }
+
+    /// Query-string text: anything a URI may hold, weighted towards the characters that matter.
+    fn query_text() -> impl Strategy<Value = String> {
+        let names = proptest::sample::select(vec![
+            "from",
+            "to",
+            "airline",
+            "origin",
+            "destination",
+            "type",
+            "delayed",
+            "limit",
+            "cursor",
+            "by",
+            "x",
+        ]);
+        let value = prop_oneof![
+            "[-0-9.:% +&=a-zA-Z]{0,40}",
+            "\\PC{0,20}",
+            "[0-9]{1,30}",
+            "[0-9]{1,12}\\.-?[0-9]{1,12}\\.-?[0-9]{1,22}"
+        ];
+        proptest::collection::vec((names, value), 0..6).prop_map(|pairs| {
+            pairs
+                .into_iter()
+                .map(|(name, value)| {
+                    let encoded: String = value
+                        .bytes()
+                        .map(|b| {
+                            if b.is_ascii_alphanumeric() || b"-.%+=&".contains(&b) {
+                                (b as char).to_string()
+                            } else {
+                                format!("%{b:02X}")
+                            }
+                        })
+                        .collect();
+                    format!("{name}={encoded}")
+                })
+                .collect::<Vec<_>>()
+                .join("&")
+        })
+    }
+
+    proptest! {
+        /// Any query string is parsed or refused with 400 naming the parameter; never a 5xx or a panic.
+        #[test]
+        fn prop_query_parameters_never_5xx(query in query_text()) {
+            let uri: Uri = format!("/v1/flights?{query}").parse().unwrap();
+            if let Err(e) = FlightsRequest::parse(&uri, 10_000) {
+                prop_assert!(refused_by_name(&e), "{query}: {e:?}");
+            }
+            let uri: Uri = format!("/v1/stats/delays?{query}").parse().unwrap();
+            if let Err(e) = StatsRequest::parse(&uri) {
+                prop_assert!(refused_by_name(&e), "{query}: {e:?}");
+            }
+        }
+
+        /// Any cursor text round-trips or is refused naming `cursor`.
+        #[test]
+        fn prop_cursor_never_panics(text in prop_oneof!["\\PC{0,60}", "-?[0-9]{0,12}\\.-?[0-9]{0,12}\\.-?[0-9]{0,22}"]) {
+            match Cursor::parse(&text) {
+                Ok(cursor) => prop_assert_eq!(Cursor::parse(&cursor.encode()).unwrap(), cursor),
+                Err(e) => prop_assert_eq!(e.field.as_deref(), Some("cursor")),
+            }
+        }
+    }
+}
