@@ -1,17 +1,21 @@
 //! `GET /v1/flights`: stored flights, filtered, in pages with a cursor.
 
 use axum::extract::State;
-use axum::http::{Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderName, Uri};
+use axum::response::Response;
 use clickhouse::Row;
 use flightline_service::server::ApiError;
 use serde::{Deserialize, Serialize};
 
-use crate::params::{Filters, query_params, where_clause};
+use crate::answer::{self, Body, Key};
+use crate::params::{Filters, Format, csv_line, query_params, where_clause};
 use crate::{AppState, PAGE_MAX_RESPONSE_BYTES, PAGE_MAX_RESULT_BYTES, bounded, result_limits};
 
+/// A CSV page's cursor to the next one (JSON pages carry `next_cursor` in the body).
+pub(crate) const NEXT_CURSOR_HEADER: HeaderName = HeaderName::from_static("x-next-cursor");
+
 /// A page position: the sort key of the last row returned.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Cursor {
     pub(crate) scheduled_at: u32,
     pub(crate) partition: i32,
@@ -96,7 +100,7 @@ pub(crate) const FLIGHT_COLUMNS: &str = "toString(scheduled_at, 'UTC'), schedule
     toUInt32(scheduled_at), source_partition, source_offset";
 
 /// What `GET /v1/flights` asks for.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct FlightsRequest {
     pub(crate) filters: Filters,
     pub(crate) limit: u32,
@@ -120,30 +124,128 @@ impl FlightsRequest {
     }
 }
 
-pub(crate) async fn flights(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
-    let FlightsRequest { filters, limit, cursor } = FlightsRequest::parse(&uri, state.max_rows)?;
-    let mut conditions = filters.conditions();
-    if cursor.is_some() {
-        conditions.push(
-            "(toUInt32(scheduled_at), source_partition, source_offset) > ({c_at:UInt32}, {c_p:Int32}, {c_o:Int64})",
-        );
+impl FlightOut {
+    /// CSV columns: the JSON names, in the same order.
+    pub(crate) const CSV_HEADER: [&'static str; 22] = [
+        "Fecha-I",
+        "Vlo-I",
+        "Ori-I",
+        "Des-I",
+        "Emp-I",
+        "Fecha-O",
+        "Vlo-O",
+        "Ori-O",
+        "Des-O",
+        "Emp-O",
+        "DIA",
+        "MES",
+        "AÑO",
+        "DIANOM",
+        "TIPOVUELO",
+        "OPERA",
+        "SIGLAORI",
+        "SIGLADES",
+        "delay_minutes",
+        "delayed",
+        "period_day",
+        "high_season",
+    ];
+
+    fn csv_fields(&self) -> [String; 22] {
+        [
+            self.scheduled_at.clone(),
+            self.scheduled_flight.clone(),
+            self.scheduled_origin.clone(),
+            self.scheduled_destination.clone(),
+            self.scheduled_airline.clone(),
+            self.operated_at.clone(),
+            self.operated_flight.clone(),
+            self.operated_origin.clone(),
+            self.operated_destination.clone(),
+            self.operated_airline.clone(),
+            self.day.to_string(),
+            self.month.to_string(),
+            self.year.to_string(),
+            self.day_name.clone(),
+            self.flight_type.clone(),
+            self.airline_name.clone(),
+            self.origin_city.clone(),
+            self.destination_city.clone(),
+            self.delay_minutes.to_string(),
+            self.delayed.to_string(),
+            self.period_day.clone(),
+            self.high_season.to_string(),
+        ]
     }
-    // FINAL: a record the sink wrote twice (crash before commit) is read once.
-    let sql = format!(
-        "SELECT {FLIGHT_COLUMNS} FROM {} FINAL {} ORDER BY scheduled_at, source_partition, source_offset LIMIT {{limit:UInt32}}",
-        state.table,
-        where_clause(&conditions)
-    );
-    let query = result_limits(state.clickhouse.query(&sql), limit + 1, PAGE_MAX_RESULT_BYTES);
-    let mut query = filters.bind(query).param("limit", limit + 1);
-    if let Some(c) = &cursor {
-        query = query.param("c_at", c.scheduled_at).param("c_p", c.partition).param("c_o", c.offset);
+
+    fn cursor(&self) -> String {
+        Cursor { scheduled_at: self.sort_at, partition: self.source_partition, offset: self.source_offset }.encode()
     }
-    let rows = bounded(state.call_timeout, query.fetch_all::<FlightOut>()).await?;
-    let body = page_json(&rows, limit as usize, PAGE_MAX_RESPONSE_BYTES, |r| {
-        Cursor { scheduled_at: r.sort_at, partition: r.source_partition, offset: r.source_offset }.encode()
-    });
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+impl FlightsRequest {
+    fn sql(&self, table: &str) -> String {
+        let mut conditions = self.filters.conditions();
+        if self.cursor.is_some() {
+            conditions.push(
+                "(toUInt32(scheduled_at), source_partition, source_offset) > ({c_at:UInt32}, {c_p:Int32}, {c_o:Int64})",
+            );
+        }
+        // FINAL: a record the sink wrote twice (crash before commit) is read once.
+        format!(
+            "SELECT {FLIGHT_COLUMNS} FROM {table} FINAL {} ORDER BY scheduled_at, source_partition, source_offset \
+             LIMIT {{limit:UInt32}}",
+            where_clause(&conditions)
+        )
+    }
+
+    async fn load(self, state: AppState, format: Format) -> Result<Body, ApiError> {
+        let query =
+            result_limits(state.clickhouse.query(&self.sql(&state.table)), self.limit + 1, PAGE_MAX_RESULT_BYTES);
+        let mut query = self.filters.bind(query).param("limit", self.limit + 1);
+        if let Some(c) = &self.cursor {
+            query = query.param("c_at", c.scheduled_at).param("c_p", c.partition).param("c_o", c.offset);
+        }
+        let rows = bounded(state.call_timeout, query.fetch_all::<FlightOut>()).await?;
+        let limit = self.limit as usize;
+        Ok(match format {
+            Format::Json => answer::json(page_json(&rows, limit, PAGE_MAX_RESPONSE_BYTES, FlightOut::cursor)),
+            Format::Csv => {
+                let (bytes, next_cursor) = page_csv(&rows, limit, PAGE_MAX_RESPONSE_BYTES);
+                Body {
+                    content_type: format.content_type(),
+                    bytes: bytes.into(),
+                    headers: next_cursor.map(|c| (NEXT_CURSOR_HEADER, c)).into_iter().collect(),
+                }
+            }
+        })
+    }
+}
+
+pub(crate) async fn flights(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+    let request = FlightsRequest::parse(&uri, state.max_rows)?;
+    let format = Format::negotiate(&headers);
+    let key = Key::Flights(request.clone(), format);
+    answer::serve(&state, key, || request.load(state.clone(), format)).await
+}
+
+/// The CSV page: a header row, at most `limit` rows, ended (like `page_json`) before `max_bytes`;
+/// the cursor to the rest, if any, goes into a header.
+pub(crate) fn page_csv(rows: &[FlightOut], limit: usize, max_bytes: usize) -> (Vec<u8>, Option<String>) {
+    let mut body = Vec::new();
+    csv_line(&mut body, FlightOut::CSV_HEADER);
+    let mut written = 0;
+    for row in rows.iter().take(limit) {
+        let start = body.len();
+        csv_line(&mut body, row.csv_fields().iter().map(String::as_str));
+        if written > 0 && body.len() > max_bytes {
+            body.truncate(start);
+            break;
+        }
+        written += 1;
+    }
+    let next_cursor = (written < rows.len()).then(|| rows[written - 1].cursor());
+    (body, next_cursor)
 }
 
 /// `{"flights": [...], "next_cursor": ...}` with at most `limit` of `rows`, written row by row and

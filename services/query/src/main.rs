@@ -21,6 +21,8 @@ use flightline_service::auth::Auth;
 use flightline_service::config::{self, HttpLimits};
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
 
+mod answer;
+mod cache;
 mod flights;
 mod params;
 mod stats;
@@ -37,6 +39,8 @@ pub(crate) struct AppState {
     pub(crate) max_rows: u32,
     /// How long a ClickHouse call may take before the client gives up.
     pub(crate) call_timeout: Duration,
+    /// Answers by normalized request (`cache.rs`).
+    pub(crate) cache: Arc<cache::Cache<answer::Key, answer::Body, ApiError>>,
 }
 
 /// Result bounds. A page holds at most `QUERY_MAX_ROWS` (10,000) + 1 rows; a full page of the
@@ -48,12 +52,11 @@ pub(crate) struct AppState {
 /// as read (about twice that as Rust strings) plus 8 MiB of JSON: under 20 MiB.
 pub(crate) const PAGE_MAX_RESULT_BYTES: u64 = 4 * 1024 * 1024;
 pub(crate) const PAGE_MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
-/// A statistics answer holds one row per group (airlines, destinations, months: tens to
-/// hundreds). Only the largest `STATS_MAX_GROUPS` groups are listed (`truncated: true` says more
-/// exist), so anyone posting many distinct values cannot make the answer fail for everyone; the
-/// total still counts every flight. 1,000 keys of at most 256 bytes stay under 2 MB of JSON.
-pub(crate) const STATS_MAX_GROUPS: u32 = 1_000;
-pub(crate) const STATS_MAX_RESULT_BYTES: u64 = 4 * 1024 * 1024;
+/// A statistics answer holds one row per group, at most `stats::STATS_MAX_LIMIT` (5,000) + 2
+/// (`truncated` says more exist), so anyone posting many distinct values cannot make the answer
+/// fail for everyone; the total still counts every flight. 5,000 rows of three keys of at most
+/// 256 bytes and their figures stay under 8 MiB as read.
+pub(crate) const STATS_MAX_RESULT_BYTES: u64 = 8 * 1024 * 1024;
 /// The client waits this much longer than `max_execution_time`, so ClickHouse's own error wins
 /// when the server is alive.
 pub(crate) const CALL_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
@@ -63,6 +66,42 @@ pub(crate) fn read_only(client: clickhouse::Client, max_execution_seconds: u32) 
     config::clickhouse_read_only_settings(max_execution_seconds)
         .into_iter()
         .fold(client, |client, (name, value)| client.with_setting(name, value))
+}
+
+/// The result cache's bounds: `QUERY_FRESHNESS_MS` (default 2000, 0 = no cache; the operator
+/// writes it from `spec.query.freshnessMs`), `QUERY_CACHE_MAX_ENTRIES` (default 1,024) and
+/// `QUERY_CACHE_MAX_BYTES` (default 64 MiB; an answer over an eighth of it is not stored).
+fn cache_limits() -> anyhow::Result<cache::Limits> {
+    let freshness_ms: u64 = config::parsed("QUERY_FRESHNESS_MS", 2_000)?;
+    anyhow::ensure!(freshness_ms <= 3_600_000, "QUERY_FRESHNESS_MS must be at most 3600000 (an hour)");
+    Ok(cache::Limits {
+        freshness: Duration::from_millis(freshness_ms),
+        max_entries: config::parsed("QUERY_CACHE_MAX_ENTRIES", 1_024usize)?.max(1),
+        max_bytes: config::parsed("QUERY_CACHE_MAX_BYTES", 64usize << 20)?,
+    })
+}
+
+fn cache_metrics(telemetry: &Telemetry) -> cache::Metrics {
+    let metrics = cache::Metrics::default();
+    telemetry.register("cache_hits", "Answers served from the result cache", metrics.hits.clone());
+    telemetry.register(
+        "cache_misses",
+        "Requests that started a ClickHouse query (no fresh cached answer)",
+        metrics.misses.clone(),
+    );
+    telemetry.register(
+        "cache_coalesced_waits",
+        "Requests that waited for another request's ClickHouse query",
+        metrics.coalesced.clone(),
+    );
+    telemetry.register(
+        "cache_refreshes",
+        "Background refreshes of answers older than half the freshness bound",
+        metrics.refreshes.clone(),
+    );
+    telemetry.register("cache_entries", "Entries in the result cache", metrics.entries.clone());
+    telemetry.register("cache_bytes", "Bytes of answers in the result cache", metrics.bytes.clone());
+    metrics
 }
 
 pub(crate) fn result_limits(query: clickhouse::query::Query, rows: u32, bytes: u64) -> clickhouse::query::Query {
@@ -91,11 +130,13 @@ async fn main() -> anyhow::Result<()> {
     let max_execution_seconds: u32 = config::parsed("QUERY_MAX_EXECUTION_SECONDS", 10)?;
     anyhow::ensure!(max_execution_seconds > 0, "QUERY_MAX_EXECUTION_SECONDS must be at least 1");
     let clickhouse = read_only(clickhouse, max_execution_seconds);
+    let cache = cache::Cache::new(cache_limits()?, cache_metrics(&telemetry));
     let state = AppState {
         clickhouse: clickhouse.clone(),
         table: format!("`{database}`.`{table}`").into(),
         max_rows: config::parsed("QUERY_MAX_ROWS", 10_000u32)?.max(1),
         call_timeout: Duration::from_secs(max_execution_seconds.into()) + CALL_TIMEOUT_MARGIN,
+        cache,
     };
     // The server caches the answer and gives up after a few seconds: a hung ClickHouse is "not ready".
     let ready: ReadyCheck = Arc::new(move || {

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use axum::extract::Query;
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use flightline_service::flight::parse_datetime;
 use flightline_service::server::ApiError;
 
 /// Filters both endpoints share, parsed and checked.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Filters {
     pub(crate) from: Option<u32>,
     pub(crate) to: Option<u32>,
@@ -147,4 +147,65 @@ impl Filters {
 
 pub(crate) fn where_clause(conditions: &[&str]) -> String {
     if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) }
+}
+
+/// The media type of an answer: JSON unless the client's `Accept` prefers `text/csv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Format {
+    Json,
+    Csv,
+}
+
+impl Format {
+    /// The listed type with the highest `q` among `application/json`, `text/csv` and the wildcards
+    /// (which mean JSON); the first listed wins a tie. No `Accept`, or nothing we know: JSON.
+    pub(crate) fn negotiate(headers: &HeaderMap) -> Self {
+        let mut best = (Format::Json, -1.0f32);
+        for value in headers.get_all(header::ACCEPT) {
+            let Ok(text) = value.to_str() else { continue };
+            for range in text.split(',') {
+                let mut parts = range.split(';');
+                let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+                let format = match media.as_str() {
+                    "text/csv" => Format::Csv,
+                    "application/json" | "*/*" | "application/*" => Format::Json,
+                    _ => continue,
+                };
+                let q = parts
+                    .filter_map(|p| p.trim().strip_prefix("q="))
+                    .find_map(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                if q > 0.0 && q > best.1 {
+                    best = (format, q);
+                }
+            }
+        }
+        best.0
+    }
+
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Csv => "text/csv; charset=utf-8; header=present",
+        }
+    }
+}
+
+/// One CSV line (RFC 4180): a field with a comma, quote, CR or LF, or leading/trailing space is
+/// quoted, its quotes doubled; lines end with CRLF.
+pub(crate) fn csv_line<'a>(out: &mut Vec<u8>, fields: impl IntoIterator<Item = &'a str>) {
+    for (n, field) in fields.into_iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let quote = field.contains([',', '"', '\r', '\n']) || field.starts_with(' ') || field.ends_with(' ');
+        if quote {
+            out.push(b'"');
+            out.extend_from_slice(field.replace('"', "\"\"").as_bytes());
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(field.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
 }
