@@ -48,6 +48,12 @@ pub struct FlightPipelineSpec {
     /// Where flight records are stored: the ClickHouse database and table.
     #[serde(default)]
     pub clickhouse: ClickHouseSpec,
+    /// What identifies a stored flight, so a record sent any number of times, by any path, is
+    /// stored once. `Record` (default): the whole record; `ScheduledFlight`: the scheduled time,
+    /// flight number, airline, origin and destination, so a later record of that flight (PUT or
+    /// POST) replaces the earlier one. Fixed once the table exists.
+    #[serde(default)]
+    pub identity: Identity,
     /// HTTP ingestion of flight records (JSON or CSV) into the topic.
     #[serde(default)]
     pub ingest: IngestSpec,
@@ -371,6 +377,30 @@ pub struct SecretKeyRefs {
     pub password_key: String,
 }
 
+/// What identifies a stored flight (`spec.identity`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Identity {
+    /// The whole record: the same record sent again is stored once; records that differ are two rows.
+    #[default]
+    Record,
+    /// The scheduled flight: the newest record of a flight replaces the earlier ones.
+    ScheduledFlight,
+}
+
+impl Identity {
+    /// The spec's spelling, also the services' `FLIGHTLINE_IDENTITY` and the table comment's.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Identity::Record => "Record",
+            Identity::ScheduledFlight => "ScheduledFlight",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Identity::Record, Identity::ScheduledFlight].into_iter().find(|i| i.as_str() == text)
+    }
+}
+
 /// How the table is partitioned.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum Partitioning {
@@ -650,6 +680,12 @@ pub struct QuerySpec {
     #[serde(default = "default_max_execution_seconds")]
     #[schemars(range(min = 1, max = 3600))]
     pub max_execution_seconds: i32,
+    /// How old an answer may be, in milliseconds: statistics and pages are cached and refreshed
+    /// in the background within this bound, so many readers cost ClickHouse one query per
+    /// distinct request per bound. 0 reads ClickHouse on every request.
+    #[serde(default = "default_freshness_ms")]
+    #[schemars(range(min = 0, max = 3600000))]
+    pub freshness_ms: i32,
     /// Secret with the ClickHouse user and password query reads with (keys `username` and
     /// `password`): best a read-only user. Without it query uses `spec.clickhouse.credentialsSecret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -836,6 +872,10 @@ fn default_max_execution_seconds() -> i32 {
     10
 }
 
+fn default_freshness_ms() -> i32 {
+    2_000
+}
+
 impl Default for KafkaSpec {
     fn default() -> Self {
         Self {
@@ -903,6 +943,7 @@ impl Default for QuerySpec {
             workload: WorkloadSpec::default(),
             max_rows: default_max_rows(),
             max_execution_seconds: default_max_execution_seconds(),
+            freshness_ms: default_freshness_ms(),
             credentials_secret: None,
             limits: HttpLimits::default(),
         }

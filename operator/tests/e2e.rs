@@ -46,7 +46,7 @@ async fn example_pipeline_becomes_ready_with_topic_table_and_workloads() {
 
     // ClickHouse, read back from system.columns.
     let columns = stack.columns(&ns.database, "scl_flights").await;
-    assert_eq!(columns.len(), 26, "{columns:?}");
+    assert_eq!(columns.len(), 28, "{columns:?}");
     assert_eq!(columns["scheduled_at"], "DateTime");
     assert_eq!(columns["flight_type"], "Enum8('I' = 1, 'N' = 2)");
     assert_eq!(columns["delay_minutes"], "Int32");
@@ -54,7 +54,10 @@ async fn example_pipeline_becomes_ready_with_topic_table_and_workloads() {
     assert_eq!(columns["period_day"], "Enum8('morning' = 1, 'afternoon' = 2, 'night' = 3)");
     assert_eq!(columns["high_season"], "Bool");
     assert_eq!(columns["source_offset"], "Int64");
-    assert!(stack.engine_full(&ns.database, "scl_flights").await.unwrap().starts_with("ReplacingMergeTree"));
+    assert_eq!(columns["record_id"], "String");
+    let engine = stack.engine_full(&ns.database, "scl_flights").await.unwrap();
+    assert!(engine.starts_with("ReplacingMergeTree(version)"), "{engine}");
+    assert!(engine.contains("ORDER BY (scheduled_at, record_id)"), "{engine}");
 
     // Kubernetes children: owned by the pipeline, labelled, running the service commands.
     let uid = fp.uid().unwrap();

@@ -47,59 +47,6 @@ async fn post(ingest: &str, content_type: (&str, &str), body: &[u8]) -> (u16, Va
     (status, serde_json::from_str(&text).unwrap_or_else(|_| json!({"text": text})))
 }
 
-async fn count(stack: &Stack, table: &str) -> u64 {
-    stack.clickhouse().query(&format!("SELECT count() FROM {table} FINAL")).fetch_one::<u64>().await.unwrap()
-}
-
-/// Waits until the table holds `rows` and the sink has committed everything in its topic (so no
-/// further row or dead letter is on its way), then asserts exactly `rows`: no fixed sleep, which a
-/// busy CI machine could outrun.
-async fn wait_count(stack: &Stack, ns: &TestNamespace, fp: &FlightPipeline, rows: u64) {
-    let table = table_of(fp);
-    eventually(&format!("{rows} rows in {table}"), async || count(stack, &table).await >= rows).await;
-    wait_sink_caught_up(stack, ns, fp).await;
-    assert_eq!(count(stack, &table).await, rows, "exactly {rows} rows");
-}
-
-/// The low and high watermarks of each partition of `topic`.
-fn watermarks(consumer: &BaseConsumer, topic: &str) -> Vec<(i32, i64, i64)> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
-    let partitions = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect::<Vec<_>>();
-    partitions
-        .into_iter()
-        .map(|p| {
-            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
-            (p, low, high)
-        })
-        .collect()
-}
-
-/// Waits until the sink's consumer group has committed up to the high-water mark of every
-/// partition of the pipeline's topic. The sink commits a batch only after its rows are inserted
-/// and its dead letters sent, so from then on the table and the dead-letter topic are final.
-async fn wait_sink_caught_up(stack: &Stack, ns: &TestNamespace, fp: &FlightPipeline) {
-    let topic = topic_of(fp);
-    let group = format!("flightline.{}.{}.sink", ns.name, fp.name_any());
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", &stack.bootstrap).set("group.id", &group).create().unwrap();
-    eventually(&format!("the sink committed all of {topic}"), async || {
-        let mut wanted = TopicPartitionList::new();
-        let marks = watermarks(&consumer, &topic);
-        for (partition, _, _) in &marks {
-            wanted.add_partition(&topic, *partition);
-        }
-        let Ok(committed) = consumer.committed_offsets(wanted, Duration::from_secs(10)) else { return false };
-        marks.iter().all(|(partition, _, high)| match committed.find_partition(&topic, *partition) {
-            Some(element) => match element.offset() {
-                Offset::Offset(done) => done >= *high,
-                _ => *high == 0,
-            },
-            None => *high == 0,
-        })
-    })
-    .await;
-}
-
 /// Every record in `topic` up to its high-water mark (payload and headers), in partition order:
 /// a test asserts the exact count, so an extra record cannot go unnoticed.
 async fn read_all(stack: &Stack, topic: &str) -> Vec<(String, BTreeMap<String, String>)> {
@@ -127,14 +74,6 @@ async fn read_all(stack: &Stack, topic: &str) -> Vec<(String, BTreeMap<String, S
         tokio::task::yield_now().await;
     }
     found
-}
-
-fn table_of(fp: &FlightPipeline) -> String {
-    fp.status.as_ref().and_then(|s| s.table.clone()).expect("status.table")
-}
-
-fn topic_of(fp: &FlightPipeline) -> String {
-    fp.status.as_ref().and_then(|s| s.topic.clone()).expect("status.topic")
 }
 
 /// A table CONSTRAINT that ClickHouse checks at every insert: the one way a record ingest accepts

@@ -408,8 +408,8 @@ async fn query_pages_of_control_characters_stay_bounded_and_many_groups_are_cut_
     let ddl: Vec<String> = columns.iter().map(|(name, ty)| format!("`{name}` {ty}")).collect();
     admin
         .query(&format!(
-            "CREATE TABLE `{}`.`flights` ({}) ENGINE = ReplacingMergeTree \
-             ORDER BY (scheduled_at, source_partition, source_offset, source_topic)",
+            "CREATE TABLE `{}`.`flights` ({}) ENGINE = ReplacingMergeTree(version) \
+             ORDER BY (scheduled_at, record_id)",
             ns.database,
             ddl.join(", ")
         ))

@@ -386,6 +386,7 @@ pub fn resolve(
         table: table_name,
         ttl_days: ttl,
         partitioning: spec.clickhouse.partition_by,
+        identity: spec.identity,
         extra_columns: spec.clickhouse.extra_columns.iter().map(|c| (c.name.clone(), c.column_type)).collect(),
     };
     for (field, ident) in [("spec.clickhouse.database", &table.database), ("spec.clickhouse.table", &table.table)] {
@@ -439,6 +440,8 @@ pub fn resolve(
         ("SINK_LINGER_MS".into(), spec.sink.linger_ms.to_string()),
         ("QUERY_MAX_ROWS".into(), spec.query.max_rows.to_string()),
         ("QUERY_MAX_EXECUTION_SECONDS".into(), spec.query.max_execution_seconds.to_string()),
+        ("QUERY_FRESHNESS_MS".into(), spec.query.freshness_ms.to_string()),
+        ("FLIGHTLINE_IDENTITY".into(), spec.identity.as_str().into()),
         ("PREDICT_MODEL_PATH".into(), spec.predict.model_path.clone()),
     ]);
     settings.extend(security::kafka_settings(&kafka_security));
@@ -597,10 +600,11 @@ fn over_limit(field: &str, value: impl std::fmt::Display, flag: &str, max: impl 
 /// Left free: `RUST_LOG`, the fault switch of drills and the header/body read timeouts.
 pub const RESERVED_ENV_PREFIXES: [&str; 8] =
     ["KAFKA_", "CLICKHOUSE_", "INGEST_", "SINK_", "QUERY_", "PREDICT_", "API_KEY", "JWT_"];
-pub const RESERVED_ENV: [&str; 7] = [
+pub const RESERVED_ENV: [&str; 8] = [
     "LISTEN_ADDR",
     "FLIGHTLINE_PIPELINE",
     "FLIGHTLINE_COMPONENT",
+    "FLIGHTLINE_IDENTITY",
     "HTTP_RATE_LIMIT_RPS",
     "HTTP_RATE_LIMIT_BURST",
     "HTTP_MAX_CONCURRENT_REQUESTS",

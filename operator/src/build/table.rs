@@ -1,17 +1,20 @@
 //! The ClickHouse table for a pipeline: its columns, its DDL and the plan that brings an existing
 //! table to it. Pure: the I/O lives in `reconcile::clickhouse`.
 //!
-//! The sink writes one row per Kafka record and identifies it by `(source_topic, source_partition,
-//! source_offset)`. All three are in the sorting key of a `ReplacingMergeTree`, so a batch inserted
-//! twice (a crash between insert and offset commit) collapses to one row, and `FINAL` queries never
-//! see both; rows of two topics at the same partition and offset stay two rows.
+//! Every row carries its identity, `record_id` (a hash of the record, or of the scheduled flight:
+//! `spec.identity`), and a `version` (when ingest received it). The table is a
+//! `ReplacingMergeTree(version)` sorted by `(scheduled_at, record_id)`: whatever path brings a
+//! record twice (a client's retry, a broker's redelivery, a sink crash before its offset commit, a
+//! replay of the topic), `FINAL` reads and merges keep one row per identity, the newest version.
+//! The id determines `scheduled_at` in both modes, so the key dedups by identity alone.
 //!
-//! A table the operator creates carries an owner marker in its `COMMENT`
-//! (`flightline.dev/owner=<namespace>/<name>/<uid>`), so who created it survives a lost status.
+//! A table the operator creates carries an owner marker and its identity in its `COMMENT`
+//! (`flightline.dev/owner=<namespace>/<name>/<uid> flightline.dev/identity=<mode>`), so who created it
+//! survives a lost status and the identity, fixed once rows exist, cannot change under them.
 
 use std::collections::BTreeMap;
 
-use crate::crd::{ExtraColumnType, Partitioning};
+use crate::crd::{ExtraColumnType, Identity, Partitioning};
 
 /// Columns of the data set (18, renamed to SQL-friendly names), the derived ones and the sink's.
 /// Types are spelled exactly as ClickHouse reports them in `system.columns`.
@@ -38,19 +41,21 @@ pub const BASE_COLUMNS: &[(&str, &str)] = &[
     ("delayed", "Bool"),
     ("period_day", "Enum8('morning' = 1, 'afternoon' = 2, 'night' = 3)"),
     ("high_season", "Bool"),
+    ("record_id", "String"),
+    ("version", "UInt64"),
     ("ingested_at", "DateTime64(3, 'UTC')"),
     ("source_partition", "Int32"),
     ("source_offset", "Int64"),
     ("source_topic", "LowCardinality(String)"),
 ];
 
-const SORTING_KEY: &str = "scheduled_at, source_partition, source_offset, source_topic";
-/// The sorting key of tables created before `source_topic`; they get the column and the new key.
-const SORTING_KEY_WITHOUT_TOPIC: &str = "scheduled_at, source_partition, source_offset";
+const SORTING_KEY: &str = "scheduled_at, record_id";
 /// Longest table name the operator accepts (the CRD allows the same for `spec.clickhouse.table`).
 pub const MAX_TABLE_LEN: usize = 63;
 /// Prefix of the owner marker in a table's comment.
 pub const OWNER_MARKER: &str = "flightline.dev/owner=";
+/// Prefix of the identity marker in a table's comment.
+pub const IDENTITY_MARKER: &str = "flightline.dev/identity=";
 
 /// The table as the pipeline wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +64,7 @@ pub struct TableSpec {
     pub table: String,
     pub ttl_days: Option<u32>,
     pub partitioning: Partitioning,
+    pub identity: Identity,
     /// Extra columns, in spec order.
     pub extra_columns: Vec<(String, ExtraColumnType)>,
 }
@@ -125,7 +131,7 @@ impl TableSpec {
     pub fn create_table(&self, owner: &TableOwner) -> String {
         let columns: Vec<String> = self.columns().iter().map(|(n, t)| format!("    `{n}` {t}")).collect();
         let mut ddl = format!(
-            "CREATE TABLE `{}`.`{}`\n(\n{}\n)\nENGINE = ReplacingMergeTree\n",
+            "CREATE TABLE `{}`.`{}`\n(\n{}\n)\nENGINE = ReplacingMergeTree(version)\n",
             self.database,
             self.table,
             columns.join(",\n")
@@ -138,7 +144,7 @@ impl TableSpec {
             ddl += &format!("TTL {}\n", self.ttl_expression());
         }
         // Names are DNS labels and a uid is hex and '-': nothing to escape in the quoted string.
-        ddl += &format!("COMMENT '{}'\n", owner.marker());
+        ddl += &format!("COMMENT '{} {IDENTITY_MARKER}{}'\n", owner.marker(), self.identity.as_str());
         ddl
     }
 }
@@ -213,6 +219,12 @@ pub fn is_label(s: &str) -> bool {
         && s.chars().all(|c| alphanumeric(c) || c == '-')
 }
 
+/// The identity a table's comment records; a table without the marker was made by hand.
+pub fn identity_from_comment(comment: &str) -> Option<Identity> {
+    let rest = &comment[comment.find(IDENTITY_MARKER)? + IDENTITY_MARKER.len()..];
+    Identity::parse(rest.split_whitespace().next().unwrap_or_default())
+}
+
 fn without_spaces(s: &str) -> String {
     s.chars().filter(|c| !c.is_whitespace()).collect()
 }
@@ -225,25 +237,27 @@ pub fn plan_table(want: &TableSpec, have: Option<&ObservedTable>, owner: &TableO
     };
     let mut plan = TablePlan::default();
     let target = format!("`{}`.`{}`", want.database, want.table);
-    let sorting_key = without_spaces(&have.sorting_key);
-    let adds_source_topic = !have.columns.contains_key("source_topic");
-    if adds_source_topic && sorting_key != without_spaces(SORTING_KEY_WITHOUT_TOPIC) {
+    if without_spaces(&have.sorting_key) != without_spaces(SORTING_KEY) {
+        // Tables of Flightline before record ids were sorted by Kafka position: their rows have no
+        // identity to deduplicate by, and a sorting key cannot be rebuilt in place.
         plan.not_supported.push(format!(
-            "table {} is sorted by ({}) and has no source_topic column; Flightline needs ({SORTING_KEY})",
+            "table {} is sorted by ({}) and Flightline needs ({SORTING_KEY}) to store each record once: \
+             the sorting key is fixed; name a new table in spec.clickhouse.table (and copy the rows with INSERT ... SELECT)",
             want.qualified(),
             have.sorting_key
         ));
-    } else if !adds_source_topic && sorting_key != without_spaces(SORTING_KEY) {
+    } else if let Some(have_identity) = identity_from_comment(&have.comment)
+        && have_identity != want.identity
+    {
         plan.not_supported.push(format!(
-            "table {} is sorted by ({}) and Flightline needs ({SORTING_KEY}): the sorting key is fixed",
+            "table {} identifies flights by {} and the spec asks for {}: the identity is fixed once the table exists",
             want.qualified(),
-            have.sorting_key
+            have_identity.as_str(),
+            want.identity.as_str()
         ));
     }
     for (name, wanted_type) in want.columns() {
         match have.columns.get(&name) {
-            // Added below, together with the sorting key that needs it.
-            None if name == "source_topic" => {}
             None => plan.statements.push(format!("ALTER TABLE {target} ADD COLUMN IF NOT EXISTS `{name}` {wanted_type}")),
             Some(actual) if *actual != wanted_type => plan.not_supported.push(format!(
                 "column {name} of {} is {actual} and the spec asks for {wanted_type}: changing a column's type is not supported",
@@ -258,13 +272,6 @@ pub fn plan_table(want: &TableSpec, have: Option<&ObservedTable>, owner: &TableO
             want.qualified(),
             have.partition_key,
             want.partition_key()
-        ));
-    }
-    if adds_source_topic {
-        // ClickHouse extends a sorting key only with a column added by the same ALTER, and only
-        // one without a default expression (code 36 otherwise); existing rows get '' anyway.
-        plan.statements.push(format!(
-            "ALTER TABLE {target} ADD COLUMN `source_topic` LowCardinality(String), MODIFY ORDER BY ({SORTING_KEY})"
         ));
     }
     let ttl = want.ttl_expression();
@@ -310,6 +317,7 @@ mod tests {
             table: "flights".into(),
             ttl_days: None,
             partitioning: Partitioning::Month,
+            identity: Identity::Record,
             extra_columns: vec![],
         }
     }
@@ -327,7 +335,7 @@ mod tests {
             columns: spec.columns().into_iter().collect(),
             partition_key: spec.partition_key().into(),
             sorting_key: SORTING_KEY.into(),
-            comment: owner().marker(),
+            comment: format!("{} {IDENTITY_MARKER}{}", owner().marker(), spec.identity.as_str()),
             ttl: spec.ttl_expression(),
         }
     }
@@ -335,15 +343,15 @@ mod tests {
     #[test]
     fn ddl_has_every_column_the_dedup_key_and_the_owner() {
         let ddl = spec().create_table(&owner());
-        assert_eq!(BASE_COLUMNS.len(), 26);
+        assert_eq!(BASE_COLUMNS.len(), 28);
         for (name, ty) in BASE_COLUMNS {
             assert!(ddl.contains(&format!("`{name}` {ty}")), "{name} missing from {ddl}");
         }
         assert!(ddl.starts_with("CREATE TABLE `db`.`flights`"), "no IF NOT EXISTS: {ddl}");
-        assert!(ddl.contains("ENGINE = ReplacingMergeTree"));
-        assert!(ddl.contains("ORDER BY (scheduled_at, source_partition, source_offset, source_topic)"));
+        assert!(ddl.contains("ENGINE = ReplacingMergeTree(version)"));
+        assert!(ddl.contains("ORDER BY (scheduled_at, record_id)"));
         assert!(ddl.contains("PARTITION BY toYYYYMM(scheduled_at)"));
-        assert!(ddl.contains("COMMENT 'flightline.dev/owner=air/scl/0b6e-11'"));
+        assert!(ddl.contains("COMMENT 'flightline.dev/owner=air/scl/0b6e-11 flightline.dev/identity=Record'"));
         assert!(!ddl.contains("TTL"));
     }
 
@@ -355,19 +363,29 @@ mod tests {
     }
 
     #[test]
-    fn a_table_without_source_topic_gets_it_in_the_sorting_key_in_one_alter() {
+    fn a_table_sorted_by_kafka_position_is_not_supported_and_says_what_to_do() {
+        // What Flightline created before record ids.
         let mut have = observed(&spec());
-        have.columns.remove("source_topic");
-        have.sorting_key = SORTING_KEY_WITHOUT_TOPIC.into();
+        have.columns.remove("record_id");
+        have.columns.remove("version");
+        have.sorting_key = "scheduled_at, source_partition, source_offset, source_topic".into();
         let plan = plan_for(&spec(), Some(&have));
-        assert!(!plan.is_blocked(), "{plan:?}");
-        assert_eq!(
-            plan.statements,
-            vec![
-                "ALTER TABLE `db`.`flights` ADD COLUMN `source_topic` LowCardinality(String), MODIFY ORDER BY \
-                 (scheduled_at, source_partition, source_offset, source_topic)"
-            ]
-        );
+        assert!(plan.is_blocked(), "{plan:?}");
+        assert!(plan.not_supported[0].contains("name a new table"), "{plan:?}");
+    }
+
+    #[test]
+    fn the_identity_is_fixed_once_the_table_exists() {
+        let have = observed(&spec());
+        let mut want = spec();
+        want.identity = Identity::ScheduledFlight;
+        let plan = plan_for(&want, Some(&have));
+        assert!(plan.is_blocked());
+        assert!(plan.not_supported[0].contains("identifies flights by Record"), "{plan:?}");
+        assert_eq!(identity_from_comment(&have.comment), Some(Identity::Record));
+        assert_eq!(identity_from_comment("made by hand"), None);
+        // A comment with both markers still names its owner.
+        assert_eq!(TableOwner::from_comment(&have.comment), Some(owner()));
     }
 
     #[test]

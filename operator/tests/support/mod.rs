@@ -17,6 +17,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 
 pub const TIMEOUT: Duration = Duration::from_secs(90);
@@ -535,4 +537,67 @@ pub async fn create_raw(stack: &Stack, ns: &TestNamespace, body: &serde_json::Va
     body.as_object_mut().expect("a JSON object").remove("status");
     let object: kube::api::DynamicObject = serde_json::from_value(body).expect("a FlightPipeline's JSON");
     api.create(&Default::default(), &object).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+// Row counts and the sink's progress, for tests that assert exact counts.
+
+pub async fn count(stack: &Stack, table: &str) -> u64 {
+    stack.clickhouse().query(&format!("SELECT count() FROM {table} FINAL")).fetch_one::<u64>().await.unwrap()
+}
+
+/// Waits until the table holds `rows` and the sink has committed everything in its topic (so no
+/// further row or dead letter is on its way), then asserts exactly `rows`: no fixed sleep, which a
+/// busy CI machine could outrun.
+pub async fn wait_count(stack: &Stack, ns: &TestNamespace, fp: &FlightPipeline, rows: u64) {
+    let table = table_of(fp);
+    eventually(&format!("{rows} rows in {table}"), async || count(stack, &table).await >= rows).await;
+    wait_sink_caught_up(stack, ns, fp).await;
+    assert_eq!(count(stack, &table).await, rows, "exactly {rows} rows");
+}
+
+/// The low and high watermarks of each partition of `topic`.
+pub fn watermarks(consumer: &BaseConsumer, topic: &str) -> Vec<(i32, i64, i64)> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect::<Vec<_>>();
+    partitions
+        .into_iter()
+        .map(|p| {
+            let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+            (p, low, high)
+        })
+        .collect()
+}
+
+/// Waits until the sink's consumer group has committed up to the high-water mark of every
+/// partition of the pipeline's topic. The sink commits a batch only after its rows are inserted
+/// and its dead letters sent, so from then on the table and the dead-letter topic are final.
+pub async fn wait_sink_caught_up(stack: &Stack, ns: &TestNamespace, fp: &FlightPipeline) {
+    let topic = topic_of(fp);
+    let group = format!("flightline.{}.{}.sink", ns.name, fp.name_any());
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &stack.bootstrap).set("group.id", &group).create().unwrap();
+    eventually(&format!("the sink committed all of {topic}"), async || {
+        let mut wanted = TopicPartitionList::new();
+        let marks = watermarks(&consumer, &topic);
+        for (partition, _, _) in &marks {
+            wanted.add_partition(&topic, *partition);
+        }
+        let Ok(committed) = consumer.committed_offsets(wanted, Duration::from_secs(10)) else { return false };
+        marks.iter().all(|(partition, _, high)| match committed.find_partition(&topic, *partition) {
+            Some(element) => match element.offset() {
+                Offset::Offset(done) => done >= *high,
+                _ => *high == 0,
+            },
+            None => *high == 0,
+        })
+    })
+    .await;
+}
+
+pub fn table_of(fp: &FlightPipeline) -> String {
+    fp.status.as_ref().and_then(|s| s.table.clone()).expect("status.table")
+}
+
+pub fn topic_of(fp: &FlightPipeline) -> String {
+    fp.status.as_ref().and_then(|s| s.topic.clone()).expect("status.topic")
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// The data set's column names, in file order.
 pub const COLUMNS: [&str; 18] = [
@@ -145,6 +146,55 @@ impl PeriodDay {
     }
 }
 
+/// What identifies a stored flight: `spec.identity` of the pipeline, given to ingest and the sink
+/// as `FLIGHTLINE_IDENTITY` (the spec's own spelling).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Identity {
+    /// The whole record: resending it (a client retry, a replay) stores nothing new; two records
+    /// that differ in any field are two rows.
+    #[default]
+    Record,
+    /// The scheduled flight (`Fecha-I`, `Vlo-I`, `Emp-I`, `Ori-I`, `Des-I`): a later record of the
+    /// same flight replaces the stored one (newest `version` wins).
+    ScheduledFlight,
+}
+
+impl Identity {
+    pub const ENV: &'static str = "FLIGHTLINE_IDENTITY";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Identity::Record => "Record",
+            Identity::ScheduledFlight => "ScheduledFlight",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Identity::Record, Identity::ScheduledFlight].into_iter().find(|i| i.as_str() == text)
+    }
+
+    /// `FLIGHTLINE_IDENTITY`, `Record` when unset; anything else is a start-up error.
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var(Self::ENV) {
+            Err(_) => Ok(Identity::Record),
+            Ok(text) => Self::parse(&text)
+                .ok_or_else(|| anyhow::anyhow!("{}={text:?}: must be Record or ScheduledFlight", Self::ENV)),
+        }
+    }
+
+    fn hash_prefix(self) -> &'static [u8] {
+        match self {
+            Identity::Record => b"flightline/record/v1\0",
+            Identity::ScheduledFlight => b"flightline/scheduled-flight/v1\0",
+        }
+    }
+}
+
+/// Whether `text` has the form of a `record_id` (32 lowercase hex digits).
+pub fn is_record_id(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Columns computed from a flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Derived {
@@ -166,9 +216,49 @@ impl Flight {
         record.validate()
     }
 
-    /// Kafka key: the scheduled flight, so all records of one flight keep their order.
-    pub fn key(&self) -> String {
-        format!("{}|{}|{}", self.scheduled_at, self.scheduled_airline, self.scheduled_flight)
+    /// The stored identity of this flight (`record_id`): 32 lowercase hex digits, the first 128 bits
+    /// of SHA-256 over the fields `identity` names, each length-prefixed (so no two different field
+    /// lists hash the same text) behind a prefix naming the mode (so the modes never share an id).
+    /// Fields are compared as validated (trimmed, strict date-times): the same record sent twice,
+    /// by any path, gets the same id, and the table keeps one row per id.
+    pub fn record_id(&self, identity: Identity) -> String {
+        let numbers = [self.day.to_string(), self.month.to_string(), self.year.to_string()];
+        let fields: Vec<&str> = match identity {
+            Identity::Record => vec![
+                &self.scheduled_at,
+                &self.scheduled_flight,
+                &self.scheduled_origin,
+                &self.scheduled_destination,
+                &self.scheduled_airline,
+                &self.operated_at,
+                &self.operated_flight,
+                &self.operated_origin,
+                &self.operated_destination,
+                &self.operated_airline,
+                &numbers[0],
+                &numbers[1],
+                &numbers[2],
+                &self.day_name,
+                &self.flight_type,
+                &self.airline_name,
+                &self.origin_city,
+                &self.destination_city,
+            ],
+            Identity::ScheduledFlight => vec![
+                &self.scheduled_at,
+                &self.scheduled_flight,
+                &self.scheduled_airline,
+                &self.scheduled_origin,
+                &self.scheduled_destination,
+            ],
+        };
+        let mut hash = Sha256::new();
+        hash.update(identity.hash_prefix());
+        for field in fields {
+            hash.update((field.len() as u64).to_be_bytes());
+            hash.update(field.as_bytes());
+        }
+        hash.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// The derived columns. Both times were validated by `parse`.
@@ -952,7 +1042,43 @@ mod tests {
         assert!(!derived.delayed);
         assert_eq!(derived.period_day, PeriodDay::Night);
         assert!(derived.high_season);
-        assert_eq!(flight.key(), "2017-01-01 23:30:00|AAL|226");
+    }
+
+    #[test]
+    fn a_record_id_is_stable_padding_proof_and_differs_by_mode() {
+        let flight = Flight::parse(&sample()).unwrap();
+        let id = flight.record_id(Identity::Record);
+        assert!(is_record_id(&id), "{id}");
+        // Surrounding spaces are trimmed by validation: the same record, the same id.
+        let mut padded = sample();
+        padded.insert("OPERA".into(), "  American Airlines ".into());
+        assert_eq!(Flight::parse(&padded).unwrap().record_id(Identity::Record), id);
+        // Any other field value is another record, but the same scheduled flight.
+        let mut later = sample();
+        later.insert("Fecha-O".into(), "2017-01-01 23:58:00".into());
+        let later = Flight::parse(&later).unwrap();
+        assert_ne!(later.record_id(Identity::Record), id);
+        assert_eq!(later.record_id(Identity::ScheduledFlight), flight.record_id(Identity::ScheduledFlight));
+        assert_ne!(flight.record_id(Identity::ScheduledFlight), id);
+        // Length prefixes: moving a character from one field to the next changes the id.
+        let (mut a, mut b) = (sample(), sample());
+        a.insert("Vlo-I".into(), "22".into());
+        a.insert("Ori-I".into(), "6SCEL".into());
+        b.insert("Vlo-I".into(), "226".into());
+        b.insert("Ori-I".into(), "SCEL".into());
+        let (a, b) = (Flight::parse(&a).unwrap(), Flight::parse(&b).unwrap());
+        assert_ne!(a.record_id(Identity::ScheduledFlight), b.record_id(Identity::ScheduledFlight));
+    }
+
+    #[test]
+    fn identities_parse_by_their_spec_names_only() {
+        assert_eq!(Identity::parse("Record"), Some(Identity::Record));
+        assert_eq!(Identity::parse("ScheduledFlight"), Some(Identity::ScheduledFlight));
+        assert_eq!(Identity::parse("record"), None);
+        assert!(is_record_id("0123456789abcdef0123456789abcdef"));
+        for bad in ["0123456789ABCDEF0123456789abcdef", "0123", "g123456789abcdef0123456789abcdef", ""] {
+            assert!(!is_record_id(bad), "{bad}");
+        }
     }
 
     #[test]

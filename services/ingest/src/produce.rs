@@ -3,6 +3,13 @@
 //! (idempotent producer, acks=all); a full producer queue or a broker that does not answer in
 //! time gets 503 with Retry-After.
 //!
+//! Exactly once from the client's side: every record is keyed by its identity (`record_id`, a hash
+//! of the record or of the scheduled flight, `FLIGHTLINE_IDENTITY`) and carries a `version` (when
+//! this pod received it), so the table keeps one row per identity, the newest version. A 503 thus
+//! means "send the whole request again": records of it that did arrive are not stored twice.
+//! `PUT /v1/flights` takes the same bodies and, with `ScheduledFlight` identity, replaces flights
+//! (POST does the same there); with `Record` identity nothing can be replaced, and PUT is 405.
+//!
 //! Memory per request: the body (at most `INGEST_MAX_BODY_BYTES`) plus a window of records in
 //! flight. The body is read twice, as a stream: once to validate every record and count (stopping
 //! at `INGEST_MAX_RECORDS`, 413), then again to publish the accepted records as they are read,
@@ -10,25 +17,27 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use flightline_service::auth::Auth;
 use flightline_service::config;
 use flightline_service::connect::KafkaSecurity;
 use flightline_service::flight::{
-    BodyError, DEFAULT_MAX_RECORDS, Flight, Format, MAX_FIELD_BYTES, RecordErrors, Summary, read_flights,
+    BodyError, DEFAULT_MAX_RECORDS, Flight, Format, Identity, MAX_FIELD_BYTES, RecordErrors, Summary, read_flights,
 };
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -43,6 +52,9 @@ struct AppState {
     producer: Arc<RwLock<FutureProducer>>,
     bootstrap: Arc<str>,
     topic: Arc<str>,
+    identity: Identity,
+    /// The last `version` handed out: versions only grow, even if the clock steps back.
+    last_version: Arc<AtomicU64>,
     max_records: usize,
     accepted: Counter,
     rejected: Counter,
@@ -54,7 +66,13 @@ struct Accepted {
     accepted: usize,
     rejected: usize,
     errors: Vec<RecordErrors>,
+    /// The `record_id` of each accepted record, in body order (`GET /v1/flights/{id}` on query).
+    ids: Vec<String>,
 }
+
+/// Kafka record headers the sink reads: the version orders records of one identity (newest wins).
+pub const VERSION_HEADER: &str = "flightline-version";
+pub const RECORD_ID_HEADER: &str = "flightline-record-id";
 
 /// librdkafka settings the producer and the sink's consumer share: the brokers, and TLS and SASL
 /// as the environment says (`flightline_service::connect`; plaintext when nothing is set).
@@ -89,6 +107,8 @@ pub async fn serve() -> anyhow::Result<()> {
         producer: Arc::new(RwLock::new(producer(&bootstrap)?)),
         bootstrap: bootstrap.clone().into(),
         topic: topic.clone(),
+        identity: Identity::from_env()?,
+        last_version: Arc::new(AtomicU64::new(0)),
         max_records,
         accepted: Counter::default(),
         rejected: Counter::default(),
@@ -121,7 +141,7 @@ pub async fn serve() -> anyhow::Result<()> {
         })
     };
     let routes = Router::new()
-        .route("/v1/flights", post(ingest))
+        .route("/v1/flights", post(ingest).put(replace))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state.clone());
     let limits = config::HttpLimits::from_env(config::HttpLimits::INGEST)?;
@@ -131,6 +151,24 @@ pub async fn serve() -> anyhow::Result<()> {
     let producer = state.producer.read().expect("producer lock").clone();
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
     result
+}
+
+/// `PUT /v1/flights`: the same bodies as POST; stored flights with the same identity are replaced.
+async fn replace(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<Accepted>), Response> {
+    if state.identity == Identity::Record {
+        let refusal = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "updates_not_enabled",
+            "this pipeline identifies a flight by its whole record, so there is nothing to replace: POST new records, \
+             or create a pipeline with spec.identity: ScheduledFlight",
+        );
+        return Err(([(header::ALLOW, "POST")], refusal).into_response());
+    }
+    ingest(State(state), headers, body).await.map_err(IntoResponse::into_response)
 }
 
 async fn ingest(
@@ -170,10 +208,29 @@ async fn ingest(
             .with_details(serde_json::to_value(&summary.errors).unwrap_or_default()));
     }
 
-    publish(&state, body, format, summary.accepted).await?;
+    let first_version = reserve_versions(&state.last_version, now_nanos(), summary.accepted as u64);
+    let ids = publish(&state, body, format, summary.accepted, first_version).await?;
     state.accepted.inc_by(summary.accepted as u64);
     let Summary { accepted, rejected, errors } = summary;
-    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted, rejected, errors })))
+    Ok((StatusCode::ACCEPTED, Json(Accepted { accepted, rejected, errors, ids })))
+}
+
+fn now_nanos() -> u64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Reserves `count` consecutive versions from `now` on, after every version handed out before:
+/// the records of one request are ordered by their place in the body (a later record of the same
+/// flight wins), and a later request's records by arrival, even across a clock step back.
+fn reserve_versions(last: &AtomicU64, now: u64, count: u64) -> u64 {
+    let mut first = 0;
+    last.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |previous| {
+        first = now.max(previous.saturating_add(1));
+        Some(first.saturating_add(count.saturating_sub(1)))
+    })
+    .expect("the update always returns Some");
+    first
 }
 
 /// Set when dropped: the request that owns it ended (answered, timed out or the client left).
@@ -228,7 +285,13 @@ fn body_refused(error: BodyError, max_records: usize) -> ApiError {
 /// fresh one: librdkafka turns an idempotence violation it cannot repair (a broker that lost the
 /// producer's state, an out-of-order sequence) into a fatal error that leaves the instance unusable,
 /// so a new producer id is the only way on instead of failing every later batch.
-async fn publish(state: &AppState, body: Bytes, format: Format, accepted: usize) -> Result<(), ApiError> {
+async fn publish(
+    state: &AppState,
+    body: Bytes,
+    format: Format,
+    accepted: usize,
+    first_version: u64,
+) -> Result<Vec<String>, ApiError> {
     let producer = state.producer.read().expect("producer lock").clone();
     let (flights, mut incoming) = mpsc::channel::<Flight>(1_024);
     let max_records = state.max_records;
@@ -245,7 +308,7 @@ async fn publish(state: &AppState, body: Bytes, format: Format, accepted: usize)
             Err(_) => ControlFlow::Continue(()),
         })
     });
-    let result = send_all(state, &producer, &mut incoming, accepted).await;
+    let result = send_all(state, &producer, &mut incoming, accepted, first_version).await;
     drop(incoming);
     let _ = reader.await;
     drop(request);
@@ -266,17 +329,26 @@ async fn send_all(
     producer: &FutureProducer,
     flights: &mut mpsc::Receiver<Flight>,
     accepted: usize,
-) -> Result<(), ApiError> {
+    first_version: u64,
+) -> Result<Vec<String>, ApiError> {
     let mut in_flight = VecDeque::with_capacity(IN_FLIGHT);
     let mut acknowledged = 0;
+    let mut ids = Vec::with_capacity(accepted);
     while let Some(flight) = flights.recv().await {
         if in_flight.len() >= IN_FLIGHT {
             acknowledge(state, in_flight.pop_front(), &mut acknowledged, accepted).await?;
         }
         let payload = serde_json::to_vec(&flight).expect("a flight serializes");
-        let key = flight.key();
-        let record = FutureRecord::to(&state.topic).key(&key).payload(&payload);
-        match producer.send_result(record) {
+        // The id is the key: every version of one identity lands in one partition, in order.
+        let id = flight.record_id(state.identity);
+        let version = (first_version + ids.len() as u64).to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: VERSION_HEADER, value: Some(&version) })
+            .insert(Header { key: RECORD_ID_HEADER, value: Some(&id) });
+        let record = FutureRecord::to(&state.topic).key(&id).payload(&payload).headers(headers);
+        ids.push(id.clone());
+        let sent = producer.send_result(record);
+        match sent {
             Ok(delivery) => in_flight.push_back(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 state.produce_errors.inc();
@@ -291,7 +363,7 @@ async fn send_all(
     while !in_flight.is_empty() {
         acknowledge(state, in_flight.pop_front(), &mut acknowledged, accepted).await?;
     }
-    Ok(())
+    Ok(ids)
 }
 
 /// Waits for one record's acknowledgement.
@@ -313,7 +385,8 @@ async fn acknowledge(
     state.produce_errors.inc();
     tracing::warn!(acknowledged = *acknowledged, accepted, %error, "a record was not acknowledged by Kafka");
     Err(unavailable(&format!(
-        "Kafka did not acknowledge a record ({error}); {} of {accepted} records were acknowledged: send them again",
+        "Kafka did not acknowledge a record ({error}); send the whole request again: records are identified by \
+         their content, so the {} of {accepted} already acknowledged are stored once",
         *acknowledged
     )))
 }
@@ -342,6 +415,16 @@ mod tests {
         assert!(ran < Duration::from_secs(5), "ran {ran:?} after its request ended");
         // Not dropped: it runs to the end.
         assert!(!blocking_until_dropped(|cancelled| cancelled.load(Ordering::Relaxed)).await.unwrap());
+    }
+
+    #[test]
+    fn versions_grow_within_a_request_and_across_requests_even_if_the_clock_steps_back() {
+        let last = AtomicU64::new(0);
+        assert_eq!(reserve_versions(&last, 1_000, 3), 1_000); // 1000, 1001, 1002
+        assert_eq!(reserve_versions(&last, 1_001, 2), 1_003); // the clock is behind what was handed out
+        assert_eq!(reserve_versions(&last, 500, 1), 1_005); // the clock stepped back
+        assert_eq!(reserve_versions(&last, 9_000, 1), 9_000);
+        assert_eq!(last.load(Ordering::Relaxed), 9_000);
     }
 
     #[test]

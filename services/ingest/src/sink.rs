@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clickhouse::Row;
 use flightline_service::config;
-use flightline_service::flight::{PeriodDay, read_one_json};
+use flightline_service::flight::{Identity, PeriodDay, read_one_json};
 use flightline_service::server::{self, ReadyCheck, Telemetry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,7 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
@@ -86,6 +86,10 @@ pub struct FlightRow {
     /// Enum8: 1 = morning, 2 = afternoon, 3 = night.
     pub period_day: i8,
     pub high_season: bool,
+    /// The identity (`Flight::record_id`); the table keeps one row per id.
+    pub record_id: String,
+    /// Of two rows with one id, the one with the larger version stays.
+    pub version: u64,
     /// DateTime64(3): milliseconds since the epoch.
     pub ingested_at: i64,
     pub source_partition: i32,
@@ -122,14 +126,27 @@ pub struct Source<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
+    /// The record's version: ingest's `flightline-version` header, else (another producer) the
+    /// record's Kafka timestamp in nanoseconds, the same scale.
+    pub version: u64,
+}
+
+/// The version of a Kafka record, from its header or its timestamp (see `Source::version`).
+pub fn version_of(header: Option<&[u8]>, timestamp_ms: Option<i64>) -> u64 {
+    header
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or_else(|| timestamp_ms.and_then(|ms| u64::try_from(ms).ok()).unwrap_or(0).saturating_mul(1_000_000))
 }
 
 /// Parses a Kafka record into a row, or says why it cannot be stored. The checks are ingest's own
-/// (`Flight` validation), so a record ingest accepted always becomes a row.
+/// (`Flight` validation), so a record ingest accepted always becomes a row. The id is computed
+/// here from the content, never taken from a header: a replay or another producer's copy of a
+/// record gets the same id as the original.
 pub fn to_row(
     payload: Option<&[u8]>,
     source: Source<'_>,
     ingested_at_ms: i64,
+    identity: Identity,
 ) -> Result<FlightRow, (DropReason, String)> {
     let payload = payload.ok_or((DropReason::Unparseable, "empty message".to_string()))?;
     let flight = read_one_json(payload).map_err(|e| match e {
@@ -141,6 +158,8 @@ pub fn to_row(
     })?;
     let d = flight.derive().ok_or((DropReason::Invalid, "times out of range".to_string()))?;
     Ok(FlightRow {
+        record_id: flight.record_id(identity),
+        version: source.version,
         scheduled_at: d.scheduled_epoch,
         operated_at: d.operated_epoch,
         flight_type: if flight.flight_type == "I" { 1 } else { 2 },
@@ -427,6 +446,7 @@ struct Settings {
     batch_bytes: usize,
     linger: Duration,
     table: String,
+    identity: Identity,
 }
 
 pub async fn run() -> anyhow::Result<()> {
@@ -440,6 +460,7 @@ pub async fn run() -> anyhow::Result<()> {
         batch_bytes: config::parsed("SINK_MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES)?.max(1),
         linger: Duration::from_millis(config::parsed("SINK_LINGER_MS", 1_000u64)?),
         table: config::required("CLICKHOUSE_TABLE")?,
+        identity: Identity::from_env()?,
     };
     if settings.dead_letter_topic.is_none() {
         tracing::warn!("no dead-letter topic: records that cannot be stored are dropped (logged and counted)");
@@ -526,9 +547,16 @@ impl Sink {
             let mut dropped = Vec::new();
             let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
             for (i, message) in batch.iter().enumerate() {
-                let source =
-                    Source { topic: message.topic(), partition: message.partition(), offset: message.offset() };
-                match to_row(message.payload(), source, now_ms) {
+                let header = message.headers().and_then(|headers| {
+                    headers.iter().find(|h| h.key == crate::produce::VERSION_HEADER).and_then(|h| h.value)
+                });
+                let source = Source {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    version: version_of(header, message.timestamp().to_millis()),
+                };
+                match to_row(message.payload(), source, now_ms, self.settings.identity) {
                     Ok(row) => rows.push((i, row)),
                     Err((reason, why)) => dropped.push(Dropped { message, reason, why }),
                 }
@@ -766,25 +794,45 @@ mod tests {
     use proptest::prelude::*;
 
     const PAYLOAD: &str = r#"{"Fecha-I":"2017-01-01 23:30:00","Vlo-I":"226","Ori-I":"SCEL","Des-I":"KMIA","Emp-I":"AAL","Fecha-O":"2017-01-02 00:03:00","Vlo-O":"226","Ori-O":"SCEL","Des-O":"KMIA","Emp-O":"AAL","DIA":"2","MES":"1","AÑO":"2017","DIANOM":"Lunes","TIPOVUELO":"I","OPERA":"American Airlines","SIGLAORI":"Santiago","SIGLADES":"Miami"}"#;
-    const SOURCE: Source<'static> = Source { topic: "ns.p.flights", partition: 2, offset: 41 };
+    const SOURCE: Source<'static> = Source { topic: "ns.p.flights", partition: 2, offset: 41, version: 9 };
 
     #[test]
     fn a_flight_message_becomes_a_row() {
-        let row = to_row(Some(PAYLOAD.as_bytes()), SOURCE, 7).unwrap();
+        let row = to_row(Some(PAYLOAD.as_bytes()), SOURCE, 7, Identity::Record).unwrap();
         assert_eq!((row.delay_minutes, row.delayed, row.period_day, row.flight_type), (33, true, 3, 1));
         assert_eq!((row.source_partition, row.source_offset, row.ingested_at), (2, 41, 7));
         assert_eq!(row.source_topic, "ns.p.flights");
+        assert_eq!(row.version, 9);
+        // The same record from another partition, offset or topic (a replay, a second producer)
+        // is the same identity; in ScheduledFlight mode the id names the flight, not the record.
+        let elsewhere = Source { topic: "other", partition: 0, offset: 7, version: 10 };
+        let again = to_row(Some(PAYLOAD.as_bytes()), elsewhere, 8, Identity::Record).unwrap();
+        assert_eq!(again.record_id, row.record_id);
+        let by_flight = to_row(Some(PAYLOAD.as_bytes()), SOURCE, 7, Identity::ScheduledFlight).unwrap();
+        assert_ne!(by_flight.record_id, row.record_id);
+    }
+
+    #[test]
+    fn versions_come_from_the_header_else_from_the_kafka_timestamp() {
+        assert_eq!(version_of(Some(b"1764561234000000123"), Some(5)), 1_764_561_234_000_000_123);
+        assert_eq!(version_of(None, Some(1_764_561_234_000)), 1_764_561_234_000_000_000);
+        assert_eq!(version_of(Some(b"not a number"), Some(2)), 2_000_000);
+        assert_eq!(version_of(None, None), 0);
+        assert_eq!(version_of(None, Some(-1)), 0);
     }
 
     #[test]
     fn poison_messages_say_why() {
-        assert_eq!(to_row(None, SOURCE, 0).unwrap_err(), (DropReason::Unparseable, "empty message".into()));
-        let (reason, why) = to_row(Some(b"not json"), SOURCE, 0).unwrap_err();
+        assert_eq!(
+            to_row(None, SOURCE, 0, Identity::Record).unwrap_err(),
+            (DropReason::Unparseable, "empty message".into())
+        );
+        let (reason, why) = to_row(Some(b"not json"), SOURCE, 0, Identity::Record).unwrap_err();
         assert!(reason == DropReason::Unparseable && why.starts_with("invalid JSON"), "{why}");
-        let (reason, why) = to_row(Some(br#"{"MES": "13"}"#), SOURCE, 0).unwrap_err();
+        let (reason, why) = to_row(Some(br#"{"MES": "13"}"#), SOURCE, 0, Identity::Record).unwrap_err();
         assert!(reason == DropReason::Invalid && why.contains("MES"), "{why}");
         let two = format!("[{PAYLOAD},{PAYLOAD}]");
-        assert_eq!(to_row(Some(two.as_bytes()), SOURCE, 0).unwrap_err().0, DropReason::Unparseable);
+        assert_eq!(to_row(Some(two.as_bytes()), SOURCE, 0, Identity::Record).unwrap_err().0, DropReason::Unparseable);
     }
 
     #[test]
@@ -937,7 +985,7 @@ mod tests {
     proptest! {
         #[test]
         fn prop_any_payload_becomes_a_row_or_a_reason(payload in proptest::collection::vec(any::<u8>(), 0..600)) {
-            match to_row(Some(&payload), SOURCE, 0) {
+            match to_row(Some(&payload), SOURCE, 0, Identity::Record) {
                 Ok(row) => prop_assert!(row.flight_type == 1 || row.flight_type == 2),
                 Err((_, why)) => prop_assert!(!why.is_empty()),
             }
@@ -982,7 +1030,7 @@ mod tests {
             let payload = PAYLOAD
                 .replace("2017-01-02 00:03:00", &operated)
                 .replace(r#""DIA":"2","MES":"1","AÑO":"2017""#, &format!(r#""DIA":"{day}","MES":"{month}","AÑO":"{year}""#));
-            let row = to_row(Some(payload.as_bytes()), SOURCE, 0).map_err(|e| TestCaseError::fail(e.1))?;
+            let row = to_row(Some(payload.as_bytes()), SOURCE, 0, Identity::Record).map_err(|e| TestCaseError::fail(e.1))?;
             prop_assert_eq!((row.day as u32, row.month as u32, row.year as u32), (day, month, year));
         }
     }
