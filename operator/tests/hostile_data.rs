@@ -30,6 +30,14 @@ fn flight(at: &str, airline: &str) -> Value {
     })
 }
 
+/// `flight` with flight number `n`: records are identified by their content (a record sent twice
+/// is stored once), so a test that wants N rows sends N different flights.
+fn numbered(mut flight: Value, n: usize) -> Value {
+    flight["Vlo-I"] = json!(n.to_string());
+    flight["Vlo-O"] = json!(n.to_string());
+    flight
+}
+
 /// The issue's poison batch: `n` flights one month apart from January 1970 (400 span 1970–2003).
 fn flights_one_month_apart(n: usize) -> Vec<Value> {
     (0..n).map(|i| flight(&format!("{}-{:02}-01 10:00:00", 1970 + i / 12, i % 12 + 1), "American Airlines")).collect()
@@ -152,7 +160,7 @@ async fn poison_never_stalls_and_is_never_lost() {
     // ClickHouse's reason; the other 49 of its batch are stored.
     forbid_airline(&stack, &table, "Poison Air").await;
     let mut mixed: Vec<Value> =
-        (1..=49).map(|d| flight(&format!("2018-01-{:02} 10:00:00", d % 28 + 1), "Grupo LATAM")).collect();
+        (1..=49).map(|d| numbered(flight(&format!("2018-01-{:02} 10:00:00", d % 28 + 1), "Grupo LATAM"), d)).collect();
     mixed.insert(17, flight("2018-02-01 10:00:00", "Poison Air"));
     let (status, answer) = post(&ingest, JSON, &serde_json::to_vec(&mixed).unwrap()).await;
     assert_eq!((status, answer["accepted"].as_u64()), (202, Some(50)), "{answer}");
@@ -228,9 +236,9 @@ async fn hostile_bodies_get_a_4xx_naming_the_field_and_ingest_memory_stays_bound
     let mut size = 2;
     let mut day = 0;
     while size < 16 * 1024 * 1024 - 1_000 {
-        let f = serde_json::to_vec(&flight(
-            &format!("2017-{:02}-{:02} 10:00:00", day / 28 % 12 + 1, day % 28 + 1),
-            "Copa Air",
+        let f = serde_json::to_vec(&numbered(
+            flight(&format!("2017-{:02}-{:02} 10:00:00", day / 28 % 12 + 1, day % 28 + 1), "Copa Air"),
+            day,
         ))
         .unwrap();
         size += f.len() + 1;
@@ -270,8 +278,9 @@ async fn with_the_dead_letter_topic_off_poison_is_counted_as_dropped() {
     forbid_airline(&stack, &table, "Poison Air").await;
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &stack.bootstrap).create().unwrap();
     let good = serde_json::to_string(&flight("2017-05-05 10:00:00", "Sky Airline")).unwrap();
+    let other = serde_json::to_string(&flight("2017-05-07 10:00:00", "Sky Airline")).unwrap();
     let refused = serde_json::to_string(&flight("2017-05-06 10:00:00", "Poison Air")).unwrap();
-    for payload in [good.as_str(), "not json at all", r#"{"MES": "13"}"#, refused.as_str(), good.as_str()] {
+    for payload in [good.as_str(), "not json at all", r#"{"MES": "13"}"#, refused.as_str(), other.as_str()] {
         producer.send(FutureRecord::<(), _>::to(&topic).payload(payload), Duration::from_secs(10)).await.unwrap();
     }
     wait_count(&stack, &ns, &fp, 2).await;
