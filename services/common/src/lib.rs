@@ -6,5 +6,6 @@ pub mod config;
 pub mod connect;
 pub mod flight;
 pub mod limits;
+pub mod openapi;
 pub mod ratelimit;
 pub mod server;

@@ -1,21 +1,20 @@
 //! What every service's HTTP side shares: JSON logs, `/healthz`, `/readyz` (cached), `/metrics`
 //! (request count by route, method and status, and a latency histogram, labelled from fixed sets
 //! only), JSON errors, the limits of [`crate::limits`], header and body read timeouts, graceful
-//! shutdown.
+//! shutdown, and the service's OpenAPI 3.1 document at `/openapi.json` ([`crate::openapi`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,6 +22,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tower::ServiceExt;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// JSON logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
@@ -70,6 +71,8 @@ fn method_label(method: &Method) -> &'static str {
 
 /// The registry a service registers its own metrics in, plus the HTTP metrics.
 pub struct Telemetry {
+    /// The service's name (`ingest`, `query`, `predict`).
+    service: String,
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
@@ -97,7 +100,7 @@ impl Telemetry {
             "HTTP requests refused by the rate limit, concurrency limit or request timeout, by reason",
             refusals.clone(),
         );
-        Arc::new(Self { registry: Mutex::new(registry), requests, latency, refusals })
+        Arc::new(Self { service: service.to_string(), registry: Mutex::new(registry), requests, latency, refusals })
     }
 
     /// Registers a service metric (name without prefix).
@@ -175,8 +178,10 @@ impl FaultSwitch {
 
 async fn inject_fault(State(switch): State<Arc<FaultSwitch>>, request: Request, next: Next) -> Response {
     if switch.should_fail() {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "fault_injected", format!("{FAULT_RATIO_ENV} is set"))
-            .into_response();
+        let error =
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "fault_injected", format!("{FAULT_RATIO_ENV} is set"));
+        // Like every other 503 here: the client may retry.
+        return ApiError { retry_after: Some(1), ..error }.into_response();
     }
     next.run(request).await
 }
@@ -216,50 +221,53 @@ impl CachedReady {
     }
 }
 
-/// Adds `/healthz`, `/readyz` and `/metrics` to a service's routes and wraps them all in the
-/// request metrics and the body read timeout. The service's own routes also get, outermost first:
-/// authentication with the per-client rate limit, the concurrency limit, the request timeout, and
-/// the fault switch (`FLIGHTLINE_FAULT_ERROR_RATIO`) when set. Health, readiness and metrics are
-/// not rate limited, so probes and scrapes never see 429.
+/// Adds `/healthz`, `/readyz`, `/metrics` and `/openapi.json` to a service's routes and wraps them
+/// all in the request metrics and the body read timeout. The service's own routes also get,
+/// outermost first: authentication with the per-client rate limit, the concurrency limit, the
+/// request timeout, and the fault switch (`FLIGHTLINE_FAULT_ERROR_RATIO`) when set. Health,
+/// readiness, metrics and the OpenAPI document are not behind auth or the rate limit, so probes
+/// and scrapes never see 401 or 429.
+///
+/// `routes` documented with `utoipa_axum::routes!` appear in the OpenAPI document, completed with
+/// what the guards answer and the auth schemes `auth` accepts ([`crate::openapi`]); a plain
+/// `Router` is served the same way but only the shared endpoints are documented.
 pub fn app(
-    routes: Router,
+    routes: impl Into<OpenApiRouter>,
     telemetry: Arc<Telemetry>,
     ready: ReadyCheck,
     auth: Option<Arc<crate::auth::Auth>>,
     limits: crate::config::HttpLimits,
 ) -> Router {
-    let routes = match FaultSwitch::from_env() {
-        Ok(Some(switch)) => routes.layer(middleware::from_fn_with_state(switch, inject_fault)),
-        Ok(None) => routes,
+    let routes: OpenApiRouter = routes.into();
+    let guarded = crate::openapi::operations(routes.get_openapi());
+    let (routes, fault_switch) = match FaultSwitch::from_env() {
+        Ok(Some(switch)) => (routes.layer(middleware::from_fn_with_state(switch, inject_fault)), true),
+        Ok(None) => (routes, false),
         Err(e) => {
             tracing::error!(error = %e, "ignoring the fault switch");
-            routes
+            (routes, false)
         }
     };
-    let (gate, concurrency, deadline) = crate::limits::guards(auth, &limits, telemetry.refusals.clone());
+    let (gate, concurrency, deadline) = crate::limits::guards(auth.clone(), &limits, telemetry.refusals.clone());
     let routes = routes
         .layer(middleware::from_fn_with_state(deadline, crate::limits::limit_time))
         .layer(middleware::from_fn_with_state(concurrency, crate::limits::limit_concurrency))
         .layer(middleware::from_fn_with_state(gate, crate::limits::gate));
     let ready = Arc::new(CachedReady { check: ready, last: Mutex::new(None), running: Default::default() });
-    let metrics = {
-        let telemetry = telemetry.clone();
-        let scrapes = Arc::new(tokio::sync::Semaphore::new(METRICS_MAX_CONCURRENT_SCRAPES));
-        move || async move { metrics_answer(&scrapes, &telemetry) }
-    };
-    let readyz = move || {
-        let ready = ready.clone();
-        async move {
-            match ready.get().await {
-                Ok(()) => (StatusCode::OK, "ok".to_string()),
-                Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
-            }
-        }
-    };
-    routes
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let scrapes = Arc::new(Scrapes {
+        telemetry: telemetry.clone(),
+        permits: tokio::sync::Semaphore::new(METRICS_MAX_CONCURRENT_SCRAPES),
+    });
+    let document = Arc::new(OnceLock::new());
+    let (router, doc) = routes
+        .merge(OpenApiRouter::new().routes(routes!(healthz)))
+        .merge(OpenApiRouter::new().routes(routes!(readyz)).with_state(ready))
+        .merge(OpenApiRouter::new().routes(routes!(metrics)).with_state(scrapes))
+        .merge(OpenApiRouter::new().routes(routes!(openapi_json)).with_state(document.clone()))
+        .split_for_parts();
+    let doc = crate::openapi::complete(&telemetry.service, doc, &guarded, auth.as_deref(), &limits, fault_switch);
+    document.set(Bytes::from(serde_json::to_vec(&doc).expect("the document serializes"))).expect("set once");
+    router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(tower_http::timeout::RequestBodyDeadlineLayer::new(Duration::from_secs(
             limits.body_read_timeout_seconds.into(),
@@ -267,9 +275,58 @@ pub fn app(
         .layer(middleware::from_fn_with_state(telemetry, record))
 }
 
+/// Liveness: the process is up and serving.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive: `ok`.", body = String, content_type = "text/plain"))
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the service's dependencies answer (checked at most every 2 s, within 1.5 s).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: `ok`.", body = String, content_type = "text/plain"),
+        (status = 503, description = "Not ready: why, in words.", body = String, content_type = "text/plain"),
+    )
+)]
+async fn readyz(State(ready): State<Arc<CachedReady>>) -> (StatusCode, String) {
+    match ready.get().await {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
 /// `/metrics` is not behind the request limits (scrapes must not see 429), so it has its own small
 /// bound: a flood of scrapes gets 503 at once instead of encoding the registry in parallel.
 const METRICS_MAX_CONCURRENT_SCRAPES: usize = 2;
+
+struct Scrapes {
+    telemetry: Arc<Telemetry>,
+    permits: tokio::sync::Semaphore,
+}
+
+/// Prometheus metrics (OpenMetrics text): requests by route, method and status, latency, refusals,
+/// and the service's own.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The metrics.", body = String, content_type = "application/openmetrics-text"),
+        (status = 503, description = "`overloaded`: too many scrapes at once.", body = ApiError,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
+async fn metrics(State(scrapes): State<Arc<Scrapes>>) -> Response {
+    metrics_answer(&scrapes.permits, &scrapes.telemetry)
+}
 
 fn metrics_answer(scrapes: &tokio::sync::Semaphore, telemetry: &Telemetry) -> Response {
     let Ok(_scrape) = scrapes.try_acquire() else {
@@ -278,6 +335,18 @@ fn metrics_answer(scrapes: &tokio::sync::Semaphore, telemetry: &Telemetry) -> Re
     };
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], telemetry.encode())
         .into_response()
+}
+
+/// This document: the service's API as OpenAPI 3.1, with the auth schemes this process accepts.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document.", body = Object, content_type = "application/json"))
+)]
+async fn openapi_json(State(document): State<Arc<OnceLock<Bytes>>>) -> Response {
+    let body = document.get().cloned().unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// How long in-flight requests may take to finish after SIGTERM (Kubernetes' default grace period
@@ -433,7 +502,7 @@ pub fn empty(status: StatusCode) -> Response {
 mod tests {
     use super::*;
     use crate::config::HttpLimits;
-    use axum::routing::post;
+    use axum::routing::{get, post};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -4,12 +4,11 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::post;
-use axum::{Json, Router};
 use flightline_service::auth::Auth;
 use flightline_service::config::{self, HttpLimits};
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
@@ -18,8 +17,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::body::parse_flights;
+use crate::body::{PredictRequest, parse_flights};
 use crate::model::Model;
 
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -92,12 +96,36 @@ impl AppState {
     }
 }
 
-pub fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/predict", post(predict_challenge))
-        .route("/v1/predict", post(predict_v1))
+#[derive(OpenApi)]
+#[openapi(
+    info(description = "Flight-delay predictions from a logistic regression trained on the SCL 2017 data set: \
+        the LATAM challenge contract (`POST /predict`) and labels with probabilities and the model version \
+        (`POST /v1/predict`). Bodies are JSON of at most 4 MiB."),
+    tags((name = "predict", description = "Delay predictions"), (name = "operations", description = "Health, metrics, this document"))
+)]
+struct ApiDoc;
+
+/// The service's routes, each with its OpenAPI description; the `Flight` schema's `OPERA` lists
+/// the airlines of the model in use now.
+pub fn routes(state: AppState) -> OpenApiRouter {
+    let airlines = state.current().airlines.clone();
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(predict_challenge))
+        .routes(routes!(predict_v1))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state)
+        .with_state(state);
+    list_airlines(router.get_openapi_mut(), &airlines);
+    router
+}
+
+/// Sets the `enum` of `Flight.OPERA`: an airline the model does not know is refused with 400.
+fn list_airlines(doc: &mut utoipa::openapi::OpenApi, airlines: &[String]) {
+    let flight = doc.components.as_mut().and_then(|c| c.schemas.get_mut("Flight"));
+    let Some(RefOr::T(Schema::Object(flight))) = flight else { panic!("the Flight schema is an object") };
+    let Some(RefOr::T(Schema::Object(airline))) = flight.properties.get_mut("OPERA") else {
+        panic!("Flight.OPERA is an inline schema")
+    };
+    airline.enum_values = Some(airlines.iter().map(|a| a.as_str().into()).collect());
 }
 
 pub async fn serve() -> anyhow::Result<()> {
@@ -161,11 +189,42 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
     })
 }
 
-#[derive(Serialize)]
+/// A label: 1 when the flight is predicted to leave more than 15 minutes late, else 0.
+fn label_schema() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(SchemaType::Type(Type::Integer)).enum_values(Some([0, 1]))
+}
+
+fn labels_schema() -> impl Into<RefOr<Schema>> {
+    ArrayBuilder::new().items(label_schema()).description(Some("One label per flight, in the order sent."))
+}
+
+fn probability_schema() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new().schema_type(SchemaType::Type(Type::Number)).minimum(Some(0)).maximum(Some(1))
+}
+
+#[derive(Serialize, ToSchema)]
 struct ChallengeResponse {
+    #[schema(schema_with = labels_schema)]
     predict: Vec<u8>,
 }
 
+/// The LATAM challenge contract: a delay label per flight (1: more than 15 minutes late).
+#[utoipa::path(
+    post,
+    path = "/predict",
+    tag = "predict",
+    request_body(content = PredictRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A label per flight.", body = ChallengeResponse,
+         example = json!({"predict": [0]})),
+        (status = 400, description = "`invalid_request` (an unknown OPERA, TIPOVUELO not I or N, MES not 1 to 12, \
+         not 1 to 10,000 flights; `field` names it, e.g. `flights[0].MES`), `invalid_json` (not the JSON expected), \
+         `invalid_body` (unreadable).", body = ApiError),
+        (status = 413, description = "`body_too_large`: the body is larger than 4 MiB.", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json` (or `+json`).",
+         body = ApiError),
+    )
+)]
 async fn predict_challenge(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -178,19 +237,43 @@ async fn predict_challenge(
     Ok(Json(ChallengeResponse { predict }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Prediction {
+    /// 1 when `delay_probability` is at least the model's threshold.
+    #[schema(schema_with = label_schema)]
     label: u8,
+    /// The model's probability that the flight leaves more than 15 minutes late (6 decimals).
+    #[schema(schema_with = probability_schema)]
     delay_probability: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct V1Response {
+    /// The model artifact's version (a hash of its weights).
     model_version: String,
+    /// The probability from which a flight is labelled 1.
+    #[schema(schema_with = probability_schema)]
     threshold: f64,
+    /// One per flight, in the order sent.
     predictions: Vec<Prediction>,
 }
 
+/// Labels with the delay probability of each flight and the version of the model that made them.
+#[utoipa::path(
+    post,
+    path = "/v1/predict",
+    tag = "predict",
+    request_body(content = PredictRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A prediction per flight.", body = V1Response),
+        (status = 400, description = "`invalid_request` (an unknown OPERA, TIPOVUELO not I or N, MES not 1 to 12, \
+         not 1 to 10,000 flights; `field` names it), `invalid_json` (not the JSON expected), `invalid_body` \
+         (unreadable).", body = ApiError),
+        (status = 413, description = "`body_too_large`: the body is larger than 4 MiB.", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: the body is not `application/json` (or `+json`).",
+         body = ApiError),
+    )
+)]
 async fn predict_v1(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -282,6 +365,92 @@ mod tests {
         assert_eq!((error.status, error.field.as_deref()), (StatusCode::BAD_REQUEST, Some("flights")));
     }
 
+    /// The whole app as `serve` builds it, with API keys on or auth off.
+    fn app(keys: bool) -> axum::Router {
+        use flightline_service::auth::{ApiKeys, hash_key};
+        let telemetry = Telemetry::new("predict_test");
+        let auth =
+            keys.then(|| Arc::new(Auth { keys: Some(ApiKeys::parse(&hash_key("the-key")).unwrap()), jwt: None }));
+        let ready: ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
+        server::app(routes(AppState::new(model(), &telemetry)), telemetry, ready, auth, HttpLimits::PREDICT)
+    }
+
+    async fn document(app: axum::Router) -> serde_json::Value {
+        use tower::ServiceExt;
+        let request = axum::http::Request::get("/openapi.json").body(axum::body::Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "/openapi.json needs no credential");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_document_is_openapi_3_1_and_describes_what_the_code_checks() {
+        let doc = document(app(true)).await;
+        assert_eq!(flightline_service::openapi::check::problems(&doc), Vec::<String>::new());
+        let parsed = oas3::from_json(doc.to_string()).expect("an OpenAPI 3.1 document (oas3)");
+        assert_eq!(parsed.validate_version().unwrap().to_string(), "3.1.0");
+        assert_eq!(doc["info"]["title"], "flightline-predict");
+        for path in ["/predict", "/v1/predict"] {
+            let op = &doc["paths"][path]["post"];
+            let statuses: Vec<&str> = op["responses"].as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(statuses, ["200", "400", "401", "403", "408", "413", "415", "429", "503"], "{path}");
+            assert_eq!(op["security"], json!([{"apiKey": []}, {"bearer": []}]), "{path}");
+            assert_eq!(op["responses"]["429"]["headers"]["Retry-After"]["required"], true);
+            let body = &op["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(body, "#/components/schemas/PredictRequest");
+        }
+        for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+            assert!(doc["paths"][path]["get"].is_object(), "{path}");
+            assert!(doc["paths"][path]["get"].get("security").is_none(), "{path} is open");
+        }
+        let schemas = &doc["components"]["schemas"];
+        let flights = &schemas["PredictRequest"]["properties"]["flights"];
+        assert_eq!((&flights["minItems"], &flights["maxItems"]), (&json!(1), &json!(MAX_FLIGHTS)));
+        let flight = &schemas["Flight"];
+        assert_eq!(flight["required"], json!(["OPERA", "TIPOVUELO", "MES"]));
+        assert_eq!(flight["properties"]["OPERA"]["enum"], json!(model().airlines));
+        assert_eq!(flight["properties"]["TIPOVUELO"]["enum"], json!(["I", "N"]));
+        assert_eq!(flight["properties"]["MES"]["anyOf"][0], json!({"type": "integer", "minimum": 1, "maximum": 12}));
+        let codes = &schemas["ApiError"]["properties"]["error"]["enum"];
+        for code in ["invalid_request", "invalid_json", "body_too_large", "unsupported_media_type", "rate_limited"] {
+            assert!(codes.as_array().unwrap().contains(&json!(code)), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_route_is_in_the_document_and_every_error_code_in_the_schema() {
+        // Without auth: a route that exists answers 405 to another method, not 401.
+        let doc = document(app(false)).await;
+        assert!(doc["components"].get("securitySchemes").is_none());
+        assert!(doc["paths"]["/predict"]["post"]["responses"].get("401").is_none());
+        let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+        let undocumented = flightline_service::openapi::check::undocumented_routes(app(false), &doc, &[src]).await;
+        assert_eq!(undocumented, Vec::<String>::new());
+        assert_eq!(flightline_service::openapi::check::undocumented_error_codes(&[src]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn months_as_text_are_taken_exactly_as_the_schema_pattern_says() {
+        // MONTH_TEXT_PATTERN: ^[+]?0*([1-9]|1[0-2])$ (checked by hand: no regex engine here).
+        let body = |mes: &str| format!(r#"{{"flights":[{{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":"{mes}"}}]}}"#);
+        for ok in ["1", "9", "10", "12", "+3", "03", "0012"] {
+            assert!(parse_flights(body(ok).as_bytes(), &model()).is_ok(), "{ok}");
+        }
+        for bad in ["0", "13", "-1", "3.0", " 3", "3 ", "++3", "", "x"] {
+            assert!(parse_flights(body(bad).as_bytes(), &model()).is_err(), "{bad}");
+        }
+        // As a number: JSON Schema's integer 1 to 12, which includes 5.0 (Schemathesis sent it).
+        let number = |mes: &str| format!(r#"{{"flights":[{{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":{mes}}}]}}"#);
+        for ok in ["1", "12", "5.0", "5e0", "1.2e1"] {
+            assert!(parse_flights(number(ok).as_bytes(), &model()).is_ok(), "{ok}");
+        }
+        for bad in ["0", "13", "5.5", "-1", "-0.0e1", "1e300", "true", "null"] {
+            assert!(parse_flights(number(bad).as_bytes(), &model()).is_err(), "{bad}");
+        }
+        assert_eq!(crate::body::MONTH_TEXT_PATTERN, "^[+]?0*([1-9]|1[0-2])$");
+    }
+
     async fn post(body: Vec<u8>, content_type: &str) -> (StatusCode, serde_json::Value) {
         use tower::ServiceExt;
         let request = axum::http::Request::builder()
@@ -290,7 +459,8 @@ mod tests {
             .header(header::CONTENT_TYPE, content_type)
             .body(axum::body::Body::from(body))
             .unwrap();
-        let response = routes(AppState::new(model(), &Telemetry::new("predict_test"))).oneshot(request).await.unwrap();
+        let router = axum::Router::from(routes(AppState::new(model(), &Telemetry::new("predict_test"))));
+        let response = router.oneshot(request).await.unwrap();
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or_default())

@@ -10,21 +10,63 @@ use std::fmt;
 use flightline_service::server::ApiError;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, SchemaType, Type};
+use utoipa::openapi::{RefOr, Schema};
 
 use crate::model::{Features, Model};
 
 pub const MAX_FLIGHTS: usize = 10_000;
 
-/// One flight as sent: the fields are checked afterwards, so errors can name them.
-#[derive(Deserialize)]
+// The OpenAPI schema of what `BodySeed` reads (as a stream, not through this type); the API
+// tests check that its limits and fields are the parser's.
+/// The flights to predict, 1 to 10,000; other keys are ignored.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PredictRequest {
+    #[schema(min_items = 1, max_items = 10000)]
+    flights: Vec<FlightIn>,
+}
+
+/// One flight: the model's three inputs; other keys are ignored.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = Flight)]
 struct FlightIn {
     #[serde(rename = "OPERA")]
+    #[schema(required = true, schema_with = airline_schema)]
     airline: Option<Scalar>,
     #[serde(rename = "TIPOVUELO")]
+    #[schema(required = true, schema_with = flight_type_schema)]
     flight_type: Option<Scalar>,
     #[serde(rename = "MES")]
+    #[schema(required = true, schema_with = month_schema)]
     month: Option<Scalar>,
 }
+
+fn string_schema(description: &str) -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(SchemaType::Type(Type::String)).description(Some(description))
+}
+
+/// The airline; `api::routes` lists the model's airlines as its `enum`.
+fn airline_schema() -> impl Into<RefOr<Schema>> {
+    string_schema("The operating airline: one the model was trained on (the `enum` lists the model's in use at start).")
+}
+
+fn flight_type_schema() -> impl Into<RefOr<Schema>> {
+    string_schema("I (international) or N (national).").enum_values(Some(["I", "N"]))
+}
+
+/// What [`features`] takes as a month: a whole number 1 to 12, or such a number as text (`u64`'s
+/// parse: an optional `+`, leading zeros).
+fn month_schema() -> impl Into<RefOr<Schema>> {
+    AnyOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(SchemaType::Type(Type::Integer)).minimum(Some(1)).maximum(Some(12)))
+        .item(string_schema("The month as text.").pattern(Some(MONTH_TEXT_PATTERN)))
+        .description(Some("The month of the flight, 1 to 12."))
+}
+
+/// Month numbers as text that `str::parse::<u64>` reads as 1 to 12.
+pub const MONTH_TEXT_PATTERN: &str = "^[+]?0*([1-9]|1[0-2])$";
 
 /// A field the model reads. Strings and whole numbers are kept; an array or object is read past
 /// with `IgnoredAny`, so it costs no memory, and remembered only as `Nested`.
@@ -76,8 +118,10 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         Ok(Scalar::Whole(u64::try_from(v).ok()))
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
-        Ok(Scalar::Whole(None))
+    /// JSON has one number type: `5.0` is the number 5 (JSON Schema's `integer` takes it too).
+    fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+        let whole = v.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&v);
+        Ok(Scalar::Whole(whole.then_some(v as u64)))
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
