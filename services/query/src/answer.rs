@@ -19,6 +19,7 @@ use crate::stats::StatsRequest;
 pub(crate) enum Key {
     Stats(StatsRequest, Format),
     Flights(FlightsRequest, Format),
+    Flight(String, Format),
 }
 
 /// A rendered answer.

@@ -263,11 +263,7 @@ mod tests {
     }
 
     /// A load that counts its calls, takes `delay` and answers `size` bytes of the call number.
-    fn loader(
-        calls: &Arc<AtomicUsize>,
-        delay: Duration,
-        size: usize,
-    ) -> impl FnOnce() -> Load {
+    fn loader(calls: &Arc<AtomicUsize>, delay: Duration, size: usize) -> impl FnOnce() -> Load {
         let calls = calls.clone();
         move || {
             let n = calls.fetch_add(1, Ordering::SeqCst) + 1;

@@ -1,7 +1,8 @@
-//! `GET /v1/flights`: stored flights, filtered, in pages with a cursor.
+//! `GET /v1/flights`: stored flights, filtered, in pages with a cursor; `GET /v1/flights/{id}`: one
+//! flight by its identity (`record_id`). Both read `FINAL`: one row per identity, its newest version.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, Uri};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, StatusCode, Uri};
 use axum::response::Response;
 use clickhouse::Row;
 use flightline_service::server::ApiError;
@@ -14,36 +15,39 @@ use crate::{AppState, PAGE_MAX_RESPONSE_BYTES, PAGE_MAX_RESULT_BYTES, bounded, r
 /// A CSV page's cursor to the next one (JSON pages carry `next_cursor` in the body).
 pub(crate) const NEXT_CURSOR_HEADER: HeaderName = HeaderName::from_static("x-next-cursor");
 
-/// A page position: the sort key of the last row returned.
+/// A page position: the sort key `(scheduled_at, record_id)` of the last row returned, written
+/// `<epoch seconds>.<record id>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Cursor {
     pub(crate) scheduled_at: u32,
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
+    pub(crate) record_id: String,
+}
+
+/// A record id: 32 lowercase hex digits (128 bits of SHA-256).
+pub(crate) fn is_record_id(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Cursor {
     pub(crate) fn parse(text: &str) -> Result<Self, ApiError> {
         let bad = || ApiError::bad_field("cursor", "is not a cursor this service returned");
-        let mut parts = text.split('.');
-        let cursor = Cursor {
-            scheduled_at: parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?,
-            partition: parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?,
-            offset: parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?,
-        };
-        if parts.next().is_some() {
+        let (at, id) = text.split_once('.').ok_or_else(bad)?;
+        let scheduled_at = at.parse().ok().filter(|_| at.bytes().all(|b| b.is_ascii_digit())).ok_or_else(bad)?;
+        if !is_record_id(id) {
             return Err(bad());
         }
-        Ok(cursor)
+        Ok(Cursor { scheduled_at, record_id: id.to_string() })
     }
 
     pub(crate) fn encode(&self) -> String {
-        format!("{}.{}.{}", self.scheduled_at, self.partition, self.offset)
+        format!("{}.{}", self.scheduled_at, self.record_id)
     }
 }
 
 #[derive(Row, Deserialize, Serialize)]
 pub(crate) struct FlightOut {
+    /// The record's identity (`record_id`).
+    pub(crate) id: String,
     #[serde(rename = "Fecha-I")]
     pub(crate) scheduled_at: String,
     #[serde(rename = "Vlo-I")]
@@ -86,18 +90,14 @@ pub(crate) struct FlightOut {
     pub(crate) high_season: bool,
     #[serde(skip_serializing)]
     pub(crate) sort_at: u32,
-    #[serde(skip_serializing)]
-    pub(crate) source_partition: i32,
-    #[serde(skip_serializing)]
-    pub(crate) source_offset: i64,
 }
 
-pub(crate) const FLIGHT_COLUMNS: &str = "toString(scheduled_at, 'UTC'), scheduled_flight, toString(scheduled_origin), \
+pub(crate) const FLIGHT_COLUMNS: &str = "record_id, toString(scheduled_at, 'UTC'), scheduled_flight, toString(scheduled_origin), \
     toString(scheduled_destination), toString(scheduled_airline), toString(operated_at, 'UTC'), operated_flight, \
     toString(operated_origin), toString(operated_destination), toString(operated_airline), day, month, year, \
     toString(day_name), toString(flight_type), toString(airline_name), toString(origin_city), \
     toString(destination_city), delay_minutes, delayed, toString(period_day), high_season, \
-    toUInt32(scheduled_at), source_partition, source_offset";
+    toUInt32(scheduled_at)";
 
 /// What `GET /v1/flights` asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -126,7 +126,8 @@ impl FlightsRequest {
 
 impl FlightOut {
     /// CSV columns: the JSON names, in the same order.
-    pub(crate) const CSV_HEADER: [&'static str; 22] = [
+    pub(crate) const CSV_HEADER: [&'static str; 23] = [
+        "id",
         "Fecha-I",
         "Vlo-I",
         "Ori-I",
@@ -151,8 +152,9 @@ impl FlightOut {
         "high_season",
     ];
 
-    fn csv_fields(&self) -> [String; 22] {
+    fn csv_fields(&self) -> [String; 23] {
         [
+            self.id.clone(),
             self.scheduled_at.clone(),
             self.scheduled_flight.clone(),
             self.scheduled_origin.clone(),
@@ -179,7 +181,7 @@ impl FlightOut {
     }
 
     fn cursor(&self) -> String {
-        Cursor { scheduled_at: self.sort_at, partition: self.source_partition, offset: self.source_offset }.encode()
+        Cursor { scheduled_at: self.sort_at, record_id: self.id.clone() }.encode()
     }
 }
 
@@ -187,14 +189,13 @@ impl FlightsRequest {
     fn sql(&self, table: &str) -> String {
         let mut conditions = self.filters.conditions();
         if self.cursor.is_some() {
-            conditions.push(
-                "(toUInt32(scheduled_at), source_partition, source_offset) > ({c_at:UInt32}, {c_p:Int32}, {c_o:Int64})",
-            );
+            // The first condition lets ClickHouse skip by the sorting key; the tuple is the exact one.
+            conditions.push("scheduled_at >= toDateTime({c_at:UInt32})");
+            conditions.push("(scheduled_at, record_id) > (toDateTime({c_at:UInt32}), {c_id:String})");
         }
-        // FINAL: a record the sink wrote twice (crash before commit) is read once.
+        // FINAL: one row per identity, however often the record arrived; the newest version.
         format!(
-            "SELECT {FLIGHT_COLUMNS} FROM {table} FINAL {} ORDER BY scheduled_at, source_partition, source_offset \
-             LIMIT {{limit:UInt32}}",
+            "SELECT {FLIGHT_COLUMNS} FROM {table} FINAL {} ORDER BY scheduled_at, record_id LIMIT {{limit:UInt32}}",
             where_clause(&conditions)
         )
     }
@@ -204,7 +205,7 @@ impl FlightsRequest {
             result_limits(state.clickhouse.query(&self.sql(&state.table)), self.limit + 1, PAGE_MAX_RESULT_BYTES);
         let mut query = self.filters.bind(query).param("limit", self.limit + 1);
         if let Some(c) = &self.cursor {
-            query = query.param("c_at", c.scheduled_at).param("c_p", c.partition).param("c_o", c.offset);
+            query = query.param("c_at", c.scheduled_at).param("c_id", &c.record_id);
         }
         let rows = bounded(state.call_timeout, query.fetch_all::<FlightOut>()).await?;
         let limit = self.limit as usize;
@@ -278,4 +279,46 @@ pub(crate) fn page_json<T: Serialize>(
     serde_json::to_writer(&mut body, &next_cursor).expect("a cursor serializes");
     body.push(b'}');
     body
+}
+
+/// `GET /v1/flights/{id}`: the flight with this identity, its newest version; 400 `invalid_id` for
+/// anything but 32 lowercase hex digits, 404 `flight_not_found` when no row has it (not cached: a
+/// flight stored a moment later is found at once).
+pub(crate) async fn flight(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !is_record_id(&id) {
+        return Err(ApiError {
+            field: Some("id".into()),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_id",
+                "id: a flight id is 32 lowercase hex digits (the `id` of a flight in /v1/flights)",
+            )
+        });
+    }
+    let format = Format::negotiate(&headers);
+    let key = Key::Flight(id.clone(), format);
+    let load_state = state.clone();
+    answer::serve(&state, key, || async move {
+        let state = load_state;
+        let sql = format!("SELECT {FLIGHT_COLUMNS} FROM {} FINAL WHERE record_id = {{id:String}} LIMIT 1", state.table);
+        let query = result_limits(state.clickhouse.query(&sql), 1, PAGE_MAX_RESULT_BYTES).param("id", &id);
+        let row = bounded(state.call_timeout, query.fetch_optional::<FlightOut>()).await?;
+        let row = row.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "flight_not_found", format!("no flight has the id {id}"))
+        })?;
+        Ok(match format {
+            Format::Json => answer::json(serde_json::to_vec(&row).expect("a row serializes")),
+            Format::Csv => {
+                let mut body = Vec::new();
+                csv_line(&mut body, FlightOut::CSV_HEADER);
+                csv_line(&mut body, row.csv_fields().iter().map(String::as_str));
+                Body { content_type: format.content_type(), bytes: body.into(), headers: Vec::new() }
+            }
+        })
+    })
+    .await
 }

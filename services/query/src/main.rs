@@ -145,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let routes = Router::new()
         .route("/v1/flights", get(flights::flights))
+        .route("/v1/flights/{id}", get(flights::flight))
         .route("/v1/stats/delays", get(stats::delays))
         .with_state(state);
     let app = server::app(routes, telemetry, ready, Auth::from_env()?, HttpLimits::from_env(HttpLimits::QUERY)?);
