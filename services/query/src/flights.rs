@@ -180,7 +180,7 @@ impl FlightOut {
         ]
     }
 
-    fn cursor(&self) -> String {
+    pub(crate) fn cursor(&self) -> String {
         Cursor { scheduled_at: self.sort_at, record_id: self.id.clone() }.encode()
     }
 }

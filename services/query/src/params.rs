@@ -209,3 +209,52 @@ pub(crate) fn csv_line<'a>(out: &mut Vec<u8>, fields: impl IntoIterator<Item = &
     }
     out.extend_from_slice(b"\r\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(values: &[&str]) -> Format {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(header::ACCEPT, v.parse().unwrap());
+        }
+        Format::negotiate(&headers)
+    }
+
+    #[test]
+    fn csv_only_when_the_client_prefers_it() {
+        assert_eq!(accept(&[]), Format::Json);
+        assert_eq!(accept(&["text/csv"]), Format::Csv);
+        assert_eq!(accept(&["Text/CSV; charset=utf-8"]), Format::Csv);
+        assert_eq!(accept(&["application/json, text/csv"]), Format::Json);
+        assert_eq!(accept(&["text/csv, application/json"]), Format::Csv);
+        assert_eq!(accept(&["application/json;q=0.5, text/csv"]), Format::Csv);
+        assert_eq!(accept(&["text/csv;q=0.2, */*;q=0.8"]), Format::Json);
+        assert_eq!(accept(&["text/csv;q=0"]), Format::Json);
+        assert_eq!(accept(&["text/html", "text/csv"]), Format::Csv);
+        assert_eq!(accept(&["*/*"]), Format::Json);
+        assert_eq!(accept(&["text/csv;q=banana"]), Format::Csv);
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        let mut out = Vec::new();
+        csv_line(&mut out, ["plain", "a,b", "say \"hi\"", "two\nlines", " padded", "", "ñandú"]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "plain,\"a,b\",\"say \"\"hi\"\"\",\"two\nlines\",\" padded\",,ñandú\r\n"
+        );
+    }
+
+    #[test]
+    fn equal_filters_written_differently_are_equal() {
+        let parse = |query: &str| {
+            let uri: Uri = format!("/v1/flights?{query}").parse().unwrap();
+            Filters::parse(&query_params(&uri, &[]).unwrap()).unwrap()
+        };
+        assert_eq!(parse("airline=Sky+Airline&delayed=true"), parse("delayed=true&airline=Sky%20Airline"));
+        assert_eq!(parse("to=2017-01-31"), parse("to=2017-01-31+23:59:59"));
+        assert_ne!(parse("airline=Sky+Airline"), parse("origin=Sky+Airline"));
+    }
+}

@@ -106,6 +106,62 @@ mod unit {
         assert_eq!(page, json!({"flights": [], "next_cursor": null}));
     }
 
+    fn flight(n: u32, name: &str) -> FlightOut {
+        let text = |t: &str| t.to_string();
+        FlightOut {
+            id: format!("{n:032x}"),
+            scheduled_at: text("2017-01-01 00:15:00"),
+            scheduled_flight: text("11"),
+            scheduled_origin: text("SCEL"),
+            scheduled_destination: text("MMMX"),
+            scheduled_airline: text("AMX"),
+            operated_at: text("2017-01-01 00:04:00"),
+            operated_flight: text("11"),
+            operated_origin: text("SCEL"),
+            operated_destination: text("MMMX"),
+            operated_airline: text("AMX"),
+            day: 1,
+            month: 1,
+            year: 2017,
+            day_name: text("Domingo"),
+            flight_type: text("I"),
+            airline_name: text(name),
+            origin_city: text("Santiago"),
+            destination_city: text("Ciudad de Mexico"),
+            delay_minutes: -11,
+            delayed: false,
+            period_day: text("night"),
+            high_season: true,
+            sort_at: 1_483_229_700 + n,
+        }
+    }
+
+    #[test]
+    fn csv_pages_have_a_header_row_and_their_cursor_beside_the_body() {
+        let rows: Vec<_> = (0..4).map(|n| flight(n, "Aero, \"Mexico\"")).collect();
+        let (body, cursor) = page_csv(&rows, 3, 1 << 20);
+        let text = String::from_utf8(body).unwrap();
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(lines[0].starts_with("id,Fecha-I,Vlo-I,"), "{}", lines[0]);
+        assert_eq!(lines[0].split(',').count(), 23);
+        assert_eq!(
+            lines[1],
+            "00000000000000000000000000000000,2017-01-01 00:15:00,11,SCEL,MMMX,AMX,2017-01-01 00:04:00,11,SCEL,MMMX,AMX,\
+             1,1,2017,Domingo,I,\"Aero, \"\"Mexico\"\"\",Santiago,Ciudad de Mexico,-11,false,night,true"
+        );
+        assert_eq!(cursor.as_deref(), Some("1483229702.00000000000000000000000000000002"));
+        // The last page has no cursor; a page ends before the byte limit, with a cursor to the rest.
+        assert_eq!(page_csv(&rows, 10, 1 << 20).1, None);
+        let (body, cursor) = page_csv(&rows, 10, 500);
+        assert!(body.len() <= 500);
+        assert_eq!(cursor.as_deref(), Some("1483229700.00000000000000000000000000000000"));
+        // JSON pages carry the id.
+        let page: serde_json::Value = serde_json::from_slice(&page_json(&rows, 1, 1 << 20, FlightOut::cursor)).unwrap();
+        assert_eq!(page["flights"][0]["id"], json!("00000000000000000000000000000000"));
+        assert_eq!(page["next_cursor"], json!("1483229700.00000000000000000000000000000000"));
+    }
+
     #[test]
     fn an_oversized_answer_is_422_not_5xx() {
         let e = clickhouse::error::Error::BadResponse(
