@@ -316,7 +316,9 @@ async fn pipeline_c_in_a_b_and_pipeline_b_c_in_a_get_different_topics_and_tables
     assert_eq!(*topic_2, format!("{}.b-c.flights", a.name));
     for (_, table, uid) in &ready {
         let (database, table) = table.split_once('.').unwrap();
-        assert!(table_facts(&stack, database, table).await.comment.ends_with(uid.as_str()), "{table} is marked");
+        let comment = table_facts(&stack, database, table).await.comment;
+        let owner = flightline_operator::build::table::TableOwner::from_comment(&comment);
+        assert_eq!(owner.map(|o| o.uid).as_deref(), Some(uid.as_str()), "{table} is marked: {comment}");
     }
 }
 
