@@ -38,7 +38,7 @@ pub const COLUMNS: [&str; 18] = [
 ];
 
 /// Columns a record must have (the rest may be empty: one row of the data set has no `Vlo-O`).
-const REQUIRED: [&str; 10] =
+pub const REQUIRED: [&str; 10] =
     ["Fecha-I", "Ori-I", "Des-I", "Emp-I", "Fecha-O", "DIA", "MES", "AÑO", "TIPOVUELO", "OPERA"];
 
 /// The longest value a field may have, in bytes (UTF-8, before trimming). The data set's longest
@@ -76,7 +76,7 @@ fn has_control_character(text: &str) -> bool {
 pub type RawFlight = BTreeMap<String, String>;
 
 /// One problem with one field of one record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -617,7 +617,7 @@ pub fn read_one_json(payload: &[u8]) -> Result<Flight, Result<BodyError, Vec<Fie
 }
 
 /// One record's errors in an answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RecordErrors {
     /// Position in the body, from 0.
     pub record: usize,

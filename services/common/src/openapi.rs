@@ -30,7 +30,10 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
     ("unsupported_media_type", "the Content-Type is not one this operation takes"),
     ("unauthenticated", "no usable credential (missing, malformed, expired, badly signed)"),
     ("forbidden", "a valid credential that is not allowed here"),
-    ("not_found", "no such route or record"),
+    ("not_found", "no such route"),
+    ("invalid_id", "the id in the path is not a flight id"),
+    ("flight_not_found", "no flight has this id"),
+    ("updates_not_enabled", "the pipeline identifies records by content: there is nothing to replace"),
     ("rate_limited", "this client is over its rate limit"),
     ("overloaded", "the service is at its concurrency limit"),
     ("request_timeout", "the request took longer than the request timeout"),
@@ -40,6 +43,7 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
     ("clickhouse_timeout", "the flight store did not answer in time"),
     ("result_too_large", "the answer would exceed the service's result limit"),
     ("internal", "an unexpected failure inside the service"),
+    ("internal_error", "the answer was lost inside the service; retry"),
 ];
 
 impl utoipa::PartialSchema for ApiError {
@@ -71,6 +75,99 @@ impl utoipa::PartialSchema for ApiError {
 }
 
 impl utoipa::ToSchema for ApiError {}
+
+/// One flight record as ingest takes it in JSON: the data set's columns ([`crate::flight::COLUMNS`])
+/// as text or numbers, as `RawRecord::validate` checks them. What JSON Schema cannot say is in
+/// the descriptions: `DIA`, `MES` and `AÑO` must be the date of `Fecha-O`, and the 256-byte limit
+/// is in UTF-8 bytes (`maxLength` counts characters).
+pub struct FlightRecord;
+
+impl utoipa::PartialSchema for FlightRecord {
+    fn schema() -> RefOr<Schema> {
+        use crate::flight::{COLUMNS, FIRST_DATETIME, LAST_DATETIME, MAX_FIELD_BYTES, REQUIRED};
+        let max = MAX_FIELD_BYTES;
+        let text = || {
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::String))
+                .max_length(Some(max))
+                .pattern(Some("^[^\\u0000-\\u001f\\u007f]*$"))
+        };
+        let number = || ObjectBuilder::new().schema_type(SchemaType::Type(Type::Number));
+        let either = |text: ObjectBuilder, number: ObjectBuilder, description: String| -> RefOr<Schema> {
+            utoipa::openapi::schema::AnyOfBuilder::new().item(text).item(number).description(Some(description)).into()
+        };
+        let mut record = ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::Object))
+            .description(Some(format!(
+                "One flight: the data set's columns by name, each text (at most {max} bytes of UTF-8, no control \
+                 characters, surrounding spaces ignored) or a number (taken as its text). Unknown columns are \
+                 refused. `DIA`, `MES` and `AÑO` must be the date of `Fecha-O`."
+            )))
+            .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::FreeForm(false)));
+        for column in COLUMNS {
+            let schema = match column {
+                "Fecha-I" | "Fecha-O" => text()
+                    .pattern(Some("^ *[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} *$"))
+                    .description(Some(format!(
+                        "{} time, YYYY-MM-DD HH:MM:SS (local), from {FIRST_DATETIME} to {LAST_DATETIME}.",
+                        if column == "Fecha-I" { "Scheduled" } else { "Operated" }
+                    )))
+                    .into(),
+                "DIA" | "MES" | "AÑO" => {
+                    let (min, max, what) = match column {
+                        "DIA" => (1, 31, "day"),
+                        "MES" => (1, 12, "month"),
+                        _ => (1970, 2100, "year"),
+                    };
+                    let digits = ObjectBuilder::new()
+                        .schema_type(SchemaType::Type(Type::String))
+                        .pattern(Some("^ *[0-9]{1,5} *$"));
+                    let whole = ObjectBuilder::new()
+                        .schema_type(SchemaType::Type(Type::Integer))
+                        .minimum(Some(min))
+                        .maximum(Some(max));
+                    either(digits, whole, format!("The {what} of `Fecha-O`, {min} to {max} (a number or its digits)."))
+                }
+                "TIPOVUELO" => ObjectBuilder::new()
+                    .schema_type(SchemaType::Type(Type::String))
+                    .enum_values(Some(["I", "N"]))
+                    .description(Some("I (international) or N (national)."))
+                    .into(),
+                _ => either(text(), number(), format!("Text of at most {max} bytes, or a number.")),
+            };
+            record = record.property(column, schema);
+        }
+        for column in REQUIRED {
+            record = record.required(column);
+        }
+        record.into()
+    }
+}
+
+impl utoipa::ToSchema for FlightRecord {}
+
+/// A JSON body of ingest: one [`FlightRecord`] or an array of them (each validated on its own).
+pub struct FlightRecords;
+
+impl utoipa::PartialSchema for FlightRecords {
+    fn schema() -> RefOr<Schema> {
+        let record = || utoipa::openapi::Ref::from_schema_name("FlightRecord");
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(record())
+            .item(utoipa::openapi::schema::ArrayBuilder::new().items(record()))
+            .description(Some(
+                "One flight, or an array of flights (at most the pipeline's `maxRecords`, 100,000 by default). \
+                 Each record is validated on its own: the valid ones are stored, the others reported.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for FlightRecords {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push(("FlightRecord".into(), <FlightRecord as utoipa::PartialSchema>::schema()));
+    }
+}
 
 /// A response header every refusal that may be retried carries.
 fn retry_after() -> Value {
@@ -360,7 +457,7 @@ pub mod check {
     /// documented paths and every string literal that looks like a path (`"/…"`) in the `.rs` files
     /// under `sources` (a route added with plain `.route(...)` beside the documented ones shows up
     /// here); `{param}` segments are tried with `x`. A route exists when the router answers
-    /// neither 405 nor its fallback's 404 `no such route`.
+    /// neither axum's 405 (no body) nor its fallback's 404 `no such route`.
     pub async fn undocumented_routes(app: Router, doc: &Value, sources: &[&Path]) -> Vec<String> {
         let mut candidates: BTreeSet<String> =
             doc["paths"].as_object().into_iter().flatten().map(|(p, _)| p.clone()).collect();
@@ -389,7 +486,8 @@ pub mod check {
                 let response = app.clone().oneshot(request).await.expect("infallible");
                 let status = response.status();
                 let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap_or_default();
-                let unrouted = status == StatusCode::METHOD_NOT_ALLOWED
+                // axum's own 405 has no body (a handler's 405, such as ingest's PUT, has one).
+                let unrouted = (status == StatusCode::METHOD_NOT_ALLOWED && body.is_empty())
                     || (status == StatusCode::NOT_FOUND && String::from_utf8_lossy(&body).contains("no such route"));
                 let documented = doc["paths"][path.as_str()][method.to_lowercase()].is_object();
                 if !unrouted && !documented {

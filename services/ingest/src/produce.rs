@@ -21,18 +21,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use flightline_service::auth::Auth;
 use flightline_service::config;
 use flightline_service::connect::KafkaSecurity;
 use flightline_service::flight::{
     BodyError, DEFAULT_MAX_RECORDS, Flight, Format, Identity, MAX_FIELD_BYTES, RecordErrors, Summary, read_flights,
 };
+use flightline_service::openapi::FlightRecords;
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::ClientConfig;
@@ -41,6 +41,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use tokio::sync::mpsc;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records sent and not yet acknowledged, per request: bounds what librdkafka holds for it.
@@ -61,10 +64,13 @@ struct AppState {
     produce_errors: Counter,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Accepted {
+    /// Records stored (acknowledged by Kafka).
     accepted: usize,
+    /// Records refused for what they hold.
     rejected: usize,
+    /// The errors of the first 100 refused records.
     errors: Vec<RecordErrors>,
     /// The `record_id` of each accepted record, in body order (`GET /v1/flights/{id}` on query).
     ids: Vec<String>,
@@ -140,10 +146,7 @@ pub async fn serve() -> anyhow::Result<()> {
             })
         })
     };
-    let routes = Router::new()
-        .route("/v1/flights", post(ingest).put(replace))
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state.clone());
+    let routes = routes(state.clone(), max_body);
     let limits = config::HttpLimits::from_env(config::HttpLimits::INGEST)?;
     let app = server::app(routes, telemetry, ready, Auth::from_env()?, limits);
     let result = server::serve(config::listen_addr()?, app).await;
@@ -153,7 +156,46 @@ pub async fn serve() -> anyhow::Result<()> {
     result
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    info(description = "Flight records into the pipeline: JSON (one flight or an array, the data set's column \
+        names) or the data set's CSV, validated record by record, stored exactly once per identity."),
+    tags((name = "ingest", description = "Flight records"), (name = "operations", description = "Health, metrics, this document"))
+)]
+struct ApiDoc;
+
+/// The service's routes, each with its OpenAPI description (`utoipa_axum::routes!`).
+fn routes(state: AppState, max_body: usize) -> OpenApiRouter {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ingest, replace))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
 /// `PUT /v1/flights`: the same bodies as POST; stored flights with the same identity are replaced.
+#[utoipa::path(
+    put,
+    path = "/v1/flights",
+    tag = "ingest",
+    request_body(content((FlightRecords = "application/json"), (String = "text/csv"))),
+    responses(
+        (status = 202, description = "Every valid record is stored, replacing the flight with the same identity \
+         (`spec.identity: ScheduledFlight`); the others are counted and listed.", body = Accepted),
+        (status = 400, description = "`invalid_request`: no valid record (`field` is `body`, `details` lists the \
+         errors of the first 100 records), or the body is not the JSON or CSV expected; `invalid_body`: the body \
+         could not be read.", body = ApiError),
+        (status = 405, description = "`updates_not_enabled`: the pipeline identifies a flight by its whole record \
+         (`spec.identity: Record`), so there is nothing to replace; with `Allow: POST`.", body = ApiError),
+        (status = 413, description = "`body_too_large`: larger than `maxBodyBytes`; `too_many_records`: more than \
+         `maxRecords`.", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: neither `application/json` nor `text/csv`.",
+         body = ApiError),
+        (status = 500, description = "`internal`: validating the body failed inside the service.", body = ApiError),
+        (status = 503, description = "`kafka_unavailable`: Kafka did not take or acknowledge every record: send \
+         the whole request again (records that did arrive are not stored twice).", body = ApiError,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn replace(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -171,6 +213,29 @@ async fn replace(
     ingest(State(state), headers, body).await.map_err(IntoResponse::into_response)
 }
 
+/// `POST /v1/flights`: stores flights, each exactly once per identity; 202 once Kafka has
+/// acknowledged every valid record.
+#[utoipa::path(
+    post,
+    path = "/v1/flights",
+    tag = "ingest",
+    request_body(content((FlightRecords = "application/json"), (String = "text/csv"))),
+    responses(
+        (status = 202, description = "Every valid record is stored (a record sent again is stored once); the \
+         others are counted and the first 100 listed with their errors.", body = Accepted),
+        (status = 400, description = "`invalid_request`: no valid record (`field` is `body`, `details` lists the \
+         errors of the first 100 records), or the body is not the JSON or CSV expected; `invalid_body`: the body \
+         could not be read.", body = ApiError),
+        (status = 413, description = "`body_too_large`: larger than `maxBodyBytes`; `too_many_records`: more than \
+         `maxRecords`.", body = ApiError),
+        (status = 415, description = "`unsupported_media_type`: neither `application/json` nor `text/csv`.",
+         body = ApiError),
+        (status = 500, description = "`internal`: validating the body failed inside the service.", body = ApiError),
+        (status = 503, description = "`kafka_unavailable`: Kafka did not take or acknowledge every record: send \
+         the whole request again (records that did arrive are not stored twice).", body = ApiError,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 async fn ingest(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -437,5 +502,74 @@ mod tests {
         for e in [too_many, unreadable] {
             assert_eq!(e.field.as_deref(), Some("body"));
         }
+    }
+
+    /// The whole app as `serve` builds it (the producer connects only when it sends), auth on or off.
+    fn app(keys: bool) -> axum::Router {
+        use flightline_service::auth::{ApiKeys, hash_key};
+        let state = AppState {
+            producer: Arc::new(RwLock::new(producer("127.0.0.1:9").unwrap())),
+            bootstrap: "127.0.0.1:9".into(),
+            topic: "t".into(),
+            identity: Identity::Record,
+            last_version: Arc::new(AtomicU64::new(0)),
+            max_records: 10,
+            accepted: Counter::default(),
+            rejected: Counter::default(),
+            produce_errors: Counter::default(),
+        };
+        let auth = keys.then(|| Arc::new(Auth { keys: Some(ApiKeys::parse(&hash_key("k")).unwrap()), jwt: None }));
+        let ready: ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
+        let telemetry = Telemetry::new("ingest");
+        server::app(routes(state, 1 << 20), telemetry, ready, auth, config::HttpLimits::INGEST)
+    }
+
+    async fn document(app: axum::Router) -> serde_json::Value {
+        use tower::ServiceExt;
+        let request = axum::http::Request::get("/openapi.json").body(axum::body::Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "/openapi.json needs no credential");
+        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_document_is_openapi_3_1_and_describes_the_bodies_and_answers() {
+        use serde_json::json;
+        let doc = document(app(true)).await;
+        assert_eq!(flightline_service::openapi::check::problems(&doc), Vec::<String>::new());
+        let parsed = oas3::from_json(doc.to_string()).expect("an OpenAPI 3.1 document (oas3)");
+        assert_eq!(parsed.validate_version().unwrap().to_string(), "3.1.0");
+        assert_eq!(doc["info"]["title"], "flightline-ingest");
+        for (method, own) in [("post", &["202", "400", "413", "415", "500", "503"][..]), ("put", &["405"][..])] {
+            let op = &doc["paths"]["/v1/flights"][method];
+            let statuses: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            for status in own.iter().chain(&["401", "403", "408", "429"]) {
+                assert!(statuses.iter().any(|s| s == status), "{method}: {status} not in {statuses:?}");
+            }
+            let content = &op["requestBody"]["content"];
+            assert_eq!(content["application/json"]["schema"]["$ref"], "#/components/schemas/FlightRecords");
+            assert_eq!(content["text/csv"]["schema"]["type"], "string");
+            assert_eq!(op["responses"]["503"]["headers"]["Retry-After"]["required"], true);
+            assert_eq!(op["security"], json!([{"apiKey": []}, {"bearer": []}]));
+        }
+        let record = &doc["components"]["schemas"]["FlightRecord"];
+        let columns: std::collections::BTreeSet<&str> =
+            record["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(columns, flightline_service::flight::COLUMNS.into_iter().collect());
+        assert_eq!(record["required"], json!(flightline_service::flight::REQUIRED));
+        assert_eq!(record["additionalProperties"], false);
+        assert_eq!(record["properties"]["TIPOVUELO"]["enum"], json!(["I", "N"]));
+        let accepted = &doc["components"]["schemas"]["Accepted"];
+        assert_eq!(accepted["required"], json!(["accepted", "rejected", "errors", "ids"]));
+        assert_eq!(accepted["properties"]["errors"]["items"]["$ref"], "#/components/schemas/RecordErrors");
+    }
+
+    #[tokio::test]
+    async fn every_route_is_in_the_document_and_every_error_code_in_the_schema() {
+        let doc = document(app(false)).await;
+        let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+        let undocumented = flightline_service::openapi::check::undocumented_routes(app(false), &doc, &[src]).await;
+        assert_eq!(undocumented, Vec::<String>::new());
+        assert_eq!(flightline_service::openapi::check::undocumented_error_codes(&[src]), Vec::<String>::new());
     }
 }
