@@ -173,6 +173,17 @@ async fn scheduled_flight_identity_keeps_the_newest_record_of_each_flight() {
     eventually("the correction is read", async || operated_at(&stack, &table, &id).await == "2017-03-26 10:30:00")
         .await;
     wait_count(&stack, &ns, &fp, 68_205).await;
+    // query serves the flight by its id, newest version; an id nobody has is 404 by name.
+    let query = service_addr(&stack, &ns, "scl", "query").await;
+    eventually("GET /v1/flights/{id} reads the correction", async || {
+        let (status, body) = http("GET", &query, &format!("/v1/flights/{id}"), &[], b"").await;
+        let flight: Value = serde_json::from_str(&body).unwrap_or_default();
+        status == 200 && flight["Fecha-O"] == "2017-03-26 10:30:00" && flight["id"] == json!(id)
+    })
+    .await;
+    let (status, body) = http("GET", &query, &format!("/v1/flights/{}", "0".repeat(32)), &[], b"").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "flight_not_found");
 
     // In this mode a POST of an older record of the flight is an update too: the last one sent wins.
     let (status, post) = send("POST", &ingest, JSON, record_json(12_719).to_string().as_bytes()).await;
