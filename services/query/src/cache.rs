@@ -13,6 +13,8 @@
 //!   loads again. A failed refresh leaves the (still fresh) answer in place until `B`.
 //! - **Bounds**: at most `max_entries` keys (loading or loaded) and `max_bytes` of answers; the least
 //!   recently used entry goes first. An answer larger than `max_bytes / 8` is served, not stored.
+//!   Expired answers are dropped whenever an entry is added or loaded, so the memory held is that of
+//!   answers younger than the bound.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -221,8 +223,19 @@ where
         outcome
     }
 
-    /// Drops least recently used entries until both bounds hold.
+    /// Drops expired answers (they are never served again, so they hold memory for nothing), then
+    /// least recently used entries until both bounds hold.
     fn evict(&self, inner: &mut Inner<K, V, E>) {
+        let bound = self.limits.freshness;
+        let mut freed = 0;
+        inner.map.retain(|_, e| {
+            let expired = e.loading.is_none() && e.loaded.as_ref().is_none_or(|l| l.at.elapsed() >= bound);
+            if expired {
+                freed += e.loaded.as_ref().map_or(0, |l| l.weight);
+            }
+            !expired
+        });
+        inner.bytes -= freed;
         while inner.map.len() > self.limits.max_entries || inner.bytes > self.limits.max_bytes {
             let Some(oldest) = inner.map.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone()) else {
                 break;
@@ -357,6 +370,19 @@ mod tests {
         // Refresh-ahead: about one load per B/2 (never one per request).
         let loads = calls.load(Ordering::SeqCst);
         assert!((10..=22).contains(&loads), "{loads}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_answers_do_not_stay_in_memory() {
+        let cache = new_cache(16, 1 << 20);
+        let calls = Arc::new(AtomicUsize::new(0));
+        for key in 0..5 {
+            value(&cache, key, &calls).await;
+        }
+        assert_eq!(cache.usage(), (5, 20));
+        tokio::time::sleep(BOUND).await;
+        value(&cache, 9, &calls).await;
+        assert_eq!(cache.usage(), (1, 4));
     }
 
     #[tokio::test(start_paused = true)]
