@@ -17,9 +17,10 @@ use support::*;
 
 const ROWS: u64 = 68_206;
 const FRESHNESS_MS: u64 = 2_000;
-/// What a statistic's age may exceed the bound by: one statistics query on a busy 2-core node and
-/// the test's own polling.
-const SLACK_MS: u64 = 1_500;
+/// What a statistic's age may exceed the bound by: an answer is at most the bound plus one
+/// statistics query old (a request past the bound may join a load that started before it), and
+/// dev/test runs this beside seven other pipelines on 2 cores; plus the test's own polling.
+const SLACK_MS: u64 = 3_000;
 
 /// One flight of the data set, with what the statistics group and measure it by, computed here.
 struct Record {
