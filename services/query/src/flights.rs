@@ -16,12 +16,17 @@ use crate::{AppState, PAGE_MAX_RESPONSE_BYTES, PAGE_MAX_RESULT_BYTES, bounded, r
 pub(crate) const NEXT_CURSOR_HEADER: HeaderName = HeaderName::from_static("x-next-cursor");
 
 /// A page position: the sort key `(scheduled_at, record_id)` of the last row returned, written
-/// `<epoch seconds>.<record id>`.
+/// `<epoch seconds>.<record id>`. Ids are 32 hex digits as the sink writes them; a row of a table
+/// filled by other means may hold any other text (or none), and a cursor must still go on from it:
+/// such an id is written as the hex of its bytes, `<epoch seconds>-<hex>` (ids up to 1 KiB).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Cursor {
     pub(crate) scheduled_at: u32,
     pub(crate) record_id: String,
 }
+
+/// Longest id a cursor carries in hex form, in bytes.
+const CURSOR_MAX_ID_BYTES: usize = 1024;
 
 /// A record id: 32 lowercase hex digits (128 bits of SHA-256).
 pub(crate) fn is_record_id(text: &str) -> bool {
@@ -31,17 +36,37 @@ pub(crate) fn is_record_id(text: &str) -> bool {
 impl Cursor {
     pub(crate) fn parse(text: &str) -> Result<Self, ApiError> {
         let bad = || ApiError::bad_field("cursor", "is not a cursor this service returned");
-        let (at, id) = text.split_once('.').ok_or_else(bad)?;
+        let (at, id) = match text.split_once(['.', '-']) {
+            Some((at, id)) if text.as_bytes()[at.len()] == b'.' => (at, is_record_id(id).then(|| id.to_string())),
+            Some((at, hex)) => (at, from_hex(hex)),
+            None => return Err(bad()),
+        };
         let scheduled_at = at.parse().ok().filter(|_| at.bytes().all(|b| b.is_ascii_digit())).ok_or_else(bad)?;
-        if !is_record_id(id) {
-            return Err(bad());
-        }
-        Ok(Cursor { scheduled_at, record_id: id.to_string() })
+        Ok(Cursor { scheduled_at, record_id: id.ok_or_else(bad)? })
     }
 
     pub(crate) fn encode(&self) -> String {
-        format!("{}.{}", self.scheduled_at, self.record_id)
+        if is_record_id(&self.record_id) {
+            format!("{}.{}", self.scheduled_at, self.record_id)
+        } else {
+            let hex: String = self.record_id.bytes().map(|b| format!("{b:02x}")).collect();
+            format!("{}-{hex}", self.scheduled_at)
+        }
     }
+}
+
+/// Text from lowercase hex of its UTF-8 bytes, at most `CURSOR_MAX_ID_BYTES` of them.
+fn from_hex(hex: &str) -> Option<String> {
+    if !hex.len().is_multiple_of(2) || hex.len() > 2 * CURSOR_MAX_ID_BYTES {
+        return None;
+    }
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let bytes: Option<Vec<u8>> = hex.as_bytes().chunks(2).map(|p| Some(digit(p[0])? << 4 | digit(p[1])?)).collect();
+    String::from_utf8(bytes?).ok()
 }
 
 #[derive(Row, Deserialize, Serialize)]

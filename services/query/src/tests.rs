@@ -182,8 +182,20 @@ mod unit {
         let c = Cursor { scheduled_at: 1_483_228_800, record_id: "0123456789abcdef0123456789abcdef".into() };
         assert_eq!(c.encode(), "1483228800.0123456789abcdef0123456789abcdef");
         assert_eq!(Cursor::parse(&c.encode()).unwrap(), c);
+        // A row without a proper id (a table filled by hand) still gets a cursor that works.
+        for id in ["", "\u{1}\u{1}", "Ñ-.x", "0123456789ABCDEF0123456789ABCDEF"] {
+            let c = Cursor { scheduled_at: 7, record_id: id.into() };
+            assert!(c.encode().starts_with("7-"), "{}", c.encode());
+            assert_eq!(Cursor::parse(&c.encode()).unwrap(), c);
+        }
+        assert_eq!(Cursor { scheduled_at: 7, record_id: "\u{1}".into() }.encode(), "7-01");
         let long = format!("1.{}", "a".repeat(33));
         for bad in [
+            "1-0",
+            "1-zz",
+            "1-ff",
+            "1-0A",
+            &format!("1-{}", "61".repeat(1025)),
             "",
             "1.2",
             "1.2.3.4",
