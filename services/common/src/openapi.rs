@@ -107,21 +107,23 @@ impl utoipa::PartialSchema for FlightRecord {
         for column in COLUMNS {
             let schema = match column {
                 "Fecha-I" | "Fecha-O" => text()
-                    .pattern(Some("^ *[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} *$"))
+                    .pattern(Some(
+                        "^ *(19[7-9][0-9]|20[0-9][0-9]|2100)-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]) \
+                         ([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9] *$",
+                    ))
                     .description(Some(format!(
                         "{} time, YYYY-MM-DD HH:MM:SS (local), from {FIRST_DATETIME} to {LAST_DATETIME}.",
                         if column == "Fecha-I" { "Scheduled" } else { "Operated" }
                     )))
                     .into(),
                 "DIA" | "MES" | "AÑO" => {
-                    let (min, max, what) = match column {
-                        "DIA" => (1, 31, "day"),
-                        "MES" => (1, 12, "month"),
-                        _ => (1970, 2100, "year"),
+                    // As text: what `str::parse::<u16>` reads as a number in the range.
+                    let (min, max, what, digits) = match column {
+                        "DIA" => (1, 31, "day", "^ *[+]?0*([1-9]|[12][0-9]|3[01]) *$"),
+                        "MES" => (1, 12, "month", "^ *[+]?0*([1-9]|1[0-2]) *$"),
+                        _ => (1970, 2100, "year", "^ *[+]?0*(19[7-9][0-9]|20[0-9][0-9]|2100) *$"),
                     };
-                    let digits = ObjectBuilder::new()
-                        .schema_type(SchemaType::Type(Type::String))
-                        .pattern(Some("^ *[0-9]{1,5} *$"));
+                    let digits = ObjectBuilder::new().schema_type(SchemaType::Type(Type::String)).pattern(Some(digits));
                     let whole = ObjectBuilder::new()
                         .schema_type(SchemaType::Type(Type::Integer))
                         .minimum(Some(min))
