@@ -663,6 +663,42 @@ mod tests {
         assert!(missing[0].starts_with("conflict"), "{missing:?}");
     }
 
+    /// A FlightRecord property's pattern (the string branch of an `anyOf`, or the schema itself).
+    fn record_pattern(column: &str) -> regex::Regex {
+        let record = serde_json::to_value(<FlightRecord as utoipa::PartialSchema>::schema()).unwrap();
+        let property = &record["properties"][column];
+        let pattern = property["pattern"].as_str().or(property["anyOf"][0]["pattern"].as_str()).unwrap();
+        regex::Regex::new(pattern).unwrap()
+    }
+
+    proptest::proptest! {
+        /// Fecha-I/Fecha-O as text match the pattern exactly when validation takes the date, except
+        /// days past a month's end (a pattern cannot know February's length in every year; the
+        /// description says so): the pattern may only be wider than the parser.
+        #[test]
+        fn prop_record_date_pattern_is_the_parser_up_to_month_lengths(
+            text in "[ ]?(19[0-9]{2}|20[0-9]{2}|21[0-9]{2})-[0-1][0-9]-[0-3][0-9] [0-2][0-9]:[0-6][0-9]:[0-6][0-9][ ]?"
+        ) {
+            let parsed = crate::flight::parse_datetime(text.trim())
+                .filter(|t| t.epoch >= 0 && t.year <= 2100);
+            let matched = record_pattern("Fecha-O").is_match(&text);
+            proptest::prop_assert!(matched || parsed.is_none(), "{text}: taken but refused by the pattern");
+            let day: u8 = text.trim()[8..10].parse().unwrap();
+            if day <= 28 {
+                proptest::prop_assert_eq!(matched, parsed.is_some(), "{}", text);
+            }
+        }
+
+        /// DIA, MES and AÑO as text match their patterns exactly when `u16` parsing gives a number in range.
+        #[test]
+        fn prop_record_number_patterns_are_the_parser(text in "[ ]?[+-]?0{0,2}[0-9]{1,4}[ ]?|[ 0-9a+]{0,5}") {
+            for (column, range) in [("DIA", 1..=31u16), ("MES", 1..=12), ("AÑO", 1970..=2100)] {
+                let taken = text.trim().parse::<u16>().is_ok_and(|n| range.contains(&n));
+                proptest::prop_assert_eq!(record_pattern(column).is_match(&text), taken, "{} {}", column, text);
+            }
+        }
+    }
+
     #[test]
     fn problems_are_named() {
         let doc = json!({

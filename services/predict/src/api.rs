@@ -432,7 +432,6 @@ mod tests {
 
     #[test]
     fn months_as_text_are_taken_exactly_as_the_schema_pattern_says() {
-        // MONTH_TEXT_PATTERN: ^[+]?0*([1-9]|1[0-2])$ (checked by hand: no regex engine here).
         let body = |mes: &str| format!(r#"{{"flights":[{{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":"{mes}"}}]}}"#);
         for ok in ["1", "9", "10", "12", "+3", "03", "0012"] {
             assert!(parse_flights(body(ok).as_bytes(), &model()).is_ok(), "{ok}");
@@ -448,7 +447,16 @@ mod tests {
         for bad in ["0", "13", "5.5", "-1", "-0.0e1", "1e300", "true", "null"] {
             assert!(parse_flights(number(bad).as_bytes(), &model()).is_err(), "{bad}");
         }
-        assert_eq!(crate::body::MONTH_TEXT_PATTERN, "^[+]?0*([1-9]|1[0-2])$");
+    }
+
+    proptest::proptest! {
+        /// MES as text is accepted exactly when it matches the documented pattern.
+        #[test]
+        fn prop_month_text_matches_the_pattern_exactly(mes in "[+ 0-9a-]{0,4}|[+]?0{0,3}[0-9]{1,3}") {
+            let pattern = regex::Regex::new(crate::body::MONTH_TEXT_PATTERN).unwrap();
+            let body = format!(r#"{{"flights":[{{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":"{mes}"}}]}}"#);
+            proptest::prop_assert_eq!(pattern.is_match(&mes), parse_flights(body.as_bytes(), &model()).is_ok(), "{}", mes);
+        }
     }
 
     async fn post(body: Vec<u8>, content_type: &str) -> (StatusCode, serde_json::Value) {
