@@ -774,14 +774,27 @@ def cmd_report(a):
     def delta(s0, s1, key):
         return {k: v - s0["apf"].get(k, 0) for k, v in s1["apf"].items() if v - s0["apf"].get(k, 0)}
 
+    quiet = len(phases) > 1
+    # Quiet figures per pipeline per resync interval: the rate in the window times the interval,
+    # divided by the pipelines (the API server sees all the operator watches, the proxies only the
+    # bench pipelines). 1.00 reconciles per pipeline per resync = every pipeline once per interval.
+    window = q1["time"] - q0["time"] if quiet else 0
+    per_resync = (lambda c, pipelines: c * a.resync / window / pipelines) if quiet else None
+    if quiet:
+        p(f"  quiet: {per_resync(recs(q0, q1), a.fleet):.2f} reconciles per pipeline per resync interval "
+          f"(1.00: each once every {a.resync} s)")
+
+    def delta(s0, s1):
+        return {k: v - s0["apf"].get(k, 0) for k, v in s1["apf"].items() if v - s0["apf"].get(k, 0)}
+
     p("")
-    p("  API requests of the operator (API server's APF counters; its own ServiceAccount)")
-    hdr = f"    {'verb':10} {'ramp':>8} {'per pipeline':>13}"
-    if len(phases) > 1:
-        hdr += f" {'quiet':>8} {'per reconcile':>14}"
+    p("  API requests of the operator (the API server's APF counters of its ServiceAccount)")
+    hdr = f"    {'verb':16} {'ramp':>8} {'per pipeline':>13}"
+    if quiet:
+        hdr += f" {'quiet':>8} {'per pipeline per resync':>24}"
     p(hdr)
-    d_ramp = delta(r0, r1, "apf")
-    d_quiet = delta(q0, q1, "apf") if len(phases) > 1 else {}
+    d_ramp = delta(r0, r1)
+    d_quiet = delta(q0, q1) if quiet else {}
 
     def by_verb(d):
         v = collections.Counter()
@@ -790,46 +803,41 @@ def cmd_report(a):
         return v
 
     vr, vq = by_verb(d_ramp), by_verb(d_quiet)
-    rq = recs(q0, q1) if len(phases) > 1 else 0
-    for verb in VERBS + ["deletecollection", "GET (discovery)"]:
-        if not vr[verb] and not vq[verb]:
+    for verb in VERBS + ["deletecollection", "GET (discovery)", "all"]:
+        r = sum(vr.values()) if verb == "all" else vr[verb]
+        q = sum(vq.values()) if verb == "all" else vq[verb]
+        if not r and not q:
             continue
-        line = f"    {verb:10} {vr[verb]:8.0f} {vr[verb] / n:13.2f}"
-        if len(phases) > 1:
-            line += f" {vq[verb]:8.0f} {vq[verb] / rq if rq else 0:14.2f}"
+        line = f"    {verb:16} {r:8.0f} {r / n:13.2f}"
+        if quiet:
+            line += f" {q:8.0f} {per_resync(q, a.fleet):24.2f}"
         p(line)
-    line = f"    {'all':10} {sum(vr.values()):8.0f} {sum(vr.values()) / n:13.2f}"
-    if len(phases) > 1:
-        line += f" {sum(vq.values()):8.0f} {sum(vq.values()) / rq if rq else 0:14.2f}"
-    p(line)
-    p("    by verb and resource:")
+    p("    by verb and resource:" + ("  (ramp, quiet)" if quiet else ""))
     keys = sorted(set(d_ramp) | set(d_quiet), key=lambda k: -(d_ramp.get(k, 0) + d_quiet.get(k, 0)))
     for k in keys:
         line = f"      {k:32} {d_ramp.get(k, 0):8.0f}"
-        if len(phases) > 1:
+        if quiet:
             line += f" {d_quiet.get(k, 0):8.0f}"
         p(line)
 
     p("")
-    p("  Kafka and ClickHouse calls for the bench pipelines (counting proxies; per reconcile = per pipeline "
-      "per resync)")
+    p("  Kafka and ClickHouse calls for the bench pipelines (counting proxies in front of both)")
     for system in ("kafka", "clickhouse"):
-        p(f"    {system}")
+        p(f"    {system:34} {'calls':>7}  {'per pipeline per resync' if quiet else ''}")
         for name, s0, s1 in phases:
             t0, t1 = s0["proxy"][system], s1["proxy"][system]
             conns = t1["connections"] - t0["connections"]
-            rc = recs(s0, s1)
-            per = f" ({conns / rc:.2f} per reconcile)" if name == "quiet" and rc else ""
-            p(f"      {name:6} connections opened {conns:6d}{per}")
+            per = f"{per_resync(conns, n):10.2f}" if name == "quiet" else ""
+            p(f"      {name:6} {'connections opened':26} {conns:7d}  {per}")
             for kind in sorted(t1["requests"]):
                 c = t1["requests"][kind] - t0["requests"].get(kind, 0)
                 if not c:
                     continue
                 answered = t1["answered"].get(kind, 0) - t0["answered"].get(kind, 0)
                 secs = t1["answer_seconds"].get(kind, 0) - t0["answer_seconds"].get(kind, 0)
-                mean = f"answer in {secs / answered * 1000:6.1f} ms" if answered else ""
-                per = f"{c / rc:6.2f} per reconcile" if name == "quiet" and rc else " " * 19
-                p(f"        {kind:28} {c:7d}  {per}  {mean}")
+                mean = f"   answer in {secs / answered * 1000:6.1f} ms" if answered else ""
+                per = f"{per_resync(c, n):10.2f}" if name == "quiet" else " " * 10
+                p(f"        {kind:26} {c:7d}  {per}{mean}")
     p("    (topic creates and deletes go to the controller broker that metadata names, not through the proxy:"
       " the operator's log counts them)")
     text = "\n".join(out)
