@@ -484,8 +484,9 @@ def pipeline(a, name):
         "spec": {
             "kafka": {"bootstrapServers": a.kafka, "topic": f"{a.topic_prefix}{name}", "partitions": 1},
             "clickhouse": {"url": a.clickhouse, "database": a.database, "table": name},
-            # workloads off (no pods; the Deployments and Services exist at 0 replicas), monitoring on
-            "ingest": {"replicas": 0}, "sink": {"replicas": 0}, "query": {"replicas": 0},
+            # workloads off (no Deployments and Services: the local cluster's Service range is a /24,
+            # room for 254 ClusterIPs), monitoring on (ServiceMonitor, PrometheusRule, dashboard)
+            "ingest": {"enabled": False}, "sink": {"enabled": False}, "query": {"enabled": False},
             "predict": {"enabled": False},
             "deletionPolicy": "Delete",
         },
@@ -581,6 +582,12 @@ def cmd_ramp(a):
             n_ready = len(ready_at)
         if n_ready >= a.n:
             break
+        if not os.path.exists(f"/proc/{a.pid}"):
+            log(f"  the operator exited after {time.time() - t0:.0f} s with {n_ready}/{a.n} Ready")
+            with open(os.path.join(a.dir, "ramp.json"), "w") as f:
+                json.dump({"n": a.n, "ready": n_ready, "apply_seconds": applied, "ready_seconds": None,
+                           "operator_exited": time.time() - t0, "watched_until_seconds": time.time() - t0}, f)
+            sys.exit(1)
         if time.time() - t0 > a.timeout:
             with lock:
                 waiting = collections.Counter(r for n, r in reasons.items() if n not in ready_at)
@@ -733,6 +740,9 @@ def cmd_report(a):
         return json.load(open(path)) if os.path.exists(path) else None
 
     ramp, r0, r1, q0, q1 = (load(n) for n in ("ramp", "ramp_start", "ready", "quiet_start", "quiet_end"))
+    if not ramp or not r1:
+        print(f"== bench/operator-scale: no figures ({'the operator exited during the ramp' if ramp else 'no ramp'})")
+        return
     out = []
     p = out.append
     n = ramp["n"]
