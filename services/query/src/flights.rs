@@ -69,7 +69,8 @@ fn from_hex(hex: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
-#[derive(Row, Deserialize, Serialize)]
+/// A stored flight: the data set's columns, its id and the derived columns.
+#[derive(Row, Deserialize, Serialize, utoipa::ToSchema)]
 pub(crate) struct FlightOut {
     /// The record's identity (`record_id`).
     pub(crate) id: String,
@@ -248,6 +249,32 @@ impl FlightsRequest {
     }
 }
 
+/// Stored flights, filtered, a page at a time, sorted by scheduled time and id; JSON, or CSV with
+/// `Accept: text/csv` (the next page's cursor then in `X-Next-Cursor`).
+#[utoipa::path(
+    get,
+    path = "/v1/flights",
+    tag = "query",
+    params(FlightsRequest),
+    responses(
+        (status = 200, description = "A page of flights.",
+         content((crate::docs::FlightPage = "application/json"), (String = "text/csv")),
+         headers(
+            ("Age" = u64, description = "Whole seconds since the ClickHouse query behind this answer started (the result cache)."),
+            ("X-Flightline-Data-Age-Ms" = u64, description = "The same, in milliseconds: at most the pipeline's freshness bound for a cached answer."),
+            ("X-Next-Cursor" = String, description = "CSV pages: the cursor of the next page, when there is one."),
+         )),
+        (status = 400, description = "`invalid_request`: a parameter is unknown, given twice or malformed (`field` names \
+         it); `invalid_query`: the query string cannot be decoded.", body = ApiError),
+        (status = 422, description = "`result_too_large`: the answer would exceed the result limit; ask for a smaller \
+         `limit` or narrow the filters.", body = ApiError),
+        (status = 503, description = "`clickhouse_unavailable`: the flight store did not answer; `internal_error`: the \
+         answer was lost inside the service.", body = ApiError,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        (status = 504, description = "`clickhouse_timeout`: the flight store did not answer in time.", body = ApiError,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 pub(crate) async fn flights(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
     let request = FlightsRequest::parse(&uri, state.max_rows)?;
     let format = Format::negotiate(&headers);
@@ -309,11 +336,38 @@ pub(crate) fn page_json<T: Serialize>(
 /// `GET /v1/flights/{id}`: the flight with this identity, its newest version; 400 `invalid_id` for
 /// anything but 32 lowercase hex digits, 404 `flight_not_found` when no row has it (not cached: a
 /// flight stored a moment later is found at once).
+#[utoipa::path(
+    get,
+    path = "/v1/flights/{id}",
+    tag = "query",
+    params(("id" = String, Path, pattern = "^[0-9a-f]{32}$",
+            description = "The flight's id: 32 lowercase hex digits (`id` in /v1/flights, `ids` of ingest's 202).")),
+    responses(
+        (status = 200, description = "The flight, its newest version.",
+         content((FlightOut = "application/json"), (String = "text/csv")),
+         headers(
+            ("Age" = u64, description = "Whole seconds since the ClickHouse query behind this answer started (the result cache)."),
+            ("X-Flightline-Data-Age-Ms" = u64, description = "The same, in milliseconds: at most the pipeline's freshness bound for a cached answer."),
+         )),
+        (status = 400, description = "`invalid_id`: not 32 lowercase hex digits.", body = ApiError),
+        (status = 404, description = "`flight_not_found`: no flight has this id.", body = ApiError),
+        (status = 422, description = "`result_too_large`: the answer would exceed the result limit; ask for a smaller \
+         `limit` or narrow the filters.", body = ApiError),
+        (status = 503, description = "`clickhouse_unavailable`: the flight store did not answer; `internal_error`: the \
+         answer was lost inside the service.", body = ApiError,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        (status = 504, description = "`clickhouse_timeout`: the flight store did not answer in time.", body = ApiError,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 pub(crate) async fn flight(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // An id that is not even UTF-8 (`%FF`) is refused like any other malformed id: in JSON, not
+    // with axum's plain-text rejection.
+    let id = id.map(|Path(id)| id).unwrap_or_default();
     if !is_record_id(&id) {
         return Err(ApiError {
             field: Some("id".into()),

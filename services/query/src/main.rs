@@ -13,9 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::get;
 use clap::Parser;
 use flightline_service::auth::Auth;
 use flightline_service::config::{self, HttpLimits};
@@ -23,6 +21,7 @@ use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
 
 mod answer;
 mod cache;
+mod docs;
 mod flights;
 mod params;
 mod stats;
@@ -143,11 +142,7 @@ async fn main() -> anyhow::Result<()> {
         let clickhouse = clickhouse.clone();
         Box::pin(async move { clickhouse.query("SELECT 1").execute().await.map_err(|e| format!("ClickHouse: {e}")) })
     });
-    let routes = Router::new()
-        .route("/v1/flights", get(flights::flights))
-        .route("/v1/flights/{id}", get(flights::flight))
-        .route("/v1/stats/delays", get(stats::delays))
-        .with_state(state);
+    let routes = docs::routes(state);
     let app = server::app(routes, telemetry, ready, Auth::from_env()?, HttpLimits::from_env(HttpLimits::QUERY)?);
     server::serve(config::listen_addr()?, app).await
 }

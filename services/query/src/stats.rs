@@ -195,7 +195,7 @@ impl Serialize for Keys {
     }
 }
 
-#[derive(Debug, PartialEq, Serialize)]
+#[derive(Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub(crate) struct DelayMinutes {
     /// Rounded to two decimals.
     pub(crate) mean: f64,
@@ -204,11 +204,13 @@ pub(crate) struct DelayMinutes {
     pub(crate) p99: i32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Group {
     /// The one key when `by` names one dimension (as before several were possible); `"all"` for the total.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) key: Option<String>,
+    /// The group's value of each dimension of `by`, by name.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub(crate) keys: Keys,
     pub(crate) flights: u64,
     pub(crate) delayed: u64,
@@ -217,7 +219,7 @@ pub(crate) struct Group {
     pub(crate) delay_minutes: Option<DelayMinutes>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct DelayStats {
     /// `by` as asked, e.g. `"airline,month"`.
     pub(crate) by: String,
@@ -292,6 +294,33 @@ pub(crate) fn stats_csv(stats: &DelayStats) -> Vec<u8> {
     out
 }
 
+/// Delay statistics per group of one to three dimensions (columns or time buckets): flights,
+/// delayed flights, delay rate and delay minutes (mean, p50, p90, p99), with the total over every
+/// group; JSON, or CSV with `Accept: text/csv` (groups only).
+#[utoipa::path(
+    get,
+    path = "/v1/stats/delays",
+    tag = "query",
+    params(StatsRequest),
+    responses(
+        (status = 200, description = "The groups, largest first (in time order when a dimension is a time bucket).",
+         content((DelayStats = "application/json"), (String = "text/csv")),
+         headers(
+            ("Age" = u64, description = "Whole seconds since the ClickHouse query behind this answer started (the result cache)."),
+            ("X-Flightline-Data-Age-Ms" = u64, description = "The same, in milliseconds: at most the pipeline's freshness bound for a cached answer."),
+            ("X-Flightline-Truncated" = bool, description = "CSV: whether groups past `limit` were left out."),
+         )),
+        (status = 400, description = "`invalid_request`: a parameter is unknown, given twice or malformed (`field` names \
+         it); `invalid_query`: the query string cannot be decoded.", body = ApiError),
+        (status = 422, description = "`result_too_large`: the answer would exceed the result limit; ask for a smaller \
+         `limit` or narrow the filters.", body = ApiError),
+        (status = 503, description = "`clickhouse_unavailable`: the flight store did not answer; `internal_error`: the \
+         answer was lost inside the service.", body = ApiError,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+        (status = 504, description = "`clickhouse_timeout`: the flight store did not answer in time.", body = ApiError,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying."))),
+    )
+)]
 pub(crate) async fn delays(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
     let request = StatsRequest::parse(&uri)?;
     let format = Format::negotiate(&headers);
