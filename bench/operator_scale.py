@@ -916,7 +916,10 @@ def main():
     p.add_argument("--resync", type=int, required=True)
     p.set_defaults(func=cmd_report)
     a = ap.parse_args()
-    a.func(a)
+    try:
+        a.func(a)
+    except KeyboardInterrupt:  # Ctrl-C: bench/operator-scale cleans up
+        sys.exit(130)
 
 
 if __name__ == "__main__":
