@@ -130,6 +130,17 @@ wait_until() {
 
 kubectl_() { kubectl --kubeconfig="$KUBECONFIG_FILE" "$@"; }
 
+# wait_established CRD...: waits (60 s each) until each CRD is Established. Not `kubectl wait
+# --for=condition=Established`: it fails at once ("accessor error: <nil> is of the type <nil>")
+# when it reads a CRD whose status has no conditions yet, as a CRD just applied may.
+crd_established() {
+  [ "$(kubectl_ get "crd/$1" -o 'jsonpath={.status.conditions[?(@.type=="Established")].status}')" = True ]
+}
+wait_established() {
+  local crd
+  for crd in "$@"; do wait_until 60 "crd/$crd Established" crd_established "$crd" || return 1; done
+}
+
 # apt_install PKG... : installs the missing ones (needs root, as on these machines)
 apt_install() {
   local missing=() p

@@ -15,6 +15,7 @@ use flightline_operator::build::autoscaling::{HpaVersion, scaled_object_resource
 use flightline_operator::crd::{AutoscalingProvider, AutoscalingSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::Value;
 use support::*;
@@ -138,7 +139,14 @@ async fn keda_scaled_objects_need_keda_and_say_so() {
     assert_eq!(condition(&missing, "Ready").unwrap().status, "False");
 
     kubectl(&["apply", "--server-side", "-f", crd]);
-    kubectl(&["wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s"]);
+    // Polled, not `kubectl wait`: that fails at once on a CRD whose status has no conditions yet.
+    let crds: Api<CustomResourceDefinition> = Api::all(stack.client.clone());
+    eventually("the ScaledObject CRD is Established", async || {
+        let crd = crds.get("scaledobjects.keda.sh").await.unwrap();
+        let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+        conditions.iter().any(|c| c.type_ == "Established" && c.status == "True")
+    })
+    .await;
     // Discovery runs on every reconcile; the test operator resyncs every 2 s.
     wait_condition(&api, "scl", "AutoscalingReady", "True", Some("AutoscalersApplied")).await;
     let resource = scaled_object_resource();
