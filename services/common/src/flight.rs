@@ -917,12 +917,18 @@ impl<'de> Visitor<'de> for JsonValue {
         Ok(JsonText::Text(v.to_string()))
     }
 
+    /// `3.0` is the number 3 (JSON Schema's integer, and what predict takes): the same text as `3`,
+    /// so the same record has the same id however its producer writes numbers.
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<JsonText, E> {
+        if v.fract() == 0.0 && v.abs() < 1e15 {
+            return Ok(JsonText::Text((v as i64).to_string()));
+        }
         Ok(serde_json::Number::from_f64(v).map_or(JsonText::NotText, |n| JsonText::Text(n.to_string())))
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<JsonText, E> {
-        Ok(JsonText::Text(v.to_string()))
+    /// `true` is neither text nor a number: no column of a flight is a boolean.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<JsonText, E> {
+        Ok(JsonText::NotText)
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<JsonText, E> {
@@ -1193,6 +1199,15 @@ mod tests {
         let nested =
             read(&sample_json(|m| _ = m.insert("OPERA".into(), serde_json::json!({"a": [1]}))), Format::Json, 1);
         assert_eq!(fields(&nested.unwrap()[0]), ["OPERA"]);
+        let boolean = read(&sample_json(|m| _ = m.insert("OPERA".into(), true.into())), Format::Json, 1);
+        assert_eq!(fields(&boolean.unwrap()[0]), ["OPERA"]);
+        // 1.0 is the number 1: the same flight, the same id, as with 1 or "1".
+        let float = read(&sample_json(|m| _ = m.insert("MES".into(), 1.0.into())), Format::Json, 1).unwrap();
+        let float = float[0].as_ref().unwrap();
+        assert_eq!(float.month, 1);
+        assert_eq!(float.record_id(Identity::Record), one[0].as_ref().unwrap().record_id(Identity::Record));
+        let fraction = read(&sample_json(|m| _ = m.insert("MES".into(), 1.5.into())), Format::Json, 1);
+        assert_eq!(fields(&fraction.unwrap()[0]), ["MES"]);
         for bad in [&b"[1]"[..], b"{", b"7", b"[{}] x", b""] {
             assert!(matches!(read(bad, Format::Json, 10), Err(BodyError::Unreadable(_))), "{bad:?}");
         }
