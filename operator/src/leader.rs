@@ -1,6 +1,8 @@
 //! Lease-based leader election (`coordination.k8s.io/v1`), so that several operator replicas can
 //! run and exactly one reconciles. Writes use the Lease's resourceVersion: two replicas racing for
-//! an expired lease cannot both win.
+//! an expired lease cannot both win. The elector is given its own client (its own connections),
+//! so renewals do not queue behind hundreds of reconciles' requests; the timings follow
+//! controller-runtime (lease 15 s, renew deadline 10 s, retry every 2 s).
 
 use std::time::Duration;
 
@@ -16,8 +18,26 @@ pub struct LeaseConfig {
     pub identity: String,
     /// How long a lease stays valid without renewal.
     pub duration: Duration,
-    /// How often the holder renews.
-    pub renew_every: Duration,
+    /// How long the holder keeps trying to renew before it gives leadership up (< duration).
+    pub renew_deadline: Duration,
+    /// How often the holder renews, and how often a standby or a failed renewal tries again.
+    pub retry_period: Duration,
+}
+
+impl LeaseConfig {
+    /// Timings from a lease duration and optional overrides: the renew deadline defaults to 2/3 of
+    /// the duration and stays below it; the retry period defaults to 1/5 of the renew deadline and
+    /// stays below it (15 s gives controller-runtime's 10 s and 2 s).
+    pub fn timings(
+        duration: Duration,
+        renew_deadline: Option<Duration>,
+        retry_period: Option<Duration>,
+    ) -> (Duration, Duration, Duration) {
+        let duration = duration.max(Duration::from_secs(2));
+        let renew_deadline = renew_deadline.unwrap_or(duration * 2 / 3).min(duration * 9 / 10);
+        let retry_period = retry_period.unwrap_or(renew_deadline / 5).min(renew_deadline / 2);
+        (duration, renew_deadline, retry_period.max(Duration::from_millis(100)))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +68,7 @@ impl Elector {
     pub async fn acquire(&self) {
         let mut last_holder = String::new();
         loop {
-            match self.attempt().await {
+            match self.attempt(self.config.renew_deadline).await {
                 Ok(Attempt::Held) => {
                     tracing::info!(lease = %self.config.name, identity = %self.config.identity, "became leader");
                     return;
@@ -61,20 +81,22 @@ impl Elector {
                 }
                 Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
             }
-            tokio::time::sleep(self.config.renew_every).await;
+            tokio::time::sleep(self.config.retry_period).await;
         }
     }
 
     /// Renews the lease until it is lost or cannot be renewed in time; returns why. The renew
-    /// deadline (2/3 of the lease duration, counted from before the last successful request was
-    /// sent) ends leadership before a standby can see the lease expire.
+    /// deadline (counted from before the last successful request was sent) ends leadership
+    /// before a standby can see the lease expire; until then a failed renewal is retried.
     pub async fn hold(&self) -> LeaderError {
-        let deadline = self.config.duration * 2 / 3;
+        let deadline = self.config.renew_deadline;
         let mut last_renewal = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(self.config.renew_every).await;
+            tokio::time::sleep(self.config.retry_period).await;
             let sent = tokio::time::Instant::now();
-            match self.attempt().await {
+            // One attempt may use what is left of the deadline, not more.
+            let left = deadline.saturating_sub(last_renewal.elapsed()).max(Duration::from_millis(100));
+            match self.attempt(left).await {
                 Ok(Attempt::Held) => last_renewal = sent,
                 Ok(Attempt::HeldBy(holder)) => return LeaderError::Lost(self.config.name.clone(), holder),
                 Err(e) if last_renewal.elapsed() >= deadline => return LeaderError::RenewFailed(e),
@@ -83,9 +105,9 @@ impl Elector {
         }
     }
 
-    /// One acquire-or-renew, bounded by the renew period so a hung connection cannot outlive the lease.
-    async fn attempt(&self) -> Result<Attempt, String> {
-        match tokio::time::timeout(self.config.renew_every, self.try_acquire()).await {
+    /// One acquire-or-renew, bounded so a hung connection cannot outlive the lease.
+    async fn attempt(&self, bound: Duration) -> Result<Attempt, String> {
+        match tokio::time::timeout(bound, self.try_acquire()).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err("timed out talking to the API server".into()),
         }
@@ -155,4 +177,21 @@ fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
     };
     let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
     renewed.0 + duration < now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timings_default_to_controller_runtimes_and_stay_ordered() {
+        let s = Duration::from_secs;
+        assert_eq!(LeaseConfig::timings(s(15), None, None), (s(15), s(10), s(2)));
+        // The e2e tests' short lease keeps deadline < duration and retry < deadline.
+        let (duration, deadline, retry) = LeaseConfig::timings(s(4), None, None);
+        assert!(retry < deadline && deadline < duration, "{retry:?} {deadline:?} {duration:?}");
+        // Overrides beyond the duration are held below it.
+        let (duration, deadline, retry) = LeaseConfig::timings(s(15), Some(s(20)), Some(s(30)));
+        assert!(retry < deadline && deadline < duration, "{retry:?} {deadline:?} {duration:?}");
+    }
 }

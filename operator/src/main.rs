@@ -9,19 +9,20 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{Api, ListParams};
-use kube::runtime::controller::Controller;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 use flightline_operator::build::monitoring::{self, DashboardSettings};
 use flightline_operator::build::resolve::{Defaults, Images, OperatorLimits, resolve};
-use flightline_operator::build::{labels, slo};
+use flightline_operator::build::{autoscaling, labels, slo};
 use flightline_operator::crd::FlightPipeline;
 use flightline_operator::crdgen;
 use flightline_operator::leader::{Elector, LeaseConfig};
+use flightline_operator::reconcile::discovery::{self, DiscoveryCache};
 use flightline_operator::reconcile::kubernetes;
-use flightline_operator::reconcile::{Context, error_policy, reconcile};
+use flightline_operator::reconcile::{ChildStores, Context, error_policy, reconcile};
 use flightline_operator::telemetry::{self, Health, Metrics};
 
 #[derive(Parser)]
@@ -72,6 +73,12 @@ struct RunArgs {
     /// Seconds between re-reconciles of an unchanged pipeline (catches drift in Kafka and ClickHouse).
     #[arg(long, env = "FLIGHTLINE_RESYNC_SECONDS", default_value_t = 120)]
     resync_seconds: u64,
+    /// Most reconciles at once: bounds memory and the load on the API server and the clusters.
+    #[arg(long, env = "FLIGHTLINE_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+    /// Seconds the answer of API discovery (HPA version, KEDA and prometheus-operator CRDs) is reused.
+    #[arg(long, env = "FLIGHTLINE_DISCOVERY_TTL_SECONDS", default_value_t = 60)]
+    discovery_ttl_seconds: u64,
     /// Timeout of each Kafka and ClickHouse call, in seconds.
     #[arg(long, env = "FLIGHTLINE_IO_TIMEOUT_SECONDS", default_value_t = 10)]
     io_timeout_seconds: u64,
@@ -87,6 +94,12 @@ struct RunArgs {
     /// Seconds a lease stays valid without renewal.
     #[arg(long, env = "FLIGHTLINE_LEASE_DURATION_SECONDS", default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// Seconds the leader keeps trying to renew before it gives up (default: 2/3 of the duration).
+    #[arg(long, env = "FLIGHTLINE_LEASE_RENEW_DEADLINE_SECONDS")]
+    lease_renew_deadline_seconds: Option<f64>,
+    /// Seconds between renewals and between attempts (default: 1/5 of the renew deadline).
+    #[arg(long, env = "FLIGHTLINE_LEASE_RETRY_PERIOD_SECONDS")]
+    lease_retry_period_seconds: Option<f64>,
     /// This replica's identity in the Lease (default: the pod name, else host name and PID).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -211,24 +224,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let elector = args.leader_elect.then(|| {
+    let elector = if args.leader_elect {
         let namespace = args
             .lease_namespace
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into());
-        let duration = Duration::from_secs(args.lease_duration_seconds.max(2));
-        Elector::new(
-            client.clone(),
+        let seconds = |s: Option<f64>| s.filter(|s| s.is_finite() && *s > 0.0).map(Duration::from_secs_f64);
+        let (duration, renew_deadline, retry_period) = LeaseConfig::timings(
+            Duration::from_secs(args.lease_duration_seconds),
+            seconds(args.lease_renew_deadline_seconds),
+            seconds(args.lease_retry_period_seconds),
+        );
+        // Its own client: renewals get their own connections, not a place behind the reconciles.
+        let lease_client = kube::Client::try_default().await?;
+        Some(Elector::new(
+            lease_client,
             LeaseConfig {
                 namespace,
                 name: args.lease_name.clone(),
                 identity: identity.clone(),
                 duration,
-                renew_every: duration / 3,
+                renew_deadline,
+                retry_period,
             },
-        )
-    });
+        ))
+    } else {
+        None
+    };
     if let Some(elector) = &elector {
         tokio::select! {
             _ = elector.acquire() => {}
@@ -265,10 +288,51 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let reporter = Reporter { controller: labels::MANAGER.into(), instance: Some(identity) };
     // Built first: its reflector store is how a reconcile sees every pipeline's claims.
-    let controller = Controller::new(pipelines, watcher::Config::default());
+    let controller = Controller::new(pipelines, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(args.concurrency.max(1)));
+    // The owned kinds are watched once, into stores a reconcile reads instead of the API server:
+    // without managedFields, and ConfigMaps (the dashboards are ~100 KB) without their data.
+    let owned_labels = format!("{}={}", labels::MANAGED_BY, labels::MANAGER);
+    let owned = watcher::Config::default().labels(&owned_labels);
+    let (deployments, services, config_maps) = match &args.watch_namespace {
+        Some(ns) => (
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+            Api::<ConfigMap>::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (deployment_store, deployment_writer) = reflector::store();
+    let (service_store, service_writer) = reflector::store();
+    let (config_map_store, config_map_writer) = reflector::store();
+    let deployments = watcher(deployments, owned.clone())
+        .default_backoff()
+        .modify(kubernetes::strip_for_cache)
+        .reflect(deployment_writer)
+        .touched_objects();
+    let services = watcher(services, owned.clone())
+        .default_backoff()
+        .modify(kubernetes::strip_for_cache)
+        .reflect(service_writer)
+        .touched_objects();
+    let config_maps = watcher(config_maps, owned)
+        .default_backoff()
+        .modify(kubernetes::strip_config_map)
+        .reflect(config_map_writer)
+        .touched_objects();
+    let dynamic = watch_discovered(&client, args.watch_namespace.as_deref(), &owned_labels).await;
     let ctx = Arc::new(Context {
         pipelines: controller.store(),
-        claim_keys: Default::default(),
+        claims: Default::default(),
+        children: ChildStores {
+            deployments: deployment_store,
+            services: service_store,
+            config_maps: config_map_store,
+            dynamic,
+        },
+        discovery: DiscoveryCache::new(Duration::from_secs(args.discovery_ttl_seconds)),
+        clickhouse: Default::default(),
+        kafka: Default::default(),
         client: client.clone(),
         defaults,
         metrics: metrics.clone(),
@@ -280,19 +344,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         dashboards,
     });
 
-    let owned = watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    let (deployments, services, config_maps) = match &args.watch_namespace {
-        Some(ns) => (
-            Api::<Deployment>::namespaced(client.clone(), ns),
-            Api::<Service>::namespaced(client.clone(), ns),
-            Api::<ConfigMap>::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-    };
     let controller = controller
-        .owns(deployments, owned.clone())
-        .owns(services, owned.clone())
-        .owns(config_maps, owned)
+        .owns_stream(deployments)
+        .owns_stream(services)
+        .owns_stream(config_maps)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -321,6 +376,51 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     server.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Stores of the discovered kinds the operator applies (HPAs, ScaledObjects, ServiceMonitors,
+/// PrometheusRules) that the API server serves now, each fed by its own watch of the objects
+/// labelled as the operator's. A kind installed later is read from the API server instead.
+async fn watch_discovered(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    labels: &str,
+) -> Vec<(ApiResource, reflector::Store<DynamicObject>)> {
+    let found = match discovery::discover(client).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "discovery failed; discovered kinds are read from the API server");
+            return Vec::new();
+        }
+    };
+    let mut resources = Vec::new();
+    resources.extend(found.autoscaling.hpa.map(|v| v.api_resource()));
+    if found.autoscaling.keda {
+        resources.push(autoscaling::scaled_object_resource());
+    }
+    if found.service_monitor {
+        resources.push(monitoring::service_monitor_resource());
+    }
+    if found.prometheus_rule {
+        resources.push(monitoring::prometheus_rule_resource());
+    }
+    resources
+        .into_iter()
+        .map(|resource| {
+            let api: Api<DynamicObject> = match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                None => Api::all_with(client.clone(), &resource),
+            };
+            let writer = reflector::store::Writer::new(resource.clone());
+            let store = writer.as_reader();
+            let stream = watcher(api, watcher::Config::default().labels(labels))
+                .default_backoff()
+                .modify(kubernetes::strip_for_cache)
+                .reflect(writer);
+            tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+            (resource, store)
+        })
+        .collect()
 }
 
 /// The rule file of a pipeline manifest. Endpoints do not appear in rules, so placeholders stand

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::discovery::Discovered;
-use super::kubernetes::Applied;
+use super::kubernetes::{Applied, Cached};
 use super::{Context, Error, kubernetes};
 use crate::build::autoscaling::{self, Offers, Plan};
 use crate::build::conditions::{self, Finding, reason};
@@ -38,28 +38,37 @@ pub async fn apply_workloads(
     let mut endpoints = BTreeMap::new();
     let mut replicas = BTreeMap::new();
     // Pods read their settings from this ConfigMap: with someone else's, none may start.
-    if !apply_child(&config_maps, &workloads::config_map(resolved, owner), &mut conflicts).await? {
+    let stores = &ctx.children;
+    if !apply_child(
+        &config_maps,
+        Cached::typed(&stores.config_maps),
+        &workloads::config_map(resolved, owner),
+        &mut conflicts,
+    )
+    .await?
+    {
         return Ok((conflict(conditions::WORKLOADS_AVAILABLE, &conflicts), endpoints, replicas));
     }
     let mut waiting = Vec::new();
     for workload in &resolved.workloads {
         let name = workloads::workload_name(&resolved.name, workload.component);
         if !workload.enabled {
-            kubernetes::delete_owned(&deployments, &name, &owner.uid).await?;
-            kubernetes::delete_owned(&services, &name, &owner.uid).await?;
+            kubernetes::delete_owned_cached(&deployments, Cached::typed(&stores.deployments), ns, &name, &owner.uid)
+                .await?;
+            kubernetes::delete_owned_cached(&services, Cached::typed(&stores.services), ns, &name, &owner.uid).await?;
             continue;
         }
         let service = workloads::service(resolved, workload.component, owner);
-        let service_ours = apply_child(&services, &service, &mut conflicts).await?;
+        let service_ours = apply_child(&services, Cached::typed(&stores.services), &service, &mut conflicts).await?;
         let deployment = workloads::deployment(resolved, workload, owner, scrape);
-        if !apply_child(&deployments, &deployment, &mut conflicts).await? {
+        if !apply_child(&deployments, Cached::typed(&stores.deployments), &deployment, &mut conflicts).await? {
             continue;
         }
         if workload.component != Component::Sink && service_ours {
             endpoints
                 .insert(workload.component.as_str().to_string(), workloads::endpoint(resolved, workload.component));
         }
-        let (available, wanted) = kubernetes::availability(&deployments, &name).await?;
+        let (available, wanted) = kubernetes::availability_cached(&deployments, &stores.deployments, ns, &name).await?;
         replicas.insert(workload.component.as_str().to_string(), available);
         if available < wanted {
             waiting.push(format!("{} {available}/{wanted}", workload.component.as_str()));
@@ -80,12 +89,19 @@ pub async fn apply_workloads(
 }
 
 /// Applies one child; an object of its name that the pipeline does not control is left alone and
-/// noted in `conflicts`. Returns whether the child is the pipeline's.
-async fn apply_child<K>(api: &Api<K>, desired: &K, conflicts: &mut Vec<String>) -> Result<bool, Error>
+/// noted in `conflicts`. Returns whether the child is the pipeline's. With a store of its kind,
+/// an unchanged child costs no request.
+async fn apply_child<K>(
+    api: &Api<K>,
+    cache: Option<Cached<'_, K>>,
+    desired: &K,
+    conflicts: &mut Vec<String>,
+) -> Result<bool, Error>
 where
-    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    match kubernetes::apply(api, desired).await? {
+    match kubernetes::apply_cached(api, cache, desired).await? {
         Applied::NotOurs(whose) => {
             conflicts.push(whose);
             Ok(false)
@@ -109,8 +125,12 @@ pub async fn apply_autoscalers(
     let api = |resource: &ApiResource| -> Api<DynamicObject> {
         Api::namespaced_with(ctx.client.clone(), &resolved.namespace, resource)
     };
-    let hpas = offers.hpa.map(|v| api(&v.api_resource()));
-    let scaled_objects = offers.keda.then(|| api(&autoscaling::scaled_object_resource()));
+    let hpa_resource = offers.hpa.map(|v| v.api_resource());
+    let scaled_object_resource = autoscaling::scaled_object_resource();
+    let hpas = hpa_resource.as_ref().map(api);
+    let scaled_objects = offers.keda.then(|| api(&scaled_object_resource));
+    let hpa_cache = || hpa_resource.as_ref().and_then(|r| ctx.children.dynamic(r));
+    let scaled_object_cache = || ctx.children.dynamic(&scaled_object_resource);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &resolved.namespace);
     let mut applied = Vec::new();
     let mut missing = Vec::new();
@@ -121,7 +141,14 @@ pub async fn apply_autoscalers(
         let target = workloads::workload_name(&resolved.name, workload.component);
         // Never scale a Deployment of the same name that is someone else's.
         let target_not_ours = matches!(plan, Plan::Hpa(_) | Plan::ScaledObject(_))
-            && !kubernetes::is_ours_or_absent(&deployments, &target, &owner.uid).await?;
+            && !kubernetes::is_ours_or_absent_cached(
+                &deployments,
+                Cached::typed(&ctx.children.deployments),
+                &resolved.namespace,
+                &target,
+                &owner.uid,
+            )
+            .await?;
         if target_not_ours {
             conflicts.push(format!(
                 "{} not autoscaled: Deployment {target} is not controlled by this pipeline",
@@ -132,14 +159,14 @@ pub async fn apply_autoscalers(
         let (keep_hpa, keep_scaled_object) = match &plan {
             Plan::Hpa(hpa) => {
                 let hpas = hpas.as_ref().expect("planned with an HPA version");
-                if apply_child(hpas, hpa.as_ref(), &mut conflicts).await? {
+                if apply_child(hpas, hpa_cache(), hpa.as_ref(), &mut conflicts).await? {
                     applied.push(format!("{} (HPA)", workload.component.as_str()));
                 }
                 (true, false)
             }
             Plan::ScaledObject(object) => {
                 let scaled_objects = scaled_objects.as_ref().expect("planned with KEDA");
-                if apply_child(scaled_objects, object.as_ref(), &mut conflicts).await? {
+                if apply_child(scaled_objects, scaled_object_cache(), object.as_ref(), &mut conflicts).await? {
                     applied.push(format!("{} (KEDA)", workload.component.as_str()));
                 }
                 (false, true)
@@ -151,10 +178,17 @@ pub async fn apply_autoscalers(
             Plan::None => (false, false),
         };
         if let (false, Some(hpas)) = (keep_hpa, &hpas) {
-            kubernetes::delete_owned(hpas, &name, &owner.uid).await?;
+            kubernetes::delete_owned_cached(hpas, hpa_cache(), &resolved.namespace, &name, &owner.uid).await?;
         }
         if let (false, Some(scaled_objects)) = (keep_scaled_object, &scaled_objects) {
-            kubernetes::delete_owned(scaled_objects, &name, &owner.uid).await?;
+            kubernetes::delete_owned_cached(
+                scaled_objects,
+                scaled_object_cache(),
+                &resolved.namespace,
+                &name,
+                &owner.uid,
+            )
+            .await?;
         }
     }
     Ok(if !conflicts.is_empty() {
@@ -209,11 +243,11 @@ pub async fn apply_monitoring(
         }
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
         if asked {
-            if apply_child(&api, &object(resolved, owner), &mut conflicts).await? {
+            if apply_child(&api, ctx.children.dynamic(&resource), &object(resolved, owner), &mut conflicts).await? {
                 notes.push(format!("{what} {name}"));
             }
         } else {
-            kubernetes::delete_owned(&api, &name, &owner.uid).await?;
+            kubernetes::delete_owned_cached(&api, ctx.children.dynamic(&resource), ns, &name, &owner.uid).await?;
         }
     }
     if !discovered.service_monitor || !wanted.service_monitor {
@@ -223,11 +257,18 @@ pub async fn apply_monitoring(
     let dashboard = monitoring::dashboard_name(&resolved.name);
     if wanted.dashboards {
         let object = monitoring::pipeline_dashboard(resolved, owner, &ctx.dashboards);
-        if apply_child(&config_maps, &object, &mut conflicts).await? {
+        if apply_child(&config_maps, Cached::typed(&ctx.children.config_maps), &object, &mut conflicts).await? {
             notes.push(format!("dashboard ConfigMap {dashboard}"));
         }
     } else {
-        kubernetes::delete_owned(&config_maps, &dashboard, &owner.uid).await?;
+        kubernetes::delete_owned_cached(
+            &config_maps,
+            Cached::typed(&ctx.children.config_maps),
+            ns,
+            &dashboard,
+            &owner.uid,
+        )
+        .await?;
     }
     Ok(if conflicts.is_empty() {
         Finding::ok(conditions::MONITORING_READY, reason::MONITORING_APPLIED, notes.join("; "))

@@ -1,6 +1,8 @@
 //! ClickHouse I/O: read a table back from `system.tables` / `system.columns`, run a `TablePlan`,
 //! drop a table this pipeline created.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clickhouse::{Client, Row};
@@ -27,6 +29,8 @@ pub enum ClickHouseError {
 
 /// ClickHouse's `TABLE_ALREADY_EXISTS`.
 const TABLE_ALREADY_EXISTS: &str = "Code: 57.";
+/// ClickHouse's `UNKNOWN_DATABASE`: a database known to exist was dropped since.
+const UNKNOWN_DATABASE: &str = "Code: 81.";
 /// ClickHouse's `AUTHENTICATION_FAILED` (and `REQUIRED_PASSWORD`, `UNKNOWN_USER`).
 const AUTHENTICATION_FAILED: [&str; 3] = ["Code: 516.", "Code: 194.", "Code: 192."];
 
@@ -64,9 +68,12 @@ struct ColumnRow {
     column_type: String,
 }
 
+#[derive(Clone)]
 pub struct ClickHouseAdmin {
     client: Client,
     url: String,
+    /// Databases this client made or found: `CREATE DATABASE` is sent once, not per table.
+    databases: Arc<Mutex<HashSet<String>>>,
     /// Client-side bound on each call: the HTTP client has none, and a stalled server must not
     /// hang a reconcile.
     timeout: Duration,
@@ -86,7 +93,7 @@ impl ClickHouseAdmin {
         if let Some((user, password)) = credentials {
             client = client.with_user(user).with_password(password);
         }
-        Ok(Self { client, url: url.into(), timeout })
+        Ok(Self { client, url: url.into(), databases: Default::default(), timeout })
     }
 
     fn classify(&self, statement: &str, source: clickhouse::error::Error) -> ClickHouseError {
@@ -137,12 +144,22 @@ impl ClickHouseAdmin {
     }
 
     pub async fn apply(&self, want: &TableSpec, plan: &TablePlan) -> Result<(), ClickHouseError> {
-        if plan.create {
+        let known = || self.databases.lock().expect("databases lock").contains(&want.database);
+        if plan.create && !known() {
             self.execute(&want.create_database()).await?;
+            self.databases.lock().expect("databases lock").insert(want.database.clone());
         }
         for statement in &plan.statements {
             tracing::info!(table = %want.qualified(), %statement, "changing ClickHouse table");
-            match self.execute(statement).await {
+            let mut result = self.execute(statement).await;
+            if plan.create && is_unknown_database(&result) {
+                // Dropped since it was made: make it again, once.
+                self.databases.lock().expect("databases lock").remove(&want.database);
+                self.execute(&want.create_database()).await?;
+                self.databases.lock().expect("databases lock").insert(want.database.clone());
+                result = self.execute(statement).await;
+            }
+            match result {
                 Err(ClickHouseError::Refused { source: clickhouse::error::Error::BadResponse(text), .. })
                     if plan.create && text.contains(TABLE_ALREADY_EXISTS) =>
                 {
@@ -174,6 +191,69 @@ impl ClickHouseAdmin {
     }
 }
 
+fn is_unknown_database(result: &Result<(), ClickHouseError>) -> bool {
+    matches!(result, Err(ClickHouseError::Refused { source: clickhouse::error::Error::BadResponse(text), .. })
+        if text.contains(UNKNOWN_DATABASE))
+}
+
+/// Most clients kept; past it the pool starts afresh (a fleet names few ClickHouse servers).
+const POOL_CAPACITY: usize = 64;
+
+/// One client (and its HTTP connection pool) per URL, credentials and CA, shared by reconciles.
+#[derive(Default)]
+pub struct ClientPool {
+    clients: Mutex<HashMap<String, ClickHouseAdmin>>,
+}
+
+impl ClientPool {
+    /// The client for these settings, made on first use.
+    pub fn get(
+        &self,
+        url: &str,
+        credentials: Option<(String, String)>,
+        ca_pem: Option<&str>,
+        timeout: Duration,
+    ) -> Result<ClickHouseAdmin, ClickHouseError> {
+        let key = pool_key(url, credentials.as_ref(), ca_pem, timeout);
+        let mut clients = self.clients.lock().expect("pool lock");
+        if let Some(admin) = clients.get(&key) {
+            return Ok(admin.clone());
+        }
+        let admin = ClickHouseAdmin::new(url, credentials, ca_pem, timeout)?;
+        if clients.len() >= POOL_CAPACITY {
+            clients.clear();
+        }
+        clients.insert(key, admin.clone());
+        Ok(admin)
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.lock().expect("pool lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What makes two clients the same: a SHA-256 over every setting, so passwords are not kept as keys.
+pub fn pool_key(url: &str, credentials: Option<&(String, String)>, ca_pem: Option<&str>, timeout: Duration) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let (user, password) = credentials.map(|(u, p)| (Some(u.as_str()), Some(p.as_str()))).unwrap_or((None, None));
+    for part in [Some(url), user, password, ca_pem] {
+        match part {
+            None => context.update(&[0]),
+            Some(text) => {
+                context.update(&[1]);
+                context.update(&(text.len() as u64).to_be_bytes());
+                context.update(text.as_bytes());
+            }
+        }
+    }
+    context.update(&timeout.as_millis().to_be_bytes());
+    context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +282,27 @@ mod tests {
         let error = ClickHouseAdmin::new("http://ch:8123", None, Some("CA"), Duration::from_secs(1)).err().unwrap();
         assert!(error.is_tls() && error.to_string().contains("not https://"), "{error}");
         assert!(ClickHouseAdmin::new("https://ch:8443", None, None, Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn one_client_per_url_credentials_and_ca() {
+        let t = Duration::from_secs(1);
+        let alice = ("alice".to_string(), "pw".to_string());
+        let key = pool_key("http://ch:8123", Some(&alice), None, t);
+        assert_eq!(key, pool_key("http://ch:8123", Some(&alice), None, t));
+        assert_ne!(key, pool_key("http://ch:8123", None, None, t));
+        assert_ne!(key, pool_key("http://ch:8123", Some(&("alice".into(), "other".into())), None, t));
+        assert_ne!(key, pool_key("http://other:8123", Some(&alice), None, t));
+        assert_ne!(pool_key("https://ch:8443", None, Some("CA"), t), pool_key("https://ch:8443", None, None, t));
+        // A user name cannot run into its password.
+        assert_ne!(
+            pool_key("u", Some(&("ab".into(), "c".into())), None, t),
+            pool_key("u", Some(&("a".into(), "bc".into())), None, t)
+        );
+        let pool = ClientPool::default();
+        pool.get("http://ch:8123", Some(alice.clone()), None, t).unwrap();
+        pool.get("http://ch:8123", Some(alice), None, t).unwrap();
+        pool.get("http://ch:8123", None, None, t).unwrap();
+        assert_eq!(pool.len(), 2);
     }
 }

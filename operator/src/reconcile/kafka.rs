@@ -1,6 +1,7 @@
 //! Kafka I/O: read a topic back from the broker, carry out a `TopicPlan`, delete topics.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use kafka_protocol::messages::{
@@ -66,6 +67,61 @@ impl KafkaError {
     /// The broker refused the SASL mechanism or the credentials.
     pub fn is_authentication(&self) -> bool {
         matches!(self, Self::Wire(WireError::Authentication { .. }))
+    }
+}
+
+/// What makes two admin sessions interchangeable: the same bootstrap servers, security and timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolKey {
+    pub bootstrap_servers: String,
+    pub security: KafkaSecurity,
+    pub timeout: Duration,
+}
+
+/// Idle sessions per cluster, reused across reconciles: at most `per_key` kept per cluster and
+/// `keys` clusters (the oldest cluster is forgotten first). A session that failed is not put back.
+pub struct SessionPool<T> {
+    idle: Mutex<Vec<(PoolKey, Vec<T>)>>,
+    per_key: usize,
+    keys: usize,
+}
+
+impl<T> SessionPool<T> {
+    pub fn new(per_key: usize, keys: usize) -> Self {
+        Self { idle: Mutex::new(Vec::new()), per_key, keys }
+    }
+
+    /// An idle session for `key`, the most recently used first.
+    pub fn take(&self, key: &PoolKey) -> Option<T> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        idle.iter_mut().find(|(k, _)| k == key).and_then(|(_, sessions)| sessions.pop())
+    }
+
+    /// Keeps a session that worked for the next reconcile (dropped when the pool is full).
+    pub fn put(&self, key: PoolKey, session: T) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        if let Some((_, sessions)) = idle.iter_mut().find(|(k, _)| *k == key) {
+            if sessions.len() < self.per_key {
+                sessions.push(session);
+            }
+            return;
+        }
+        if idle.len() >= self.keys {
+            idle.remove(0);
+        }
+        idle.push((key, vec![session]));
+    }
+
+    /// Idle sessions kept, over all clusters.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().expect("pool lock").iter().map(|(_, s)| s.len()).sum()
+    }
+}
+
+impl<T> Default for SessionPool<T> {
+    /// 16 idle sessions per cluster (the default reconcile concurrency), 64 clusters.
+    fn default() -> Self {
+        Self::new(16, 64)
     }
 }
 
@@ -371,4 +427,34 @@ impl KafkaAdmin {
 
 fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PoolKey, SessionPool};
+
+    #[test]
+    fn the_pool_hands_back_sessions_of_the_same_cluster_and_stays_bounded() {
+        let key = |servers: &str| PoolKey {
+            bootstrap_servers: servers.into(),
+            security: Default::default(),
+            timeout: std::time::Duration::from_secs(3),
+        };
+        let pool: SessionPool<u32> = SessionPool::new(2, 2);
+        assert_eq!(pool.take(&key("a:9092")), None);
+        pool.put(key("a:9092"), 1);
+        pool.put(key("a:9092"), 2);
+        pool.put(key("a:9092"), 3);
+        assert_eq!(pool.idle(), 2, "two per cluster");
+        let tls = PoolKey {
+            security: flightline_service::connect::KafkaSecurity { ca_pem: Some("CA".into()), ..Default::default() },
+            ..key("a:9092")
+        };
+        assert_eq!(pool.take(&tls), None, "other security, other sessions");
+        assert_eq!(pool.take(&key("a:9092")), Some(2));
+        pool.put(key("b:9092"), 10);
+        pool.put(key("c:9092"), 20);
+        assert_eq!(pool.take(&key("a:9092")), None, "the oldest cluster was forgotten");
+        assert_eq!(pool.take(&key("c:9092")), Some(20));
+    }
 }

@@ -1,11 +1,19 @@
 //! Kubernetes I/O for child objects: server-side apply that skips objects already as wanted and
 //! never takes over an object the pipeline does not control, deletion of switched-off components,
-//! and Deployment availability.
+//! and Deployment availability. The `_cached` variants read the controller's reflector store
+//! (objects labelled as managed by the operator, `managedFields` and ConfigMap data stripped) and
+//! ask the API server only for what the store does not show as this pipeline's.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::FutureExt;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,6 +30,156 @@ pub enum Applied {
     /// An object of that name exists and is not controlled by the desired object's controller:
     /// left as it is. Says whose it is.
     NotOurs(String),
+}
+
+/// Annotation on the cached copy of a ConfigMap (never written to the cluster): the SHA-256 of the
+/// data the store dropped, so a 100 KB dashboard is compared without being held.
+pub const CACHED_DATA_SHA256: &str = "flightline.dev/cached-data-sha256";
+
+/// What the reflector keeps of an owned object: no `managedFields` (about half of it).
+pub fn strip_for_cache<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// What the reflector keeps of a ConfigMap: no `managedFields`, and its data as a hash.
+pub fn strip_config_map(object: &mut ConfigMap) {
+    strip_for_cache(object);
+    if let Some(data) = object.data.take() {
+        object.annotations_mut().insert(CACHED_DATA_SHA256.into(), data_sha256(&data));
+    }
+}
+
+/// SHA-256 (hex) of a ConfigMap's data, each key and value length-prefixed.
+pub fn data_sha256(data: &BTreeMap<String, String>) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for (key, value) in data {
+        for part in [key, value] {
+            context.update(&(part.len() as u64).to_be_bytes());
+            context.update(part.as_bytes());
+        }
+    }
+    context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `is_subset` against a cached copy: a ConfigMap whose data the store dropped matches when the
+/// wanted data hashes to what the copy records.
+pub fn matches_cached(want: &Value, cached: &Value) -> bool {
+    let recorded = cached.pointer("/metadata/annotations").and_then(|a| a.get(CACHED_DATA_SHA256));
+    let Some(recorded) = recorded.and_then(Value::as_str) else {
+        return is_subset(want, cached);
+    };
+    let mut want = want.clone();
+    let data = want.as_object_mut().and_then(|o| o.remove("data")).unwrap_or(Value::Null);
+    let data: BTreeMap<String, String> = match data {
+        Value::Null => BTreeMap::new(),
+        other => match serde_json::from_value(other) {
+            Ok(data) => data,
+            Err(_) => return false,
+        },
+    };
+    data_sha256(&data) == recorded && is_subset(&want, cached)
+}
+
+/// A reflector store of a child kind, with the kind's dynamic type (`()` for typed kinds).
+pub struct Cached<'a, K: Resource + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash,
+{
+    pub store: &'a Store<K>,
+    pub dyntype: K::DynamicType,
+}
+
+impl<'a, K: Resource<DynamicType = ()> + 'static> Cached<'a, K> {
+    pub fn typed(store: &'a Store<K>) -> Option<Self> {
+        Some(Self { store, dyntype: () })
+    }
+}
+
+/// The store's answer for `namespace/name`: `None` while the store has no full list yet (then
+/// the caller asks the API server), else the cached copy if there is one.
+fn cached<K>(cache: &Option<Cached<'_, K>>, namespace: &str, name: &str) -> Option<Option<Arc<K>>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let cache = cache.as_ref()?;
+    cache.store.wait_until_ready().now_or_never()?.ok()?;
+    Some(cache.store.get(&ObjectRef::new_with(name, cache.dyntype.clone()).within(namespace)))
+}
+
+/// `apply`, deciding from the store when it holds the object as this pipeline's: unchanged costs
+/// no request. Anything else (absent from the store, someone else's) is read from the API server.
+pub async fn apply_cached<K>(api: &Api<K>, cache: Option<Cached<'_, K>>, desired: &K) -> Result<Applied, kube::Error>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let namespace = desired.meta().namespace.clone().unwrap_or_default();
+    let controller = desired.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.clone());
+    if let (Some(uid), Some(Some(live))) = (&controller, cached(&cache, &namespace, &name))
+        && is_controlled_by(live.as_ref(), uid)
+    {
+        let want = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
+        let have = serde_json::to_value(live.as_ref()).map_err(kube::Error::SerdeError)?;
+        if matches_cached(&want, &have) {
+            return Ok(Applied::Unchanged);
+        }
+        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired)).await?;
+        return Ok(Applied::Written);
+    }
+    apply(api, desired).await
+}
+
+/// `delete_owned` by the store: what a ready store does not hold as this pipeline's is not read
+/// or deleted (the watch covers every object the operator labels as its own).
+pub async fn delete_owned_cached<K>(
+    api: &Api<K>,
+    cache: Option<Cached<'_, K>>,
+    namespace: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    match cached(&cache, namespace, name) {
+        None => delete_owned(api, name, owner_uid).await,
+        Some(Some(live)) if is_controlled_by(live.as_ref(), owner_uid) => delete_owned(api, name, owner_uid).await,
+        Some(_) => Ok(false),
+    }
+}
+
+/// `is_ours_or_absent`, without a request when the store holds it as this pipeline's.
+pub async fn is_ours_or_absent_cached<K>(
+    api: &Api<K>,
+    cache: Option<Cached<'_, K>>,
+    namespace: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    match cached(&cache, namespace, name) {
+        Some(Some(live)) if is_controlled_by(live.as_ref(), owner_uid) => Ok(true),
+        _ => is_ours_or_absent(api, name, owner_uid).await,
+    }
+}
+
+/// `availability` from the store when it holds the Deployment, else from the API server.
+pub async fn availability_cached(
+    api: &Api<Deployment>,
+    store: &Store<Deployment>,
+    namespace: &str,
+    name: &str,
+) -> Result<(i32, i32), kube::Error> {
+    match cached(&Cached::typed(store), namespace, name) {
+        Some(Some(deployment)) => Ok(replicas_of(&deployment)),
+        _ => availability(api, name).await,
+    }
 }
 
 /// Applies `desired` with server-side apply unless the live object already has every field it
@@ -127,12 +285,16 @@ pub async fn availability(api: &Api<Deployment>, name: &str) -> Result<(i32, i32
     let Some(deployment) = api.get_opt(name).await? else {
         return Ok((0, 0));
     };
+    Ok(replicas_of(&deployment))
+}
+
+fn replicas_of(deployment: &Deployment) -> (i32, i32) {
     let wanted = deployment.spec.replicas.unwrap_or(1);
-    let status = deployment.status.unwrap_or_default();
+    let status = deployment.status.clone().unwrap_or_default();
     let current = status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
     let available =
         if current { status.available_replicas.unwrap_or(0).min(status.updated_replicas.unwrap_or(0)) } else { 0 };
-    Ok((available, wanted))
+    (available, wanted)
 }
 
 /// True when every field of `want` is present with the same value in `have`. Arrays must have the
@@ -147,7 +309,9 @@ pub fn is_subset(want: &Value, have: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{holder, is_controlled_by, is_subset};
+    use super::{
+        CACHED_DATA_SHA256, data_sha256, holder, is_controlled_by, is_subset, matches_cached, strip_config_map,
+    };
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, OwnerReference};
     use serde_json::json;
@@ -215,5 +379,35 @@ mod tests {
         assert!(!is_subset(&json!({"spec": {"replicas": 2}}), &have));
         assert!(!is_subset(&json!({"spec": {"env": [{"name": "A"}]}}), &have));
         assert!(!is_subset(&json!({"spec": {"missing": true}}), &have));
+    }
+
+    #[test]
+    fn a_cached_config_map_keeps_a_hash_of_its_data_and_matches_by_it() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let data: std::collections::BTreeMap<String, String> =
+            [("dashboard.json".to_string(), "{\"panels\": []}".to_string())].into();
+        let mut live = ConfigMap { data: Some(data.clone()), ..ConfigMap::default() };
+        live.metadata.name = Some("scl-dashboard".into());
+        live.metadata.managed_fields = Some(vec![Default::default()]);
+        strip_config_map(&mut live);
+        assert_eq!(live.data, None);
+        assert_eq!(live.metadata.managed_fields, None);
+        assert_eq!(live.metadata.annotations.as_ref().unwrap()[CACHED_DATA_SHA256], data_sha256(&data));
+        let cached = serde_json::to_value(&live).unwrap();
+        let want = json!({"metadata": {"name": "scl-dashboard"}, "data": {"dashboard.json": "{\"panels\": []}"}});
+        assert!(matches_cached(&want, &cached));
+        let changed = json!({"metadata": {"name": "scl-dashboard"}, "data": {"dashboard.json": "{}"}});
+        assert!(!matches_cached(&changed, &cached));
+        let renamed = json!({"metadata": {"name": "other"}, "data": {"dashboard.json": "{\"panels\": []}"}});
+        assert!(!matches_cached(&renamed, &cached));
+        // Without the hash (nothing stripped) it is the plain subset check.
+        assert!(matches_cached(&json!({"spec": {"replicas": 1}}), &json!({"spec": {"replicas": 1, "x": 2}})));
+    }
+
+    #[test]
+    fn the_data_hash_separates_keys_from_values() {
+        let a: std::collections::BTreeMap<String, String> = [("ab".to_string(), "c".to_string())].into();
+        let b: std::collections::BTreeMap<String, String> = [("a".to_string(), "bc".to_string())].into();
+        assert_ne!(data_sha256(&a), data_sha256(&b));
     }
 }

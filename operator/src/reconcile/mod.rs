@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kube::api::Api;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -85,8 +87,36 @@ pub struct Context {
     /// Every FlightPipeline the controller watches (its reflector store): claims between
     /// pipelines are checked against it without an API call.
     pub pipelines: Store<FlightPipeline>,
-    /// What each pipeline's spec resolves to, by uid, with the generation it was resolved at.
-    pub claim_keys: Mutex<storage::KeyCache>,
+    /// The claims of every pipeline, rebuilt only when the store's pipelines changed.
+    pub claims: Mutex<storage::ClaimIndexCache>,
+    /// The owned children the controller watches (labelled as managed by the operator).
+    pub children: ChildStores,
+    /// What the API server offers, asked at most once per TTL.
+    pub discovery: discovery::DiscoveryCache,
+    /// ClickHouse clients per URL and credentials, reused across reconciles.
+    pub clickhouse: clickhouse::ClientPool,
+    /// Idle Kafka admin sessions per cluster, reused across reconciles.
+    pub kafka: kafka::SessionPool<kafka::KafkaAdmin>,
+}
+
+/// Reflector stores of the owned kinds, fed by the controller's own watches, and of the
+/// discovered kinds it applies (HPAs, ScaledObjects, ServiceMonitors, PrometheusRules) that were
+/// served when the operator started.
+pub struct ChildStores {
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub config_maps: Store<ConfigMap>,
+    pub dynamic: Vec<(ApiResource, Store<DynamicObject>)>,
+}
+
+impl ChildStores {
+    /// The store of a discovered kind, if it is watched.
+    pub fn dynamic(&self, resource: &ApiResource) -> Option<kubernetes::Cached<'_, DynamicObject>> {
+        self.dynamic
+            .iter()
+            .find(|(r, _)| r.api_version == resource.api_version && r.kind == resource.kind)
+            .map(|(r, store)| kubernetes::Cached { store, dyntype: r.clone() })
+    }
 }
 
 pub async fn reconcile(fp: Arc<FlightPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -180,7 +210,7 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
         ..Facts::default()
     };
     if storage.usable {
-        let discovered = discovery::discover(&ctx.client).await?;
+        let discovered = ctx.discovery.for_pipeline(&ctx.client, &resolved).await?;
         let scrape = if discovered.service_monitor && resolved.monitoring.service_monitor {
             Scrape::ByServiceMonitor
         } else {
@@ -188,8 +218,14 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
         };
         let (finding, endpoints, replicas) = children::apply_workloads(&resolved, &owner, ctx, scrape).await?;
         findings.push(finding);
-        findings.push(children::apply_autoscalers(&resolved, &owner, ctx, discovered.autoscaling).await?);
-        findings.push(children::apply_monitoring(&resolved, &owner, ctx, discovered).await?);
+        let autoscalers = children::apply_autoscalers(&resolved, &owner, ctx, discovered.autoscaling).await;
+        let monitoring = children::apply_monitoring(&resolved, &owner, ctx, discovered).await;
+        if autoscalers.is_err() || monitoring.is_err() {
+            // A discovered kind may have gone (its CRD deleted): ask again next time.
+            ctx.discovery.invalidate();
+        }
+        findings.push(autoscalers?);
+        findings.push(monitoring?);
         facts.endpoints = Some(endpoints);
         facts.available_replicas = Some(replicas);
     } else {

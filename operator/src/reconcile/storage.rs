@@ -3,7 +3,9 @@
 //! not supported). Creates are recorded in the status before they run; Delete removes only what
 //! was recorded as created, where it was created.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
@@ -11,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::clickhouse::{ClickHouseAdmin, ClickHouseError};
-use super::kafka::{KafkaAdmin, KafkaError};
+use super::kafka::{KafkaAdmin, KafkaError, PoolKey};
 use super::security;
 use super::{Context, Error};
 use crate::build::claims::{Claimant, ResourceKey, conflicts, resource_keys};
@@ -60,15 +62,90 @@ fn current_records(fp: &FlightPipeline, resolved: &Resolved) -> Vec<StorageRecor
     }
 }
 
-/// Every pipeline the controller knows, with what it claims. Resolving is memoized per uid and
-/// generation, so a check over 1,000 pipelines is a store read and key comparisons.
-pub async fn claimants(ctx: &Context) -> Vec<Claimant> {
+/// Every pipeline the controller knows, with what it claims, indexed by resource name. Built
+/// again only when a pipeline in the store changed (its uid or resourceVersion); resolving is
+/// memoized per uid and generation. A check is then a lookup of its own keys.
+pub async fn claim_index(ctx: &Context) -> Arc<ClaimIndex> {
     // Before the first full list the store may lack an older claimant: wait for it.
     let _ = ctx.pipelines.wait_until_ready().await;
     let pipelines = ctx.pipelines.state();
-    let mut cache = ctx.claim_keys.lock().expect("claim keys lock");
-    cache.retain(|uid, _| pipelines.iter().any(|fp| fp.uid().as_deref() == Some(uid)));
-    pipelines.iter().map(|fp| claimant(fp, &ctx.defaults, &mut cache)).collect()
+    let fingerprint = fingerprint(pipelines.iter().map(|fp| (fp.uid(), fp.resource_version())));
+    let mut cache = ctx.claims.lock().expect("claims lock");
+    if cache.index.is_none() || cache.fingerprint != fingerprint {
+        let live: HashSet<String> = pipelines.iter().filter_map(|fp| fp.uid()).collect();
+        cache.keys.retain(|uid, _| live.contains(uid));
+        let claimants = pipelines.iter().map(|fp| claimant(fp, &ctx.defaults, &mut cache.keys)).collect();
+        cache.index = Some(Arc::new(ClaimIndex::new(claimants)));
+        cache.fingerprint = fingerprint;
+    }
+    cache.index.clone().expect("built above")
+}
+
+/// An order-independent hash of the store's pipelines (uid and resourceVersion).
+fn fingerprint(objects: impl Iterator<Item = (Option<String>, Option<String>)>) -> (usize, u64) {
+    let mut count = 0;
+    let mut sum = 0u64;
+    for object in objects {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        object.hash(&mut hasher);
+        sum = sum.wrapping_add(hasher.finish());
+        count += 1;
+    }
+    (count, sum)
+}
+
+/// The claim index and what it was built from.
+#[derive(Default)]
+pub struct ClaimIndexCache {
+    keys: KeyCache,
+    fingerprint: (usize, u64),
+    index: Option<Arc<ClaimIndex>>,
+}
+
+/// Every claimant, and which of them name a resource (kind and name; locations are compared by
+/// `conflicts`), so a check looks only at the pipelines that can conflict with it.
+pub struct ClaimIndex {
+    claimants: Vec<Claimant>,
+    by_name: HashMap<(StorageKind, String), Vec<usize>>,
+    uids: HashSet<String>,
+}
+
+impl ClaimIndex {
+    pub fn new(claimants: Vec<Claimant>) -> Self {
+        let mut by_name: HashMap<(StorageKind, String), Vec<usize>> = HashMap::new();
+        for (i, claimant) in claimants.iter().enumerate() {
+            for key in claimant.keys.iter().chain(&claimant.creator_of) {
+                let entry = by_name.entry((key.kind, key.name.clone())).or_default();
+                if entry.last() != Some(&i) {
+                    entry.push(i);
+                }
+            }
+        }
+        let uids = claimants.iter().map(|c| c.uid.clone()).collect();
+        Self { claimants, by_name, uids }
+    }
+
+    /// The claimants naming any of `keys`: all that `conflicts` could find a winner among.
+    pub fn naming(&self, keys: &[ResourceKey]) -> Vec<Claimant> {
+        let mut found: Vec<usize> =
+            keys.iter().filter_map(|k| self.by_name.get(&(k.kind, k.name.clone()))).flatten().copied().collect();
+        found.sort_unstable();
+        found.dedup();
+        found.into_iter().map(|i| self.claimants[i].clone()).collect()
+    }
+
+    /// Whether a pipeline of this uid is in the store.
+    pub fn has_uid(&self, uid: &str) -> bool {
+        self.uids.contains(uid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.claimants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.claimants.is_empty()
+    }
 }
 
 /// Resource keys of each pipeline's spec, by uid, with the generation they were resolved at.
@@ -130,8 +207,8 @@ pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> 
         keys: keys.clone(),
         creator_of: created_keys(fp.status.as_ref().and_then(|s| s.storage.as_ref()).into_iter().flatten()),
     };
-    let all = claimants(ctx).await;
-    let lost = conflicts(&mine, &all);
+    let index = claim_index(ctx).await;
+    let lost = conflicts(&mine, &index.naming(&mine.keys));
     if !lost.is_empty() {
         let finding = |type_, kind| {
             let messages: Vec<String> = lost.iter().filter(|c| c.key.kind == kind).map(|c| c.message()).collect();
@@ -183,7 +260,7 @@ pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> 
     let clickhouse = clickhouse.map(|(admin, observed): (ClickHouseAdmin, Option<ObservedTable>)| {
         let key = ResourceKey::table(&resolved.table.qualified(), &resolved.clickhouse_url);
         let marker = observed.as_ref().and_then(|t| TableOwner::from_comment(&t.comment));
-        let marker_is_live = marker.as_ref().is_some_and(|m| all.iter().any(|c| c.uid == m.uid));
+        let marker_is_live = marker.as_ref().is_some_and(|m| index.has_uid(&m.uid));
         let found = observed.as_ref().map(|_| Found { marker: marker.as_ref(), marker_is_live });
         let ownership = ownership::decide(&key, found, &me, &records, fp.spec.clickhouse.adopt_existing);
         let plan = plan_table(&resolved.table, observed.as_ref(), &me);
@@ -264,7 +341,7 @@ pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> 
             topics_exist = parts.iter().all(|p| p.observed.is_some());
             Finding::failed(conditions::KAFKA_READY, reason::WAITING, held_back)
         }
-        Ok((mut admin, parts)) => {
+        Ok(((mut admin, pool_key), parts)) => {
             let mut failure = None;
             for part in parts.iter().filter(|p| !p.plan.is_noop()) {
                 tracing::info!(topic = %part.spec.name, plan = ?part.plan, "changing Kafka topic");
@@ -282,6 +359,9 @@ pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> 
                 let had = p.observed.as_ref().map(|o| o.partitions).unwrap_or(p.spec.partitions);
                 if failure.is_none() { p.plan.grow_partitions_to.unwrap_or(had) } else { had }
             });
+            if failure.is_none() {
+                ctx.kafka.put(pool_key, admin);
+            }
             match failure {
                 // A broker without CreatePartitions (or config APIs): report, do not retry. Without
                 // CreateTopics there is no topic, so the workloads cannot start either.
@@ -434,19 +514,38 @@ fn clickhouse_failure(e: Error, error: &mut Option<Error>) -> Finding {
     finding
 }
 
+/// Describes the topics over an idle session of the cluster's pool, or a new one when there is
+/// none or the pooled one fails (the broker may have closed it). The session goes back to the pool
+/// once the plan was carried out.
 async fn observe_topics<'a>(
     resolved: &Resolved,
     ctx: &Context,
     topics: impl Iterator<Item = &'a TopicSpec>,
-) -> Result<(KafkaAdmin, Vec<(TopicSpec, Option<ObservedTopic>)>), KafkaError> {
+) -> Result<((KafkaAdmin, PoolKey), Vec<(TopicSpec, Option<ObservedTopic>)>), KafkaError> {
     let security = security::kafka(&resolved.namespace, &resolved.kafka_security, ctx).await?;
-    let mut admin = KafkaAdmin::connect_with(&resolved.bootstrap_servers, &security, ctx.io_timeout).await?;
+    let topics: Vec<&TopicSpec> = topics.collect();
+    let key = PoolKey { bootstrap_servers: resolved.bootstrap_servers.clone(), security, timeout: ctx.io_timeout };
+    if let Some(mut admin) = ctx.kafka.take(&key) {
+        match describe_all(&mut admin, &topics).await {
+            Ok(observed) => return Ok(((admin, key), observed)),
+            Err(e) => tracing::debug!(error = %e, "pooled Kafka session failed; connecting afresh"),
+        }
+    }
+    let mut admin = KafkaAdmin::connect_with(&key.bootstrap_servers, &key.security, ctx.io_timeout).await?;
+    let observed = describe_all(&mut admin, &topics).await?;
+    Ok(((admin, key), observed))
+}
+
+async fn describe_all(
+    admin: &mut KafkaAdmin,
+    topics: &[&TopicSpec],
+) -> Result<Vec<(TopicSpec, Option<ObservedTopic>)>, KafkaError> {
     let mut observed = Vec::new();
     for topic in topics {
         let have = admin.describe(&topic.name).await?;
-        observed.push((topic.clone(), have));
+        observed.push(((*topic).clone(), have));
     }
-    Ok((admin, observed))
+    Ok(observed)
 }
 
 /// Writes `status.storage` at once (a merge patch of that field alone), before a create runs, so a
@@ -489,7 +588,7 @@ pub async fn clickhouse_admin(
             Some((read(&refs.username_key)?, read(&refs.password_key)?))
         }
     };
-    Ok(ClickHouseAdmin::new(url, credentials, ca_pem.as_deref(), ctx.io_timeout)?)
+    Ok(ctx.clickhouse.get(url, credentials, ca_pem.as_deref(), ctx.io_timeout)?)
 }
 
 /// Deletes what this pipeline created, where it created it, except what another pipeline uses now
@@ -547,4 +646,67 @@ pub async fn delete_created(fp: &FlightPipeline, ctx: &Context) -> Result<Vec<St
         }
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::claims::Conflict;
+
+    fn claimant(pipeline: &str, created: &str, keys: Vec<ResourceKey>) -> Claimant {
+        Claimant {
+            pipeline: pipeline.into(),
+            uid: format!("uid-{pipeline}"),
+            created: created.parse().ok(),
+            keys,
+            creator_of: vec![],
+        }
+    }
+
+    fn topic(name: &str, servers: &str) -> ResourceKey {
+        ResourceKey::topic(name, servers)
+    }
+
+    /// The index hands `conflicts` only the pipelines naming one of the keys, and the answer is the
+    /// one a check against every pipeline gives.
+    #[test]
+    fn the_index_finds_the_same_conflicts_as_a_check_against_all() {
+        let mut all = vec![
+            claimant("a/old", "2026-01-01T00:00:00Z", vec![topic("shared", "k-0:9092,k-1:9092")]),
+            claimant("b/other-cluster", "2025-01-01T00:00:00Z", vec![topic("shared", "elsewhere:9092")]),
+            claimant("c/new", "2026-02-01T00:00:00Z", vec![topic("shared", "k-1:9092"), topic("c-own", "k-0:9092")]),
+            claimant("d/creator", "2026-03-01T00:00:00Z", vec![]),
+        ];
+        all[3].creator_of = vec![topic("c-own", "k-0:9092")];
+        for i in 0..1000 {
+            all.push(claimant(
+                &format!("fleet/p{i}"),
+                "2026-01-01T00:00:00Z",
+                vec![topic(&format!("t{i}"), "k-0:9092")],
+            ));
+        }
+        let index = ClaimIndex::new(all.clone());
+        assert_eq!(index.len(), 1004);
+        for me in &all {
+            let naming = index.naming(&me.keys);
+            assert!(naming.len() <= 4, "{}: {}", me.pipeline, naming.len());
+            assert_eq!(conflicts(me, &naming), conflicts(me, &all), "{}", me.pipeline);
+        }
+        let lost: Vec<Conflict> = conflicts(&all[2], &index.naming(&all[2].keys));
+        let winners: Vec<&str> = lost.iter().map(|c| c.winner.as_str()).collect();
+        assert_eq!(winners, ["a/old", "d/creator"]);
+        assert!(index.has_uid("uid-a/old") && !index.has_uid("uid-gone"));
+    }
+
+    #[test]
+    fn the_fingerprint_changes_with_any_pipeline_and_not_with_order() {
+        let some = |v: &[(&str, &str)]| -> Vec<(Option<String>, Option<String>)> {
+            v.iter().map(|(u, r)| (Some(u.to_string()), Some(r.to_string()))).collect()
+        };
+        let base = fingerprint(some(&[("a", "1"), ("b", "2")]).into_iter());
+        assert_eq!(base, fingerprint(some(&[("b", "2"), ("a", "1")]).into_iter()));
+        assert_ne!(base, fingerprint(some(&[("a", "1"), ("b", "3")]).into_iter()));
+        assert_ne!(base, fingerprint(some(&[("a", "1")]).into_iter()));
+        assert_ne!(base, fingerprint(some(&[("a", "1"), ("b", "2"), ("c", "1")]).into_iter()));
+    }
 }
