@@ -415,7 +415,10 @@ async fn watch_discovered(
             let store = writer.as_reader();
             let stream = watcher(api, watcher::Config::default().labels(labels))
                 .default_backoff()
-                .modify(kubernetes::strip_for_cache)
+                .modify({
+                    let resource = resource.clone();
+                    move |object: &mut DynamicObject| kubernetes::strip_dynamic(object, &resource)
+                })
                 .reflect(writer);
             tokio::spawn(stream.for_each(|_| futures::future::ready(())));
             (resource, store)

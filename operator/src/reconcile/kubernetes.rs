@@ -12,7 +12,7 @@ use futures::FutureExt;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy, TypeMeta};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -39,6 +39,16 @@ pub const CACHED_DATA_SHA256: &str = "flightline.dev/cached-data-sha256";
 /// What the reflector keeps of an owned object: no `managedFields` (about half of it).
 pub fn strip_for_cache<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
+}
+
+/// What the reflector keeps of an object of a discovered kind: no `managedFields`, and its
+/// apiVersion and kind (items of a list of a built-in kind, such as HPAs, come without them, and
+/// the compare with the wanted object needs them).
+pub fn strip_dynamic(object: &mut DynamicObject, resource: &ApiResource) {
+    strip_for_cache(object);
+    if object.types.is_none() {
+        object.types = Some(TypeMeta { api_version: resource.api_version.clone(), kind: resource.kind.clone() });
+    }
 }
 
 /// What the reflector keeps of a ConfigMap: no `managedFields`, and its data as a hash.
@@ -402,6 +412,30 @@ mod tests {
         assert!(!matches_cached(&renamed, &cached));
         // Without the hash (nothing stripped) it is the plain subset check.
         assert!(matches_cached(&json!({"spec": {"replicas": 1}}), &json!({"spec": {"replicas": 1, "x": 2}})));
+    }
+
+    #[test]
+    fn a_cached_object_of_a_list_gets_its_kind_back_and_compares_equal() {
+        use kube::api::{ApiResource, DynamicObject};
+        let resource = ApiResource {
+            group: "autoscaling".into(),
+            version: "v2".into(),
+            api_version: "autoscaling/v2".into(),
+            kind: "HorizontalPodAutoscaler".into(),
+            plural: "horizontalpodautoscalers".into(),
+        };
+        let want = DynamicObject::new("scl-query", &resource).data(json!({"spec": {"maxReplicas": 5}}));
+        // As a list item: no apiVersion and kind, with managedFields.
+        let mut live: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "scl-query", "managedFields": [{"manager": "flightline-operator"}]},
+            "spec": {"maxReplicas": 5, "minReplicas": 1},
+        }))
+        .unwrap();
+        let as_json = |o: &DynamicObject| serde_json::to_value(o).unwrap();
+        assert!(!matches_cached(&as_json(&want), &as_json(&live)));
+        super::strip_dynamic(&mut live, &resource);
+        assert_eq!(live.metadata.managed_fields, None);
+        assert!(matches_cached(&as_json(&want), &as_json(&live)));
     }
 
     #[test]
