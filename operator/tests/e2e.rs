@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flightline_operator::build::monitoring;
+use flightline_operator::build::table::BASE_COLUMNS;
 use flightline_operator::crd::{DeletionPolicy, ExtraColumn, ExtraColumnType, FlightPipeline};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -46,7 +47,8 @@ async fn example_pipeline_becomes_ready_with_topic_table_and_workloads() {
 
     // ClickHouse, read back from system.columns.
     let columns = stack.columns(&ns.database, "scl_flights").await;
-    assert_eq!(columns.len(), 28, "{columns:?}");
+    assert_eq!(columns.len(), BASE_COLUMNS.len(), "{columns:?}");
+    assert_eq!(BASE_COLUMNS.len(), 28);
     assert_eq!(columns["scheduled_at"], "DateTime");
     assert_eq!(columns["flight_type"], "Enum8('I' = 1, 'N' = 2)");
     assert_eq!(columns["delay_minutes"], "Int32");
@@ -206,7 +208,7 @@ async fn delete_policy_removes_topic_and_table_and_retain_keeps_them() {
     assert!(stack.topic(&format!("{}.gone.flights.dlq", ns.name)).await.is_none());
     assert!(stack.columns(&ns.database, "gone").await.is_empty());
     assert!(stack.topic(&format!("{}.kept.flights", ns.name)).await.is_some());
-    assert_eq!(stack.columns(&ns.database, "kept").await.len(), 26);
+    assert_eq!(stack.columns(&ns.database, "kept").await.len(), BASE_COLUMNS.len());
 }
 
 #[tokio::test]
@@ -491,7 +493,7 @@ async fn drift_outside_kubernetes_is_repaired_and_paused_pipelines_are_left_alon
     let deployments: Api<Deployment> = Api::namespaced(stack.client.clone(), &ns.name);
     deployments.delete("scl-query", &DeleteParams::default()).await.unwrap();
     eventually("the table and the Deployment are back", async || {
-        stack.columns(&ns.database, "scl_flights").await.len() == 26
+        stack.columns(&ns.database, "scl_flights").await.len() == BASE_COLUMNS.len()
             && deployments.get_opt("scl-query").await.unwrap().is_some()
     })
     .await;

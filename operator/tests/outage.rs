@@ -3,6 +3,7 @@
 
 mod support;
 
+use flightline_operator::build::table::BASE_COLUMNS;
 use flightline_operator::crd::DeletionPolicy;
 use k8s_openapi::api::core::v1::{Event, Namespace};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -65,7 +66,7 @@ async fn kafka_gone_during_delete_blocks_until_let_go_and_never_wedges_the_names
     drop(kafka);
     // The topic and table were let go, not deleted.
     assert!(stack.topic(&format!("{}.scl.flights", ns.name)).await.is_some());
-    assert_eq!(stack.columns(&ns.database, "scl_flights").await.len(), 26);
+    assert_eq!(stack.columns(&ns.database, "scl_flights").await.len(), BASE_COLUMNS.len());
 }
 
 #[tokio::test]
