@@ -195,7 +195,29 @@ struct TablePart {
     plan: TablePlan,
 }
 
+/// Brings the topics and the table to the spec. A conflict (a resource this pipeline may not use)
+/// is decided again on the pipeline as the API server has it now when that differs from the cached
+/// copy: a reconcile can run before the watch delivers this operator's own `status.storage` write
+/// (the record of a create it just made), and deciding on the stale copy would call the pipeline's
+/// own topic someone else's and, writing the stale records back, forget for good that it made it.
 pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> Storage {
+    let storage = ensure_as_cached(fp, resolved, ctx).await;
+    let conflict = [&storage.kafka, &storage.clickhouse].iter().any(|f| f.reason == reason::RESOURCE_CONFLICT);
+    if !conflict {
+        return storage;
+    }
+    let api: Api<FlightPipeline> = Api::namespaced(ctx.client.clone(), &fp.namespace().unwrap_or_default());
+    let records = |fp: &FlightPipeline| fp.status.as_ref().and_then(|s| s.storage.clone());
+    match api.get(&fp.name_any()).await {
+        Ok(fresh) if fresh.uid() == fp.uid() && records(&fresh) != records(fp) => {
+            tracing::info!(pipeline = %fp.name_any(), "storage records changed since the cached copy: deciding again");
+            ensure_as_cached(&fresh, resolved, ctx).await
+        }
+        _ => storage,
+    }
+}
+
+async fn ensure_as_cached(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> Storage {
     let me = owner_of(fp);
     let keys = resource_keys(resolved);
 
