@@ -2,7 +2,7 @@
 //! checks the API server can make at admission, so `kubectl apply` refuses a bad spec with a
 //! clear message instead of the operator reporting `InvalidSpec` after the fact.
 //!
-//! The operator keeps the same checks (`build::resolve`): objects stored before a rule existed and
+//! The operator keeps the same checks (`spec::resolve`): objects stored before a rule existed and
 //! servers that ignore the rules still get `InvalidSpec`. The lists in the rules come from the
 //! constants the operator checks with, so the two cannot drift apart. Every rule is guarded with
 //! `has()` so that a field left out is judged by its default, as the operator judges it.
@@ -10,10 +10,10 @@
 use schemars::Schema;
 use serde_json::{Value, json};
 
-use crate::build::resolve::{MANAGED_TOPIC_CONFIGS, RESERVED_ENV, RESERVED_ENV_PREFIXES};
-use crate::build::slo::LATENCY_BUCKETS_MS;
-use crate::build::table::BASE_COLUMNS;
-use crate::build::topic::{INTERNAL_TOPIC_PREFIXES, INTERNAL_TOPIC_SUFFIXES, TOOL_TOPICS};
+use crate::desired::slo::LATENCY_BUCKETS_MS;
+use crate::desired::table::BASE_COLUMNS;
+use crate::desired::topic::{INTERNAL_TOPIC_PREFIXES, INTERNAL_TOPIC_SUFFIXES, TOOL_TOPICS};
+use crate::spec::resolve::{MANAGED_TOPIC_CONFIGS, RESERVED_ENV, RESERVED_ENV_PREFIXES};
 
 /// Most extra environment variables one component may set: bounds the cost of the env rule,
 /// which the API server estimates before it accepts the CRD.
@@ -128,7 +128,7 @@ pub fn slo(schema: &mut Schema) {
 }
 
 /// The CEL expression that holds when the string `var` is a reserved or illegal topic name
-/// (the CEL twin of `build::topic::reserved_topic` plus Kafka's `.` and `..`).
+/// (the CEL twin of `desired::topic::reserved_topic` plus Kafka's `.` and `..`).
 fn reserved_topic(var: &str) -> String {
     format!(
         "{var} == '.' || {var} == '..' || {var} in {tools} || {prefixes}.exists(p, {var}.startsWith(p)) \

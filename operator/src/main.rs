@@ -14,15 +14,15 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
-use flightline_operator::build::monitoring::{self, DashboardSettings};
-use flightline_operator::build::resolve::{Defaults, Images, OperatorLimits, resolve};
-use flightline_operator::build::{autoscaling, labels, slo};
 use flightline_operator::crd::FlightPipeline;
 use flightline_operator::crdgen;
+use flightline_operator::desired::monitoring::{self, DashboardSettings};
+use flightline_operator::desired::{autoscaling, labels, slo};
 use flightline_operator::leader::{Elector, LeaseConfig};
 use flightline_operator::reconcile::discovery::{self, DiscoveryCache};
 use flightline_operator::reconcile::kubernetes;
 use flightline_operator::reconcile::{ChildStores, Context, error_policy, reconcile};
+use flightline_operator::spec::resolve::{Defaults, Images, OperatorLimits, resolve};
 use flightline_operator::telemetry::{self, Health, Metrics};
 
 #[derive(Parser)]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use flightline_operator::build::autoscaling::{HpaVersion, scaled_object_resource};
 use flightline_operator::crd::{AutoscalingProvider, AutoscalingSpec};
+use flightline_operator::desired::autoscaling::{HpaVersion, scaled_object_resource};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

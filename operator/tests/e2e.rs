@@ -6,9 +6,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flightline_operator::build::monitoring;
-use flightline_operator::build::table::BASE_COLUMNS;
 use flightline_operator::crd::{DeletionPolicy, ExtraColumn, ExtraColumnType, FlightPipeline};
+use flightline_operator::desired::monitoring;
+use flightline_operator::desired::table::BASE_COLUMNS;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};

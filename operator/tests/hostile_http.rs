@@ -404,7 +404,7 @@ async fn query_pages_of_control_characters_stay_bounded_and_many_groups_are_cut_
     let ns = stack.namespace("hostile-page").await;
     let admin = stack.clickhouse();
     admin.query(&format!("CREATE DATABASE IF NOT EXISTS `{}`", ns.database)).execute().await.unwrap();
-    let columns = flightline_operator::build::table::BASE_COLUMNS;
+    let columns = flightline_operator::desired::table::BASE_COLUMNS;
     let ddl: Vec<String> = columns.iter().map(|(name, ty)| format!("`{name}` {ty}")).collect();
     admin
         .query(&format!(

@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use clickhouse::Row;
-use flightline_operator::build::topic::{TopicPlan, TopicSpec};
 use flightline_operator::crd::{DeletionPolicy, ExtraColumnType, FlightPipeline, StorageKind};
+use flightline_operator::desired::topic::{TopicPlan, TopicSpec};
 use flightline_operator::reconcile::kafka::KafkaAdmin;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
@@ -317,7 +317,7 @@ async fn pipeline_c_in_a_b_and_pipeline_b_c_in_a_get_different_topics_and_tables
     for (_, table, uid) in &ready {
         let (database, table) = table.split_once('.').unwrap();
         let comment = table_facts(&stack, database, table).await.comment;
-        let owner = flightline_operator::build::table::TableOwner::from_comment(&comment);
+        let owner = flightline_operator::desired::table::TableOwner::from_comment(&comment);
         assert_eq!(owner.map(|o| o.uid).as_deref(), Some(uid.as_str()), "{table} is marked: {comment}");
     }
 }
@@ -325,7 +325,7 @@ async fn pipeline_c_in_a_b_and_pipeline_b_c_in_a_get_different_topics_and_tables
 #[tokio::test]
 #[ignore = "needs the local stack: run dev/test"]
 async fn a_table_of_the_kafka_position_shape_is_refused_by_name_and_keeps_its_rows() {
-    use flightline_operator::build::table::BASE_COLUMNS;
+    use flightline_operator::desired::table::BASE_COLUMNS;
     let stack = Stack::connect().await;
     let ns = stack.namespace("old-shape").await;
     // The table as Flightline made it before record ids: sorted by Kafka position, no identity.
@@ -473,7 +473,7 @@ async fn an_older_pipeline_cannot_adopt_the_table_and_topic_a_younger_one_create
 #[tokio::test]
 #[ignore = "needs the local stack: run dev/test"]
 async fn internal_topics_and_another_pipelines_default_names_are_refused_and_leave_it_free() {
-    use flightline_operator::build::table::default_table_name;
+    use flightline_operator::desired::table::default_table_name;
     let stack = Stack::connect().await;
     let ns = stack.namespace("squat").await;
     let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use flightline_operator::build::monitoring::{prometheus_rule_resource, service_monitor_resource};
+use flightline_operator::desired::monitoring::{prometheus_rule_resource, service_monitor_resource};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject};
 use serde_json::{Value, json};

@@ -3,8 +3,8 @@
 
 mod support;
 
-use flightline_operator::build::table::BASE_COLUMNS;
 use flightline_operator::crd::DeletionPolicy;
+use flightline_operator::desired::table::BASE_COLUMNS;
 use k8s_openapi::api::core::v1::{Event, Namespace};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;

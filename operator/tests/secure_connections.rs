@@ -95,13 +95,13 @@ fn other_ca() -> String {
 async fn the_operators_admin_client_speaks_scram_plain_and_mutual_tls() {
     let tls = Tls::from_env();
     let topic = format!("e2e.secure.admin-{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let want = flightline_operator::build::topic::TopicSpec {
+    let want = flightline_operator::desired::topic::TopicSpec {
         name: topic.clone(),
         partitions: 2,
         replication_factor: 1,
         configs: [("retention.ms".to_string(), "3600000".to_string())].into(),
     };
-    let plan = flightline_operator::build::topic::TopicPlan { create: true, ..Default::default() };
+    let plan = flightline_operator::desired::topic::TopicPlan { create: true, ..Default::default() };
     // Create over SCRAM-SHA-512, then read it back over each other mechanism, and with a client
     // certificate: one broker, one topic, every way in.
     let mut admin =
@@ -171,14 +171,14 @@ async fn the_services_clients_produce_consume_and_query_over_tls() {
         KafkaAdmin::connect_with(&tls.bootstrap, &tls.security(SaslMechanism::ScramSha512, &tls.password), TIMEOUT)
             .await
             .unwrap();
-    let want = flightline_operator::build::topic::TopicSpec {
+    let want = flightline_operator::desired::topic::TopicSpec {
         name: topic.clone(),
         partitions: 1,
         replication_factor: 1,
         configs: Default::default(),
     };
     admin
-        .apply(&want, &flightline_operator::build::topic::TopicPlan { create: true, ..Default::default() })
+        .apply(&want, &flightline_operator::desired::topic::TopicPlan { create: true, ..Default::default() })
         .await
         .unwrap();
 
@@ -331,7 +331,7 @@ async fn a_pipeline_runs_over_sasl_ssl_kafka_and_https_clickhouse_and_names_what
     wait_condition(&api, "scl", "Ready", "True", None).await;
 
     // SASL without TLS is refused at admission unless asked for (the CRD's CEL rule; the operator
-    // checks the same for servers without CEL: build::security's unit tests).
+    // checks the same for servers without CEL: spec::security's unit tests).
     fp.spec.kafka.tls = None;
     let refused = apply(&api, &fp).await.expect_err("SASL without TLS is refused");
     assert!(refused.to_string().contains("sasl.allowPlaintext"), "{refused}");

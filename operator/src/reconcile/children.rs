@@ -17,11 +17,11 @@ use serde::de::DeserializeOwned;
 use super::discovery::Discovered;
 use super::kubernetes::{Applied, Cached};
 use super::{Context, Error, kubernetes};
-use crate::build::autoscaling::{self, Offers, Plan};
-use crate::build::conditions::{self, Finding, reason};
-use crate::build::monitoring;
-use crate::build::resolve::{Component, Resolved};
-use crate::build::workloads::{self, Scrape};
+use crate::conditions::{self, Finding, reason};
+use crate::desired::autoscaling::{self, Offers, Plan};
+use crate::desired::monitoring;
+use crate::desired::workloads::{self, Scrape};
+use crate::spec::resolve::{Component, Resolved};
 
 pub async fn apply_workloads(
     resolved: &Resolved,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 
-use crate::build::table::{ObservedTable, TableOwner, TablePlan, TableSpec, ttl_from_engine_full};
+use crate::desired::table::{ObservedTable, TableOwner, TablePlan, TableSpec, ttl_from_engine_full};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClickHouseError {

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroupList;
 use kube::Client;
 
-use crate::build::autoscaling::{HpaVersion, Offers};
-use crate::build::resolve::Resolved;
 use crate::crd::AutoscalingProvider;
+use crate::desired::autoscaling::{HpaVersion, Offers};
+use crate::spec::resolve::Resolved;
 
 /// How old an answer may be when a pipeline asks for a kind it says is missing: a CRD installed
 /// for that pipeline is picked up within seconds, not a whole TTL.
@@ -147,8 +147,8 @@ mod tests {
 
     #[test]
     fn a_pipeline_asking_for_a_kind_not_served_wants_a_fresher_answer() {
-        use crate::build::resolve::{Defaults, resolve};
         use crate::crd::AutoscalingSpec;
+        use crate::spec::resolve::{Defaults, resolve};
         let defaults = Defaults {
             kafka_bootstrap_servers: Some("kafka:9092".into()),
             clickhouse_url: Some("http://ch:8123".into()),

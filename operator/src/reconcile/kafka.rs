@@ -19,7 +19,7 @@ use kafka_protocol::protocol::StrBytes;
 use flightline_service::connect::KafkaSecurity;
 
 use super::kafka_wire::{Connection, Security, WireError, error_text};
-use crate::build::topic::{ObservedTopic, TopicPlan, TopicSpec};
+use crate::desired::topic::{ObservedTopic, TopicPlan, TopicSpec};
 
 const TOPIC_RESOURCE: i8 = 2;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::build::labels::MANAGER;
+use crate::desired::labels::MANAGER;
 
 /// What `apply` did.
 #[derive(Clone, Debug, PartialEq, Eq)]

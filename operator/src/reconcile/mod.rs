@@ -27,11 +27,11 @@ use kube::{Client, Resource, ResourceExt};
 use self::clickhouse::ClickHouseError;
 use self::kafka::KafkaError;
 use self::status::Facts;
-use crate::build::conditions::{self, Finding, reason};
-use crate::build::monitoring::DashboardSettings;
-use crate::build::resolve::{Defaults, resolve};
-use crate::build::workloads::Scrape;
+use crate::conditions::{self, Finding, reason};
 use crate::crd::{DeletionPolicy, FINALIZER, FlightPipeline, SKIP_CLEANUP_ANNOTATION};
+use crate::desired::monitoring::DashboardSettings;
+use crate::desired::workloads::Scrape;
+use crate::spec::resolve::{Defaults, resolve};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,8 @@ use kube::Api;
 use super::Context;
 use super::clickhouse::ClickHouseError;
 use super::kafka::KafkaError;
-use crate::build::security::KafkaSecurityRefs;
 use crate::crd::CaSecretRef;
+use crate::spec::security::KafkaSecurityRefs;
 
 /// One key of a Secret, as text; what is missing is said in words.
 async fn read_key(secrets: &Api<Secret>, name: &str, key: &str) -> Result<String, String> {

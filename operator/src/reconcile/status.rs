@@ -7,7 +7,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::build::conditions::{self, Finding};
+use crate::conditions::{self, Finding};
 use crate::crd::{FlightPipeline, FlightPipelineStatus};
 
 /// A separate field manager for status: Kubernetes 1.20 tracks managed fields per object, not per

@@ -16,13 +16,13 @@ use super::clickhouse::{ClickHouseAdmin, ClickHouseError};
 use super::kafka::{KafkaAdmin, KafkaError, PoolKey};
 use super::security;
 use super::{Context, Error};
-use crate::build::claims::{Claimant, ResourceKey, conflicts, resource_keys};
-use crate::build::conditions::{self, Finding, reason};
-use crate::build::ownership::{self, Found, Ownership};
-use crate::build::resolve::{Resolved, resolve};
-use crate::build::table::{ObservedTable, TableOwner, TablePlan, plan_table};
-use crate::build::topic::{ObservedTopic, TopicPlan, TopicSpec, plan_topic};
+use crate::conditions::{self, Finding, reason};
 use crate::crd::{CaSecretRef, FlightPipeline, SecretKeyRefs, StorageKind, StorageRecord};
+use crate::desired::table::{ObservedTable, TableOwner, TablePlan, plan_table};
+use crate::desired::topic::{ObservedTopic, TopicPlan, TopicSpec, plan_topic};
+use crate::ownership::claims::{Claimant, ResourceKey, conflicts, resource_keys};
+use crate::ownership::{self, Found, Ownership};
+use crate::spec::resolve::{Resolved, resolve};
 
 /// What the storage step found and did.
 pub struct Storage {
@@ -151,7 +151,7 @@ impl ClaimIndex {
 /// Resource keys of each pipeline's spec, by uid, with the generation they were resolved at.
 pub type KeyCache = HashMap<String, (Option<i64>, Vec<ResourceKey>)>;
 
-fn claimant(fp: &FlightPipeline, defaults: &crate::build::resolve::Defaults, cache: &mut KeyCache) -> Claimant {
+fn claimant(fp: &FlightPipeline, defaults: &crate::spec::resolve::Defaults, cache: &mut KeyCache) -> Claimant {
     let uid = fp.uid().unwrap_or_default();
     let namespace = fp.namespace().unwrap_or_default();
     let generation = fp.metadata.generation;
@@ -647,7 +647,7 @@ pub async fn delete_created(fp: &FlightPipeline, ctx: &Context) -> Result<Vec<St
     }
     // The topics were made with the spec's TLS and SASL; a spec made invalid since falls back to
     // plaintext, and the broker's refusal then says what is wrong.
-    let refs = crate::build::security::kafka(&fp.spec.kafka).unwrap_or_default();
+    let refs = crate::spec::security::kafka(&fp.spec.kafka).unwrap_or_default();
     let kafka_security = security::kafka(&me.namespace, &refs, ctx).await?;
     let mut deleted = Vec::new();
     let mut by_cluster: Vec<(&str, Vec<String>)> = Vec::new();
@@ -673,7 +673,7 @@ pub async fn delete_created(fp: &FlightPipeline, ctx: &Context) -> Result<Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::claims::Conflict;
+    use crate::ownership::claims::Conflict;
 
     fn claimant(pipeline: &str, created: &str, keys: Vec<ResourceKey>) -> Claimant {
         Claimant {

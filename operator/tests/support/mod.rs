@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use clickhouse::Row;
-use flightline_operator::build::topic::ObservedTopic;
 use flightline_operator::crd::FlightPipeline;
+use flightline_operator::desired::topic::ObservedTopic;
 use flightline_operator::reconcile::kafka::KafkaAdmin;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;

@@ -7,14 +7,16 @@
 
 use std::collections::BTreeMap;
 
-use crate::build::security::{self, KafkaSecurityRefs};
-use crate::build::slo::{Objectives, latency_le, window_seconds};
-use crate::build::table::{BASE_COLUMNS, MAX_TABLE_LEN, TableSpec, default_table_name, default_table_owner, ttl_days};
-use crate::build::topic::{TopicSpec, default_topic_owner, reserved_topic, retention_ms};
 use crate::crd::{
     AutoscalingSpec, CaSecretRef, FlightPipelineSpec, HttpLimits, JwtSpec, MonitoringSpec, SecretKeyRef, SecretKeyRefs,
     WorkloadSpec,
 };
+use crate::desired::slo::{Objectives, latency_le, window_seconds};
+use crate::desired::table::{
+    BASE_COLUMNS, MAX_TABLE_LEN, TableSpec, default_table_name, default_table_owner, ttl_days,
+};
+use crate::desired::topic::{TopicSpec, default_topic_owner, reserved_topic, retention_ms};
+use crate::spec::security::{self, KafkaSecurityRefs};
 
 /// Longest pipeline name: `<name>-predict` must stay a valid Service name with room for pod suffixes.
 pub const MAX_NAME_LEN: usize = 40;
@@ -473,7 +475,8 @@ fn objectives(slo: &crate::crd::SloSpec, problems: &mut Vec<String>) -> Objectiv
         0
     });
     let latency_le = latency_le(slo.latency_threshold_ms).unwrap_or_else(|| {
-        let buckets: Vec<String> = crate::build::slo::LATENCY_BUCKETS_MS.iter().map(|(ms, _)| ms.to_string()).collect();
+        let buckets: Vec<String> =
+            crate::desired::slo::LATENCY_BUCKETS_MS.iter().map(|(ms, _)| ms.to_string()).collect();
         problems.push(format!(
             "spec.slo.latencyThresholdMs: {} is not a latency bucket of the services; use one of {}",
             slo.latency_threshold_ms,

@@ -6,9 +6,11 @@
 //! resource already there), and for tables also from the owner marker in the table's comment, so
 //! it survives a lost status. `deletionPolicy: Delete` deletes only records marked as created.
 
-use crate::build::claims::ResourceKey;
-use crate::build::table::TableOwner;
+pub mod claims;
+
 use crate::crd::{StorageKind, StorageRecord};
+use crate::desired::table::TableOwner;
+use crate::ownership::claims::ResourceKey;
 
 /// What a pipeline may do with one resource.
 #[derive(Clone, Debug, PartialEq, Eq)]

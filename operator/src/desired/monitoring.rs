@@ -9,10 +9,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 
-use crate::build::labels;
-use crate::build::resolve::Resolved;
-use crate::build::slo;
-use crate::build::workloads::metadata;
+use crate::desired::labels;
+use crate::desired::slo;
+use crate::desired::workloads::metadata;
+use crate::spec::resolve::Resolved;
 
 pub const PIPELINE_DASHBOARD: &str = include_str!("../../../grafana/flightline-pipeline.json");
 pub const FLEET_DASHBOARD: &str = include_str!("../../../grafana/flightline-fleet.json");
@@ -178,8 +178,8 @@ fn fnv1a(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::{owner, resolved};
     use crate::crd::FlightPipelineSpec;
+    use crate::spec::fixtures::{owner, resolved};
 
     #[test]
     fn dashboard_config_map_is_labelled_for_the_sidecar_and_preset_to_the_pipeline() {

@@ -8,9 +8,9 @@
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::json;
 
-use crate::build::resolve::{Component, Resolved, Workload};
-use crate::build::workloads::{metadata, workload_name};
 use crate::crd::{AutoscalingProvider, AutoscalingSpec};
+use crate::desired::workloads::{metadata, workload_name};
+use crate::spec::resolve::{Component, Resolved, Workload};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 /// The HPA API a server offers: `autoscaling/v2` from Kubernetes 1.23, `v2beta2` before (the
@@ -251,8 +251,8 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::{owner, resolved};
     use crate::crd::FlightPipelineSpec;
+    use crate::spec::fixtures::{owner, resolved};
 
     fn autoscaled(provider: AutoscalingProvider) -> FlightPipelineSpec {
         let mut spec = FlightPipelineSpec::default();

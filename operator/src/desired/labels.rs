@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::build::resolve::Component;
+use crate::spec::resolve::Component;
 
 pub const NAME: &str = "app.kubernetes.io/name";
 pub const INSTANCE: &str = "app.kubernetes.io/instance";

@@ -13,9 +13,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::build::labels;
-use crate::build::resolve::{Component, Resolved, Workload};
-use crate::build::security;
+use crate::desired::labels;
+use crate::spec::resolve::{Component, Resolved, Workload};
+use crate::spec::security;
 
 pub const HTTP_PORT: i32 = 8080;
 /// Pod-template annotation that changes whenever the settings do, so pods roll.
@@ -288,8 +288,8 @@ fn settings_hash(resolved: &Resolved) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::{owner, resolved};
     use crate::crd::FlightPipelineSpec;
+    use crate::spec::fixtures::{owner, resolved};
 
     #[test]
     fn deployment_runs_the_component_command_with_the_pipeline_settings() {
@@ -470,7 +470,7 @@ mod tests {
             (Component::Query, ServiceLimits::QUERY),
             (Component::Predict, ServiceLimits::PREDICT),
         ] {
-            let ours = crate::build::resolve::HttpLimitValues::default_for(component).unwrap();
+            let ours = crate::spec::resolve::HttpLimitValues::default_for(component).unwrap();
             let as_u32 = |v: i32| u32::try_from(v).unwrap();
             assert_eq!(
                 (

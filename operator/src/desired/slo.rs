@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::build::resolve::{Component, Resolved};
+use crate::spec::resolve::{Component, Resolved};
 
 /// Where runbooks live; each alert links to its section.
 pub const RUNBOOK_BASE: &str = "https://github.com/flightline/flightline/blob/main/docs/runbooks.md";
@@ -407,8 +407,8 @@ fn alert_rule(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::resolved;
     use crate::crd::FlightPipelineSpec;
+    use crate::spec::fixtures::resolved;
 
     #[test]
     fn windows_scale_with_the_period() {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::build::table::is_label;
+use crate::desired::table::is_label;
 
 /// A topic as the pipeline wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]

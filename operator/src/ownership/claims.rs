@@ -10,8 +10,8 @@ use std::cmp::Ordering;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::build::resolve::Resolved;
 use crate::crd::{StorageKind, StorageRecord};
+use crate::spec::resolve::Resolved;
 
 /// One external resource: what it is, its name, and where it lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn resolved_pipelines_claim_their_topics_and_table() {
-        use crate::build::resolve::{Defaults, resolve};
+        use crate::spec::resolve::{Defaults, resolve};
         let defaults = Defaults {
             kafka_bootstrap_servers: Some(KAFKA.into()),
             clickhouse_url: Some("http://ch:8123".into()),
@@ -297,7 +297,7 @@ mod tests {
     /// (resolving every spec, as after an operator start, and comparing keys, as at every check).
     #[test]
     fn a_check_among_a_thousand_pipelines_is_cheap() {
-        use crate::build::resolve::{Defaults, resolve};
+        use crate::spec::resolve::{Defaults, resolve};
         let defaults = Defaults {
             kafka_bootstrap_servers: Some(KAFKA.into()),
             clickhouse_url: Some("http://ch:8123".into()),

@@ -3,8 +3,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-use crate::build::resolve::{Defaults, Resolved, resolve};
 use crate::crd::FlightPipelineSpec;
+use crate::spec::resolve::{Defaults, Resolved, resolve};
 
 pub fn resolved(spec: &FlightPipelineSpec) -> Resolved {
     let defaults = Defaults {
