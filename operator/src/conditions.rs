@@ -3,13 +3,64 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-pub const READY: &str = "Ready";
-pub const KAFKA_READY: &str = "KafkaReady";
-pub const CLICKHOUSE_READY: &str = "ClickHouseReady";
-pub const WORKLOADS_AVAILABLE: &str = "WorkloadsAvailable";
-pub const AUTOSCALING_READY: &str = "AutoscalingReady";
-pub const MONITORING_READY: &str = "MonitoringReady";
-pub const PAUSED: &str = "Paused";
+/// The condition types a pipeline's status carries, in the order `status.conditions` lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConditionType {
+    /// All parts ready; otherwise the first failing part's reason.
+    Ready,
+    KafkaReady,
+    ClickHouseReady,
+    WorkloadsAvailable,
+    AutoscalingReady,
+    MonitoringReady,
+    /// Present only while `spec.paused` is true.
+    Paused,
+}
+
+impl ConditionType {
+    /// Every type, in the order status lists them.
+    pub const ALL: [ConditionType; 7] = [
+        Self::Ready,
+        Self::KafkaReady,
+        Self::ClickHouseReady,
+        Self::WorkloadsAvailable,
+        Self::AutoscalingReady,
+        Self::MonitoringReady,
+        Self::Paused,
+    ];
+    /// The parts `Ready` is folded from, in the order a reconcile decides them.
+    pub const PARTS: [ConditionType; 5] = [
+        Self::KafkaReady,
+        Self::ClickHouseReady,
+        Self::WorkloadsAvailable,
+        Self::AutoscalingReady,
+        Self::MonitoringReady,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::KafkaReady => "KafkaReady",
+            Self::ClickHouseReady => "ClickHouseReady",
+            Self::WorkloadsAvailable => "WorkloadsAvailable",
+            Self::AutoscalingReady => "AutoscalingReady",
+            Self::MonitoringReady => "MonitoringReady",
+            Self::Paused => "Paused",
+        }
+    }
+}
+
+impl std::fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<ConditionType> for String {
+    fn eq(&self, other: &ConditionType) -> bool {
+        self == other.as_str()
+    }
+}
 
 /// Longest condition message and Event note, in bytes (an Event's note may not be longer): an
 /// error body from Kafka or ClickHouse has no bound of its own.
@@ -50,17 +101,17 @@ pub mod reason {
 /// One condition as a reconcile computed it, before timestamps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
-    pub type_: &'static str,
+    pub type_: ConditionType,
     pub ok: bool,
     pub reason: &'static str,
     pub message: String,
 }
 
 impl Finding {
-    pub fn ok(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn ok(type_: ConditionType, reason: &'static str, message: impl Into<String>) -> Self {
         Self { type_, ok: true, reason, message: message.into() }
     }
-    pub fn failed(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn failed(type_: ConditionType, reason: &'static str, message: impl Into<String>) -> Self {
         Self { type_, ok: false, reason, message: message.into() }
     }
 }
@@ -68,15 +119,21 @@ impl Finding {
 /// `Ready` from the part conditions: true when all are, otherwise the first failure's reason.
 pub fn ready(parts: &[Finding]) -> Finding {
     match parts.iter().find(|p| !p.ok) {
-        None => Finding::ok(READY, reason::READY, "topic, table, workloads, autoscaling and monitoring are ready"),
-        Some(failed) => Finding::failed(READY, failed.reason, format!("{}: {}", failed.type_, failed.message)),
+        None => Finding::ok(
+            ConditionType::Ready,
+            reason::READY,
+            "topic, table, workloads, autoscaling and monitoring are ready",
+        ),
+        Some(failed) => {
+            Finding::failed(ConditionType::Ready, failed.reason, format!("{}: {}", failed.type_, failed.message))
+        }
     }
 }
 
 /// Every condition false with the same reason (an invalid spec stops everything).
 pub fn all_failed(reason: &'static str, message: &str) -> Vec<Finding> {
-    [READY, KAFKA_READY, CLICKHOUSE_READY, WORKLOADS_AVAILABLE, AUTOSCALING_READY, MONITORING_READY]
-        .into_iter()
+    std::iter::once(ConditionType::Ready)
+        .chain(ConditionType::PARTS)
         .map(|t| Finding::failed(t, reason, message))
         .collect()
 }
@@ -97,7 +154,7 @@ pub fn truncate(message: &str) -> String {
 /// as their type and an Event note `<type>: <message>`: each such conflict gets an Event even when
 /// `Ready` reports another failure first.
 pub fn new_conflicts<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<(&'a str, String)> {
-    let is_conflict = |c: &Condition| c.type_ != READY && c.reason == reason::RESOURCE_CONFLICT;
+    let is_conflict = |c: &Condition| c.type_ != ConditionType::Ready && c.reason == reason::RESOURCE_CONFLICT;
     new.iter()
         .filter(|c| is_conflict(c))
         .filter(|c| !old.iter().any(|o| is_conflict(o) && o.type_ == c.type_ && o.message == c.message))
@@ -110,8 +167,8 @@ pub fn new_conflicts<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<(&'a st
 pub fn merge(existing: &[Condition], findings: &[Finding], generation: Option<i64>, now: &Time) -> Vec<Condition> {
     let mut merged: Vec<Condition> = existing
         .iter()
-        .filter(|c| !findings.iter().any(|f| f.type_ == c.type_))
-        .filter(|c| c.type_ != PAUSED)
+        .filter(|c| !findings.iter().any(|f| c.type_ == f.type_))
+        .filter(|c| c.type_ != ConditionType::Paused)
         .cloned()
         .collect();
     for finding in findings {
@@ -122,7 +179,7 @@ pub fn merge(existing: &[Condition], findings: &[Finding], generation: Option<i6
             _ => now.clone(),
         };
         merged.push(Condition {
-            type_: finding.type_.to_string(),
+            type_: finding.type_.as_str().to_string(),
             status: status.to_string(),
             reason: finding.reason.to_string(),
             message: truncate(&finding.message),
@@ -130,9 +187,8 @@ pub fn merge(existing: &[Condition], findings: &[Finding], generation: Option<i6
             last_transition_time,
         });
     }
-    let order =
-        [READY, KAFKA_READY, CLICKHOUSE_READY, WORKLOADS_AVAILABLE, AUTOSCALING_READY, MONITORING_READY, PAUSED];
-    merged.sort_by_key(|c| order.iter().position(|t| *t == c.type_).unwrap_or(order.len()));
+    let order = ConditionType::ALL;
+    merged.sort_by_key(|c| order.iter().position(|t| c.type_ == *t).unwrap_or(order.len()));
     merged
 }
 
@@ -145,11 +201,20 @@ mod tests {
     }
 
     #[test]
+    fn the_crd_documents_every_condition_type() {
+        let crd = crate::crdgen::crd_yaml();
+        for t in ConditionType::ALL {
+            assert!(crd.contains(&format!("`{t}`")), "the status.conditions description lacks `{t}`");
+        }
+        assert_eq!(ConditionType::ALL.iter().filter(|t| ConditionType::PARTS.contains(t)).count(), 5);
+    }
+
+    #[test]
     fn ready_takes_the_first_failure() {
         let parts = vec![
-            Finding::ok(KAFKA_READY, reason::TOPIC_READY, "ok"),
-            Finding::failed(CLICKHOUSE_READY, reason::NOT_SUPPORTED, "type change"),
-            Finding::failed(WORKLOADS_AVAILABLE, reason::PROGRESSING, "0/1"),
+            Finding::ok(ConditionType::KafkaReady, reason::TOPIC_READY, "ok"),
+            Finding::failed(ConditionType::ClickHouseReady, reason::NOT_SUPPORTED, "type change"),
+            Finding::failed(ConditionType::WorkloadsAvailable, reason::PROGRESSING, "0/1"),
         ];
         let r = ready(&parts);
         assert!(!r.ok);
@@ -162,12 +227,12 @@ mod tests {
     fn transition_time_moves_only_when_status_changes() {
         let t0 = time("2026-01-01T00:00:00Z");
         let t1 = time("2026-01-01T00:05:00Z");
-        let first = merge(&[], &[Finding::failed(READY, reason::PROGRESSING, "a")], Some(1), &t0);
-        let same = merge(&first, &[Finding::failed(READY, reason::WAITING, "b")], Some(2), &t1);
+        let first = merge(&[], &[Finding::failed(ConditionType::Ready, reason::PROGRESSING, "a")], Some(1), &t0);
+        let same = merge(&first, &[Finding::failed(ConditionType::Ready, reason::WAITING, "b")], Some(2), &t1);
         assert_eq!(same[0].last_transition_time, t0);
         assert_eq!(same[0].reason, reason::WAITING);
         assert_eq!(same[0].observed_generation, Some(2));
-        let flipped = merge(&same, &[Finding::ok(READY, reason::READY, "c")], Some(2), &t1);
+        let flipped = merge(&same, &[Finding::ok(ConditionType::Ready, reason::READY, "c")], Some(2), &t1);
         assert_eq!(flipped[0].last_transition_time, t1);
         assert_eq!(flipped[0].status, "True");
     }
@@ -185,7 +250,8 @@ mod tests {
         assert!(cut.ends_with('…') && cut.starts_with("xé"));
         let t = time("2026-01-01T00:00:00Z");
         let body = "Code: 62. DB::Exception: ".to_string() + &"syntax error ".repeat(10_000);
-        let merged = merge(&[], &[Finding::failed(CLICKHOUSE_READY, reason::CLICKHOUSE_ERROR, body)], Some(1), &t);
+        let merged =
+            merge(&[], &[Finding::failed(ConditionType::ClickHouseReady, reason::CLICKHOUSE_ERROR, body)], Some(1), &t);
         assert!(merged[0].message.len() <= MAX_MESSAGE_BYTES);
         assert!(merged[0].message.starts_with("Code: 62."));
     }
@@ -197,31 +263,34 @@ mod tests {
         let first = merge(
             &[],
             &[
-                conflict(READY, "WorkloadsAvailable: Deployment a"),
-                conflict(WORKLOADS_AVAILABLE, "Deployment a"),
-                Finding::ok(KAFKA_READY, reason::TOPIC_READY, "ok"),
+                conflict(ConditionType::Ready, "WorkloadsAvailable: Deployment a"),
+                conflict(ConditionType::WorkloadsAvailable, "Deployment a"),
+                Finding::ok(ConditionType::KafkaReady, reason::TOPIC_READY, "ok"),
             ],
             Some(1),
             &t,
         );
-        assert_eq!(new_conflicts(&[], &first), vec![(WORKLOADS_AVAILABLE, "WorkloadsAvailable: Deployment a".into())]);
+        assert_eq!(new_conflicts(&[], &first), vec![("WorkloadsAvailable", "WorkloadsAvailable: Deployment a".into())]);
         assert!(new_conflicts(&first, &first).is_empty(), "an unchanged conflict is not noted again");
         let second = merge(
             &first,
-            &[conflict(WORKLOADS_AVAILABLE, "Deployment a"), conflict(MONITORING_READY, "ConfigMap b")],
+            &[
+                conflict(ConditionType::WorkloadsAvailable, "Deployment a"),
+                conflict(ConditionType::MonitoringReady, "ConfigMap b"),
+            ],
             Some(1),
             &t,
         );
-        assert_eq!(new_conflicts(&first, &second), vec![(MONITORING_READY, "MonitoringReady: ConfigMap b".into())]);
+        assert_eq!(new_conflicts(&first, &second), vec![("MonitoringReady", "MonitoringReady: ConfigMap b".into())]);
     }
 
     #[test]
     fn paused_is_added_and_removed_and_keeps_the_rest() {
         let t = time("2026-01-01T00:00:00Z");
-        let base = merge(&[], &[Finding::ok(READY, reason::READY, "ok")], Some(1), &t);
-        let paused = merge(&base, &[Finding::ok(PAUSED, reason::PAUSED, "paused")], Some(2), &t);
-        assert_eq!(paused.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), vec![READY, PAUSED]);
-        let resumed = merge(&paused, &[Finding::ok(READY, reason::READY, "ok")], Some(3), &t);
+        let base = merge(&[], &[Finding::ok(ConditionType::Ready, reason::READY, "ok")], Some(1), &t);
+        let paused = merge(&base, &[Finding::ok(ConditionType::Paused, reason::PAUSED, "paused")], Some(2), &t);
+        assert_eq!(paused.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), vec!["Ready", "Paused"]);
+        let resumed = merge(&paused, &[Finding::ok(ConditionType::Ready, reason::READY, "ok")], Some(3), &t);
         assert_eq!(resumed.len(), 1);
     }
 }

@@ -744,8 +744,8 @@ pub struct FlightPipelineStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `KafkaReady`, `ClickHouseReady`, `WorkloadsAvailable`, `AutoscalingReady` and
-    /// `MonitoringReady`.
+    /// `Ready`, `KafkaReady`, `ClickHouseReady`, `WorkloadsAvailable`, `AutoscalingReady`,
+    /// `MonitoringReady` and, while paused, `Paused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The topic in use.

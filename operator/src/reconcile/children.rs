@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use super::discovery::Discovered;
 use super::kubernetes::{Applied, Cached};
 use super::{Context, Error, kubernetes};
-use crate::conditions::{self, Finding, reason};
+use crate::conditions::{ConditionType, Finding, reason};
 use crate::desired::autoscaling::{self, Offers, Plan};
 use crate::desired::monitoring;
 use crate::desired::workloads::{self, Scrape};
@@ -47,7 +47,7 @@ pub async fn apply_workloads(
     )
     .await?
     {
-        return Ok((conflict(conditions::WORKLOADS_AVAILABLE, &conflicts), endpoints, replicas));
+        return Ok((conflict(ConditionType::WorkloadsAvailable, &conflicts), endpoints, replicas));
     }
     let mut waiting = Vec::new();
     for workload in &resolved.workloads {
@@ -75,12 +75,12 @@ pub async fn apply_workloads(
         }
     }
     let finding = if !conflicts.is_empty() {
-        conflict(conditions::WORKLOADS_AVAILABLE, &conflicts)
+        conflict(ConditionType::WorkloadsAvailable, &conflicts)
     } else if waiting.is_empty() {
-        Finding::ok(conditions::WORKLOADS_AVAILABLE, reason::AVAILABLE, "every enabled workload is available")
+        Finding::ok(ConditionType::WorkloadsAvailable, reason::AVAILABLE, "every enabled workload is available")
     } else {
         Finding::failed(
-            conditions::WORKLOADS_AVAILABLE,
+            ConditionType::WorkloadsAvailable,
             reason::PROGRESSING,
             format!("waiting for available replicas: {}", waiting.join(", ")),
         )
@@ -110,7 +110,7 @@ where
     }
 }
 
-fn conflict(type_: &'static str, conflicts: &[String]) -> Finding {
+fn conflict(type_: ConditionType, conflicts: &[String]) -> Finding {
     Finding::failed(type_, reason::RESOURCE_CONFLICT, conflicts.join("; "))
 }
 
@@ -192,14 +192,14 @@ pub async fn apply_autoscalers(
         }
     }
     Ok(if !conflicts.is_empty() {
-        conflict(conditions::AUTOSCALING_READY, &conflicts)
+        conflict(ConditionType::AutoscalingReady, &conflicts)
     } else if !missing.is_empty() {
-        Finding::failed(conditions::AUTOSCALING_READY, reason::PROVIDER_MISSING, missing.join("; "))
+        Finding::failed(ConditionType::AutoscalingReady, reason::PROVIDER_MISSING, missing.join("; "))
     } else if applied.is_empty() {
-        Finding::ok(conditions::AUTOSCALING_READY, reason::FIXED_REPLICAS, "every workload runs fixed replicas")
+        Finding::ok(ConditionType::AutoscalingReady, reason::FIXED_REPLICAS, "every workload runs fixed replicas")
     } else {
         Finding::ok(
-            conditions::AUTOSCALING_READY,
+            ConditionType::AutoscalingReady,
             reason::AUTOSCALERS_APPLIED,
             format!("autoscaled: {}", applied.join(", ")),
         )
@@ -271,8 +271,8 @@ pub async fn apply_monitoring(
         .await?;
     }
     Ok(if conflicts.is_empty() {
-        Finding::ok(conditions::MONITORING_READY, reason::MONITORING_APPLIED, notes.join("; "))
+        Finding::ok(ConditionType::MonitoringReady, reason::MONITORING_APPLIED, notes.join("; "))
     } else {
-        conflict(conditions::MONITORING_READY, &conflicts)
+        conflict(ConditionType::MonitoringReady, &conflicts)
     })
 }

@@ -27,7 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use self::clickhouse::ClickHouseError;
 use self::kafka::KafkaError;
 use self::status::Facts;
-use crate::conditions::{self, Finding, reason};
+use crate::conditions::{self, ConditionType, Finding, reason};
 use crate::crd::{DeletionPolicy, FINALIZER, FlightPipeline, SKIP_CLEANUP_ANNOTATION};
 use crate::desired::monitoring::DashboardSettings;
 use crate::desired::workloads::Scrape;
@@ -169,7 +169,7 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
 
     if fp.spec.paused {
         let paused =
-            Finding::ok(conditions::PAUSED, reason::PAUSED, "spec.paused is true: the operator changes nothing");
+            Finding::ok(ConditionType::Paused, reason::PAUSED, "spec.paused is true: the operator changes nothing");
         let facts = Facts { spec_not_acted_on: true, ..Facts::default() };
         status::update(&api, &ctx.recorder, fp, &[paused], facts).await?;
         return Ok(Action::await_change());
@@ -229,7 +229,9 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
         facts.endpoints = Some(endpoints);
         facts.available_replicas = Some(replicas);
     } else {
-        for type_ in [conditions::WORKLOADS_AVAILABLE, conditions::AUTOSCALING_READY, conditions::MONITORING_READY] {
+        for type_ in
+            [ConditionType::WorkloadsAvailable, ConditionType::AutoscalingReady, ConditionType::MonitoringReady]
+        {
             findings.push(Finding::failed(type_, reason::WAITING, "applied once the topic and the table exist"));
         }
     }

@@ -7,7 +7,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::conditions::{self, Finding};
+use crate::conditions::{self, ConditionType, Finding};
 use crate::crd::{FlightPipeline, FlightPipelineStatus};
 
 /// A separate field manager for status: Kubernetes 1.20 tracks managed fields per object, not per
@@ -78,11 +78,11 @@ pub async fn update(
     api.patch_status(&fp.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch)).await?;
 
     let ready = |s: &FlightPipelineStatus| {
-        s.conditions.iter().find(|c| c.type_ == conditions::READY).map(|c| (c.status.clone(), c.reason.clone()))
+        s.conditions.iter().find(|c| c.type_ == ConditionType::Ready).map(|c| (c.status.clone(), c.reason.clone()))
     };
     let mut published = None;
     if ready(&old) != ready(&new)
-        && let Some(c) = new.conditions.iter().find(|c| c.type_ == conditions::READY)
+        && let Some(c) = new.conditions.iter().find(|c| c.type_ == ConditionType::Ready)
     {
         let type_ = if c.status == "True" { EventType::Normal } else { EventType::Warning };
         publish(recorder, fp, type_, &c.reason, &c.message).await;

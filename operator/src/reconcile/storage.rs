@@ -16,7 +16,7 @@ use super::clickhouse::{ClickHouseAdmin, ClickHouseError};
 use super::kafka::{KafkaAdmin, KafkaError, PoolKey};
 use super::security;
 use super::{Context, Error};
-use crate::conditions::{self, Finding, reason};
+use crate::conditions::{ConditionType, Finding, reason};
 use crate::crd::{CaSecretRef, FlightPipeline, SecretKeyRefs, StorageKind, StorageRecord};
 use crate::desired::table::{ObservedTable, TableOwner, TablePlan, plan_table};
 use crate::desired::topic::{ObservedTopic, TopicPlan, TopicSpec, plan_topic};
@@ -241,8 +241,8 @@ async fn ensure_as_cached(fp: &FlightPipeline, resolved: &Resolved, ctx: &Contex
             }
         };
         return Storage {
-            kafka: finding(conditions::KAFKA_READY, StorageKind::Topic),
-            clickhouse: finding(conditions::CLICKHOUSE_READY, StorageKind::Table),
+            kafka: finding(ConditionType::KafkaReady, StorageKind::Topic),
+            clickhouse: finding(ConditionType::ClickHouseReady, StorageKind::Table),
             records: Some(current_records(fp, resolved)),
             ..Storage::nothing()
         };
@@ -334,8 +334,8 @@ async fn ensure_as_cached(fp: &FlightPipeline, resolved: &Resolved, ctx: &Contex
     if creates && let Err(e) = write_records(fp, ctx, &next).await {
         let message = format!("could not record the resources about to be created ({e}); nothing was created");
         return Storage {
-            kafka: Finding::failed(conditions::KAFKA_READY, reason::WAITING, message.clone()),
-            clickhouse: Finding::failed(conditions::CLICKHOUSE_READY, reason::WAITING, message),
+            kafka: Finding::failed(ConditionType::KafkaReady, reason::WAITING, message.clone()),
+            clickhouse: Finding::failed(ConditionType::ClickHouseReady, reason::WAITING, message),
             error: Some(e.into()),
             records: Some(records),
             ..Storage::nothing()
@@ -349,19 +349,19 @@ async fn ensure_as_cached(fp: &FlightPipeline, resolved: &Resolved, ctx: &Contex
     storage.kafka = match kafka {
         Err(e) => kafka_failure(e, &mut storage.error),
         Ok(_) if !topic_conflicts.is_empty() => {
-            Finding::failed(conditions::KAFKA_READY, reason::RESOURCE_CONFLICT, topic_conflicts.join("; "))
+            Finding::failed(ConditionType::KafkaReady, reason::RESOURCE_CONFLICT, topic_conflicts.join("; "))
         }
         Ok((_, parts)) if !topic_blocks.is_empty() => {
             topics_exist = parts.iter().all(|p| p.observed.is_some());
             Finding::failed(
-                conditions::KAFKA_READY,
+                ConditionType::KafkaReady,
                 reason::NOT_SUPPORTED,
                 format!("{}; nothing was changed", topic_blocks.join("; ")),
             )
         }
         Ok((_, parts)) if blocked && !parts.iter().all(|p| p.plan.is_noop()) => {
             topics_exist = parts.iter().all(|p| p.observed.is_some());
-            Finding::failed(conditions::KAFKA_READY, reason::WAITING, held_back)
+            Finding::failed(ConditionType::KafkaReady, reason::WAITING, held_back)
         }
         Ok(((mut admin, pool_key), parts)) => {
             let mut failure = None;
@@ -403,7 +403,7 @@ async fn ensure_as_cached(fp: &FlightPipeline, resolved: &Resolved, ctx: &Contex
                         .unwrap_or_default();
                     let partitions = storage.partitions.unwrap_or_default();
                     let message = format!("topic {} ({partitions} partitions){dlq} ready", resolved.topic.name);
-                    Finding::ok(conditions::KAFKA_READY, reason::TOPIC_READY, message)
+                    Finding::ok(ConditionType::KafkaReady, reason::TOPIC_READY, message)
                 }
             }
         }
@@ -412,31 +412,31 @@ async fn ensure_as_cached(fp: &FlightPipeline, resolved: &Resolved, ctx: &Contex
     storage.clickhouse = match clickhouse {
         Err(e) => clickhouse_failure(e, &mut storage.error),
         Ok(_) if !table_conflicts.is_empty() => {
-            Finding::failed(conditions::CLICKHOUSE_READY, reason::RESOURCE_CONFLICT, table_conflicts.join("; "))
+            Finding::failed(ConditionType::ClickHouseReady, reason::RESOURCE_CONFLICT, table_conflicts.join("; "))
         }
         Ok((_, part)) if !table_blocks.is_empty() => {
             table_exists = !part.plan.create;
             Finding::failed(
-                conditions::CLICKHOUSE_READY,
+                ConditionType::ClickHouseReady,
                 reason::NOT_SUPPORTED,
                 format!("{}; nothing was changed", table_blocks.join("; ")),
             )
         }
         Ok((_, part)) if blocked && !part.plan.statements.is_empty() => {
             table_exists = !part.plan.create;
-            Finding::failed(conditions::CLICKHOUSE_READY, reason::WAITING, held_back)
+            Finding::failed(ConditionType::ClickHouseReady, reason::WAITING, held_back)
         }
         Ok((admin, part)) => match admin.apply(&resolved.table, &part.plan).await {
             Err(ClickHouseError::Exists { .. }) => {
                 lost_races.push(part.key.clone());
-                Finding::failed(conditions::CLICKHOUSE_READY, reason::RESOURCE_CONFLICT, "")
+                Finding::failed(ConditionType::ClickHouseReady, reason::RESOURCE_CONFLICT, "")
             }
             Err(e) => clickhouse_failure(e.into(), &mut storage.error),
             Ok(()) => {
                 table_exists = true;
                 storage.table_changed = !part.plan.statements.is_empty();
                 let message = format!("table {} ready", resolved.table.qualified());
-                Finding::ok(conditions::CLICKHOUSE_READY, reason::TABLE_READY, message)
+                Finding::ok(ConditionType::ClickHouseReady, reason::TABLE_READY, message)
             }
         },
     };
@@ -491,8 +491,8 @@ fn records_for(records: &[StorageRecord], keys: &[ResourceKey], kind: StorageKin
 impl Storage {
     fn nothing() -> Self {
         Storage {
-            kafka: Finding::failed(conditions::KAFKA_READY, reason::WAITING, ""),
-            clickhouse: Finding::failed(conditions::CLICKHOUSE_READY, reason::WAITING, ""),
+            kafka: Finding::failed(ConditionType::KafkaReady, reason::WAITING, ""),
+            clickhouse: Finding::failed(ConditionType::ClickHouseReady, reason::WAITING, ""),
             usable: false,
             topic_changed: false,
             table_changed: false,
@@ -514,7 +514,7 @@ fn kafka_failure(e: KafkaError, error: &mut Option<Error>) -> Finding {
     } else {
         reason::KAFKA_ERROR
     };
-    let finding = Finding::failed(conditions::KAFKA_READY, why, e.to_string());
+    let finding = Finding::failed(ConditionType::KafkaReady, why, e.to_string());
     if transient {
         *error = Some(e.into());
     }
@@ -529,7 +529,7 @@ fn clickhouse_failure(e: Error, error: &mut Option<Error>) -> Finding {
         _ if transient => reason::CLICKHOUSE_UNAVAILABLE,
         _ => reason::CLICKHOUSE_ERROR,
     };
-    let finding = Finding::failed(conditions::CLICKHOUSE_READY, why, e.to_string());
+    let finding = Finding::failed(ConditionType::ClickHouseReady, why, e.to_string());
     if transient && error.is_none() {
         *error = Some(e);
     }
