@@ -2,7 +2,9 @@
 
 pub mod children;
 pub mod clickhouse;
+mod context;
 pub mod discovery;
+mod error;
 pub mod kafka;
 pub mod kafka_sasl;
 pub mod kafka_wire;
@@ -11,114 +13,25 @@ pub mod security;
 pub mod status;
 pub mod storage;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+pub use self::context::{ChildStores, Context};
+pub use self::error::{Error, backoff, error_policy};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{Api, ApiResource, DynamicObject};
+use std::sync::Arc;
+use std::time::Instant;
+
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::Store;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 
-use self::clickhouse::ClickHouseError;
-use self::kafka::KafkaError;
 use self::status::Facts;
 use crate::conditions::{self, ConditionType, Finding, reason};
 use crate::crd::{DeletionPolicy, FINALIZER, FlightPipeline, SKIP_CLEANUP_ANNOTATION};
-use crate::desired::monitoring::DashboardSettings;
 use crate::desired::workloads::Scrape;
-use crate::spec::resolve::{Defaults, resolve};
-use crate::telemetry::Metrics;
+use crate::spec::resolve::resolve;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API error: {0}")]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Kafka(#[from] KafkaError),
-    #[error(transparent)]
-    ClickHouse(#[from] ClickHouseError),
-    #[error("ClickHouse credentials: {0}")]
-    Credentials(String),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-}
-
-impl Error {
-    /// Low-cardinality label for the errors metric.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kubernetes",
-            Error::Kafka(e) if e.is_transient() => "kafka_unavailable",
-            Error::Kafka(_) => "kafka",
-            Error::ClickHouse(e) if e.is_transient() => "clickhouse_unavailable",
-            Error::ClickHouse(_) => "clickhouse",
-            Error::Credentials(_) => "credentials",
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
-                    e.reason()
-                }
-                _ => "finalizer",
-            },
-        }
-    }
-}
-
-/// Shared state of all reconciles.
-pub struct Context {
-    pub client: Client,
-    pub defaults: Defaults,
-    pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
-    /// Re-reconcile period that catches drift made outside Kubernetes.
-    pub resync: Duration,
-    /// Timeout of each Kafka and ClickHouse call.
-    pub io_timeout: Duration,
-    /// Consecutive failures per pipeline, for exponential backoff.
-    pub failures: Mutex<HashMap<String, u32>>,
-    /// Prometheus that KEDA triggers query.
-    pub prometheus_url: Option<String>,
-    /// How dashboards are labelled for Grafana's sidecar.
-    pub dashboards: DashboardSettings,
-    /// Every FlightPipeline the controller watches (its reflector store): claims between
-    /// pipelines are checked against it without an API call.
-    pub pipelines: Store<FlightPipeline>,
-    /// The claims of every pipeline, rebuilt only when the store's pipelines changed.
-    pub claims: Mutex<storage::ClaimIndexCache>,
-    /// The owned children the controller watches (labelled as managed by the operator).
-    pub children: ChildStores,
-    /// What the API server offers, asked at most once per TTL.
-    pub discovery: discovery::DiscoveryCache,
-    /// ClickHouse clients per URL and credentials, reused across reconciles.
-    pub clickhouse: clickhouse::ClientPool,
-    /// Idle Kafka admin sessions per cluster, reused across reconciles.
-    pub kafka: kafka::SessionPool<kafka::KafkaAdmin>,
-}
-
-/// Reflector stores of the owned kinds, fed by the controller's own watches, and of the
-/// discovered kinds it applies (HPAs, ScaledObjects, ServiceMonitors, PrometheusRules) that were
-/// served when the operator started.
-pub struct ChildStores {
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
-    pub config_maps: Store<ConfigMap>,
-    pub dynamic: Vec<(ApiResource, Store<DynamicObject>)>,
-}
-
-impl ChildStores {
-    /// The store of a discovered kind, if it is watched.
-    pub fn dynamic(&self, resource: &ApiResource) -> Option<kubernetes::Cached<'_, DynamicObject>> {
-        self.dynamic
-            .iter()
-            .find(|(r, _)| r.api_version == resource.api_version && r.kind == resource.kind)
-            .map(|(r, store)| kubernetes::Cached { store, dyntype: r.clone() })
-    }
-}
-
+#[tracing::instrument(skip_all, fields(namespace = %fp.namespace().unwrap_or_default(), pipeline = %fp.name_any()))]
 pub async fn reconcile(fp: Arc<FlightPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let namespace = fp.namespace().unwrap_or_default();
@@ -139,27 +52,6 @@ pub async fn reconcile(fp: Arc<FlightPipeline>, ctx: Arc<Context>) -> Result<Act
         ctx.failures.lock().expect("failures lock").remove(&key);
     }
     result
-}
-
-/// Retries failed reconciles with exponential backoff (1 s doubling to 5 min) and ±50 % jitter,
-/// so a broker outage does not turn into a retry storm across many pipelines.
-pub fn error_policy(fp: Arc<FlightPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", fp.namespace().unwrap_or_default(), fp.name_any());
-    let attempt = {
-        let mut failures = ctx.failures.lock().expect("failures lock");
-        let n = failures.entry(key.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = backoff(attempt, rand::random::<f64>());
-    tracing::warn!(pipeline = %key, error = %error, attempt, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
-    Action::requeue(delay)
-}
-
-/// `base · 2^(attempt-1)` capped at 5 minutes, scaled by a jitter factor in [0.5, 1.5).
-pub fn backoff(attempt: u32, jitter: f64) -> Duration {
-    let base = Duration::from_secs(1).saturating_mul(1 << attempt.saturating_sub(1).min(9));
-    base.min(Duration::from_secs(300)).mul_f64(0.5 + jitter)
 }
 
 async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
@@ -283,20 +175,5 @@ async fn cleanup(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
             status::publish(&ctx.recorder, fp, EventType::Warning, "CleanupFailed", &note).await;
             Err(e)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_caps() {
-        assert_eq!(backoff(1, 0.5), Duration::from_secs(1));
-        assert_eq!(backoff(4, 0.5), Duration::from_secs(8));
-        assert_eq!(backoff(30, 0.5), Duration::from_secs(300));
-        assert_eq!(backoff(1, 0.0), Duration::from_millis(500));
-        assert!(backoff(30, 0.999) < Duration::from_secs(450));
     }
 }
