@@ -9,9 +9,13 @@ pub mod kafka;
 pub mod kafka_sasl;
 pub mod kafka_wire;
 pub mod kubernetes;
+pub mod outcome;
 pub mod security;
 pub mod status;
 pub mod storage;
+
+#[cfg(test)]
+mod fixtures;
 
 pub use self::context::{ChildStores, Context};
 pub use self::error::{Error, backoff, error_policy};

@@ -503,37 +503,22 @@ impl Storage {
     }
 }
 
+/// The condition for a Kafka failure (`outcome::kafka`); a transient one is kept to retry.
 fn kafka_failure(e: KafkaError, error: &mut Option<Error>) -> Finding {
-    let transient = e.is_transient();
-    let why = if e.is_tls() {
-        reason::KAFKA_TLS_FAILED
-    } else if e.is_authentication() {
-        reason::KAFKA_AUTHENTICATION_FAILED
-    } else if transient {
-        reason::KAFKA_UNAVAILABLE
-    } else {
-        reason::KAFKA_ERROR
-    };
-    let finding = Finding::failed(ConditionType::KafkaReady, why, e.to_string());
-    if transient {
+    let outcome = super::outcome::kafka(&e);
+    if outcome.transient {
         *error = Some(e.into());
     }
-    finding
+    outcome.finding
 }
 
+/// The condition for a ClickHouse failure (`outcome::clickhouse`); a transient one is kept to retry.
 fn clickhouse_failure(e: Error, error: &mut Option<Error>) -> Finding {
-    let transient = matches!(&e, Error::ClickHouse(c) if c.is_transient());
-    let why = match &e {
-        Error::ClickHouse(c) if c.is_tls() => reason::CLICKHOUSE_TLS_FAILED,
-        Error::ClickHouse(c) if c.is_authentication() => reason::CLICKHOUSE_AUTHENTICATION_FAILED,
-        _ if transient => reason::CLICKHOUSE_UNAVAILABLE,
-        _ => reason::CLICKHOUSE_ERROR,
-    };
-    let finding = Finding::failed(ConditionType::ClickHouseReady, why, e.to_string());
-    if transient && error.is_none() {
+    let outcome = super::outcome::clickhouse(&e);
+    if outcome.transient && error.is_none() {
         *error = Some(e);
     }
-    finding
+    outcome.finding
 }
 
 /// Describes the topics over an idle session of the cluster's pool, or a new one when there is

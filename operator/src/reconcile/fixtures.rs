@@ -1,0 +1,389 @@
+//! The reconciler against a mock API server, in named scenarios (the shape of kube-rs
+//! controller-rs `src/fixtures.rs`). A scenario lists every request one reconcile makes, in order:
+//! method, path and the parts of the body that matter; it answers each as the API server would,
+//! and the run fails on any request it does not list or on one it lists that never comes. No
+//! cluster, Kafka or ClickHouse: the operator's Kafka and ClickHouse defaults are closed loopback
+//! ports, so a path that should not reach them fails visibly if it does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{Store, store};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+
+use super::{ChildStores, Context, Error, discovery, reconcile};
+use crate::crd::{FINALIZER, FlightPipeline, FlightPipelineStatus};
+use crate::spec::resolve::Defaults;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const PIPELINE_PATH: &str = "/apis/flightline.dev/v1alpha1/namespaces/air/flightpipelines/scl";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/air/events";
+/// Another controller's finalizer, listed before ours: removal must name our index.
+const OTHER_FINALIZER: &str = "example.com/keep";
+
+/// A loopback port nothing listens on (bound for its number, then closed), the same for every
+/// test: a second reconcile then sees the same failure text as the first.
+fn closed_port(which: usize) -> u16 {
+    static PORTS: std::sync::OnceLock<[u16; 2]> = std::sync::OnceLock::new();
+    PORTS.get_or_init(|| {
+        let listeners = [0; 2].map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"));
+        listeners.map(|l| l.local_addr().expect("its address").port())
+    })[which]
+}
+
+/// A store as a watch leaves it after its first full list.
+fn synced<K>(objects: &[K]) -> Store<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    let (reader, mut writer) = store::<K>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object.clone()));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
+}
+
+impl Context {
+    /// A context on a mock API server: the pipeline store holds `pipelines`, the child stores are
+    /// synced and empty, and Kafka and ClickHouse default to closed loopback ports.
+    pub fn test(pipelines: &[FlightPipeline]) -> (Arc<Self>, ApiServer) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let defaults = Defaults {
+            kafka_bootstrap_servers: Some(format!("127.0.0.1:{}", closed_port(0))),
+            clickhouse_url: Some(format!("http://127.0.0.1:{}", closed_port(1))),
+            ..Defaults::default()
+        };
+        let ctx = Context {
+            client: client.clone(),
+            defaults,
+            metrics: Default::default(),
+            recorder: Recorder::new(client, "flightline-operator".into()),
+            resync: Duration::from_secs(300),
+            io_timeout: Duration::from_secs(5),
+            failures: Default::default(),
+            prometheus_url: None,
+            dashboards: Default::default(),
+            pipelines: synced(pipelines),
+            claims: Default::default(),
+            children: ChildStores {
+                deployments: synced::<Deployment>(&[]),
+                services: synced::<Service>(&[]),
+                config_maps: synced::<ConfigMap>(&[]),
+                dynamic: vec![],
+            },
+            discovery: discovery::DiscoveryCache::new(Duration::from_secs(60)),
+            clickhouse: Default::default(),
+            kafka: Default::default(),
+        };
+        (Arc::new(ctx), ApiServer { handle })
+    }
+}
+
+/// `air/scl` as the API server stores it (uid, generation, creation time), with `spec` and
+/// optionally our finalizer.
+pub fn pipeline(spec: Value, finalized: bool) -> FlightPipeline {
+    let finalizers = if finalized { json!([FINALIZER]) } else { json!(null) };
+    serde_json::from_value(json!({
+        "apiVersion": "flightline.dev/v1alpha1",
+        "kind": "FlightPipeline",
+        "metadata": {
+            "name": "scl", "namespace": "air", "uid": "uid-scl", "generation": 3,
+            "resourceVersion": "100", "creationTimestamp": "2026-01-01T00:00:00Z", "finalizers": finalizers,
+        },
+        "spec": spec,
+    }))
+    .expect("a FlightPipeline")
+}
+
+/// The pipeline being deleted, our finalizer second after another controller's.
+pub fn deleting(spec: Value) -> FlightPipeline {
+    let mut fp = pipeline(spec, false);
+    fp.metadata.finalizers = Some(vec![OTHER_FINALIZER.into(), FINALIZER.into()]);
+    fp.metadata.deletion_timestamp = Some(serde_json::from_value(json!("2026-01-02T00:00:00Z")).expect("a time"));
+    fp
+}
+
+/// What one reconcile is expected to ask of the API server, in order.
+pub enum Scenario {
+    /// A pipeline without the finalizer: one JSON patch adds it; nothing else happens.
+    FinalizerAdded,
+    /// `spec.paused`: one status apply with `Paused` True (ReconciliationPaused) and nothing else: no
+    /// child, Kafka or ClickHouse call, and no Event (`Ready` did not change).
+    PausedStatus,
+    /// An invalid spec: a status apply with `Ready` and every part False/InvalidSpec naming the
+    /// problem, then the Warning Event for `Ready`.
+    InvalidSpec { problem: &'static str },
+    /// The status is already what the reconcile computes: no request at all.
+    NothingToWrite,
+    /// Deleted under `deletionPolicy: Retain`: the finalizer is removed (by its index), nothing else.
+    Retained,
+    /// Deleted under `deletionPolicy: Delete` with nothing recorded as created: an Event says so,
+    /// then the finalizer is removed; no Kafka or ClickHouse call.
+    DeletedNothing,
+    /// Kafka and ClickHouse unreachable: a status apply with KafkaUnavailable and
+    /// ClickHouseUnavailable (the workloads wait), then the Warning Event for `Ready`.
+    StorageUnavailable,
+}
+
+/// The mock API server's side: every request a scenario expects, answered in turn.
+pub struct ApiServer {
+    handle: Handle,
+}
+
+impl ApiServer {
+    /// Runs `scenario` against one reconcile of `fp`: returns what the reconcile returned and the
+    /// pipeline as the API server holds it afterwards. Panics on a request the scenario does not
+    /// list (also one made after the scenario's last), or on a listed one that does not come.
+    pub async fn reconcile(
+        self,
+        ctx: Arc<Context>,
+        fp: FlightPipeline,
+        scenario: Scenario,
+    ) -> (Result<Action, Error>, FlightPipeline) {
+        // The test holds the context (and so the client) until the end: a request after the
+        // reconcile returned would otherwise look like the client going away.
+        let reconciling = tokio::spawn(reconcile(Arc::new(fp.clone()), ctx.clone()));
+        let expected = tokio::spawn(self.run(scenario, fp));
+        let (mut server, fp) = tokio::time::timeout(Duration::from_secs(20), expected)
+            .await
+            .expect("the scenario's requests came within 20 s")
+            .expect("the scenario's requests were as expected");
+        // A reconcile that makes a request the scenario does not list waits for its answer: the
+        // request shows up here instead of the reconcile's end.
+        let result = tokio::select! {
+            biased;
+            done = tokio::time::timeout(Duration::from_secs(20), reconciling) => {
+                done.expect("the reconcile finished within 20 s").expect("the reconcile did not panic")
+            }
+            unexpected = server.handle.next_request() => match unexpected {
+                Some((request, _)) => panic!("a request the scenario does not list: {} {}", request.method(), request.uri()),
+                None => panic!("the mock API server's client went away"),
+            },
+        };
+        drop(ctx);
+        (result, fp)
+    }
+
+    async fn run(mut self, scenario: Scenario, fp: FlightPipeline) -> (Self, FlightPipeline) {
+        let fp = match scenario {
+            Scenario::FinalizerAdded => self.finalizer_added(fp).await,
+            Scenario::PausedStatus => self.paused_status(fp).await,
+            Scenario::InvalidSpec { problem } => {
+                let fp = self.invalid_spec_status(fp, problem).await;
+                self.event("Warning", "InvalidSpec", problem).await;
+                fp
+            }
+            Scenario::NothingToWrite => fp,
+            Scenario::Retained => self.finalizer_removed(fp).await,
+            Scenario::DeletedNothing => {
+                self.event("Normal", "Deleted", "deleted nothing outside Kubernetes").await;
+                self.finalizer_removed(fp).await
+            }
+            Scenario::StorageUnavailable => {
+                let fp = self.storage_unavailable_status(fp).await;
+                self.event("Warning", "KafkaUnavailable", "cannot reach Kafka broker").await;
+                fp
+            }
+        };
+        (self, fp)
+    }
+
+    /// The next request, which must be `method` on `path`: its query and JSON body, and where to answer.
+    async fn expect(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+    ) -> (String, Value, tower_test::mock::SendResponse<Response<Body>>) {
+        let (request, send) = self.handle.next_request().await.expect("the reconcile made a request");
+        assert_eq!((request.method(), request.uri().path()), (&method, path), "{}", request.uri());
+        let query = request.uri().query().unwrap_or_default().to_string();
+        let header = request.headers().get("content-type").map(|v| v.to_str().unwrap_or_default().to_string());
+        assert_eq!(header.as_deref(), Some(content_type), "{method} {path}");
+        let bytes = request.into_body().collect_bytes().await.expect("the request body");
+        let body = serde_json::from_slice(&bytes).expect("a JSON body");
+        (query, body, send)
+    }
+
+    fn answer(send: tower_test::mock::SendResponse<Response<Body>>, status: StatusCode, body: &impl serde::Serialize) {
+        let bytes = serde_json::to_vec(body).expect("serializes");
+        send.send_response(Response::builder().status(status).body(Body::from(bytes)).expect("a response"));
+    }
+
+    async fn finalizer_added(&mut self, mut fp: FlightPipeline) -> FlightPipeline {
+        let (_, patch, send) = self.expect(Method::PATCH, PIPELINE_PATH, "application/json-patch+json").await;
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+            ])
+        );
+        fp.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        Self::answer(send, StatusCode::OK, &fp);
+        fp
+    }
+
+    async fn finalizer_removed(&mut self, mut fp: FlightPipeline) -> FlightPipeline {
+        let (_, patch, send) = self.expect(Method::PATCH, PIPELINE_PATH, "application/json-patch+json").await;
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/metadata/finalizers/1", "value": FINALIZER},
+                {"op": "remove", "path": "/metadata/finalizers/1"},
+            ])
+        );
+        fp.metadata.finalizers = Some(vec![OTHER_FINALIZER.into()]);
+        Self::answer(send, StatusCode::OK, &fp);
+        fp
+    }
+
+    /// A server-side apply of the status under the operator's status field manager: the status it
+    /// carries becomes the pipeline's.
+    async fn status_applied(&mut self, mut fp: FlightPipeline) -> (FlightPipeline, FlightPipelineStatus) {
+        let path = format!("{PIPELINE_PATH}/status");
+        let (query, body, send) = self.expect(Method::PATCH, &path, "application/apply-patch+yaml").await;
+        assert!(query.contains("fieldManager=flightline-operator-status") && query.contains("force=true"), "{query}");
+        assert_eq!((&body["apiVersion"], &body["kind"]), (&json!("flightline.dev/v1alpha1"), &json!("FlightPipeline")));
+        let status: FlightPipelineStatus = serde_json::from_value(body["status"].clone()).expect("a status");
+        fp.status = Some(status.clone());
+        Self::answer(send, StatusCode::OK, &fp);
+        (fp, status)
+    }
+
+    async fn paused_status(&mut self, fp: FlightPipeline) -> FlightPipeline {
+        let (fp, status) = self.status_applied(fp).await;
+        let conditions: Vec<_> =
+            status.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str())).collect();
+        assert_eq!(conditions, [("Paused", "True", "ReconciliationPaused")]);
+        assert_eq!(status.observed_generation, None, "a paused spec was not acted on");
+        assert_eq!(FlightPipelineStatus { conditions: vec![], ..status }, FlightPipelineStatus::default());
+        fp
+    }
+
+    async fn invalid_spec_status(&mut self, fp: FlightPipeline, problem: &str) -> FlightPipeline {
+        let (fp, status) = self.status_applied(fp).await;
+        let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+        let expected =
+            ["Ready", "KafkaReady", "ClickHouseReady", "WorkloadsAvailable", "AutoscalingReady", "MonitoringReady"];
+        assert_eq!(types, expected);
+        for c in &status.conditions {
+            assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InvalidSpec"), "{}", c.type_);
+            assert!(c.message.contains(problem), "{}: {}", c.type_, c.message);
+            assert_eq!(c.observed_generation, Some(3));
+        }
+        assert_eq!(status.observed_generation, Some(3));
+        fp
+    }
+
+    async fn storage_unavailable_status(&mut self, fp: FlightPipeline) -> FlightPipeline {
+        let (fp, status) = self.status_applied(fp).await;
+        let conditions: Vec<_> =
+            status.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str())).collect();
+        assert_eq!(
+            conditions,
+            [
+                ("Ready", "False", "KafkaUnavailable"),
+                ("KafkaReady", "False", "KafkaUnavailable"),
+                ("ClickHouseReady", "False", "ClickHouseUnavailable"),
+                ("WorkloadsAvailable", "False", "WaitingForStorage"),
+                ("AutoscalingReady", "False", "WaitingForStorage"),
+                ("MonitoringReady", "False", "WaitingForStorage"),
+            ]
+        );
+        let kafka = &status.conditions[1].message;
+        assert!(kafka.starts_with("cannot reach Kafka broker 127.0.0.1:"), "{kafka}");
+        let clickhouse = &status.conditions[2].message;
+        assert!(clickhouse.starts_with("cannot reach ClickHouse at http://127.0.0.1:"), "{clickhouse}");
+        // What the reconcile would use, recorded; nothing recorded as created (nothing was).
+        assert_eq!(status.topic.as_deref(), Some("air.scl.flights"));
+        assert_eq!(status.storage, Some(vec![]));
+        assert_eq!(status.observed_generation, Some(3));
+        fp
+    }
+
+    /// An Event about `air/scl` (created: the recorder has not seen its like).
+    async fn event(&mut self, type_: &str, reason: &str, note: &str) {
+        let (_, event, send) = self.expect(Method::POST, EVENTS_PATH, "application/json").await;
+        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some(type_), Some(reason)), "{event}");
+        assert!(event["note"].as_str().is_some_and(|n| n.contains(note)), "{event}");
+        assert_eq!(
+            (&event["regarding"]["kind"], &event["regarding"]["name"]),
+            (&json!("FlightPipeline"), &json!("scl"))
+        );
+        Self::answer(send, StatusCode::CREATED, &event);
+    }
+}
+
+mod scenarios {
+    use super::*;
+
+    async fn run(fp: FlightPipeline, scenario: Scenario) -> (Result<Action, Error>, FlightPipeline) {
+        let (ctx, server) = Context::test(std::slice::from_ref(&fp));
+        server.reconcile(ctx, fp, scenario).await
+    }
+
+    #[tokio::test]
+    async fn a_new_pipeline_gets_the_finalizer_and_nothing_else() {
+        let (result, fp) = run(pipeline(json!({}), false), Scenario::FinalizerAdded).await;
+        assert_eq!(result.unwrap(), Action::await_change(), "the patch itself triggers the next reconcile");
+        assert_eq!(fp.metadata.finalizers, Some(vec![FINALIZER.to_string()]));
+    }
+
+    #[tokio::test]
+    async fn a_paused_pipeline_gets_one_status_write_and_no_other_call() {
+        let (result, fp) = run(pipeline(json!({"paused": true}), true), Scenario::PausedStatus).await;
+        assert_eq!(result.unwrap(), Action::await_change());
+        // No-op reconciles write nothing: the same pipeline again makes no request at all.
+        let (result, _) = run(fp, Scenario::NothingToWrite).await;
+        assert_eq!(result.unwrap(), Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_spec_fails_every_condition_and_calls_nothing_else() {
+        let spec = json!({"kafka": {"partitions": 0}});
+        let problem = "spec.kafka.partitions: 0 must be at least 1";
+        let (result, fp) = run(pipeline(spec, true), Scenario::InvalidSpec { problem }).await;
+        assert_eq!(result.unwrap(), Action::await_change(), "nothing to retry until the spec changes");
+        let (result, _) = run(fp, Scenario::NothingToWrite).await;
+        assert_eq!(result.unwrap(), Action::await_change());
+    }
+
+    #[tokio::test]
+    async fn deleting_under_retain_removes_the_finalizer_only() {
+        let (result, fp) = run(deleting(json!({"deletionPolicy": "Retain"})), Scenario::Retained).await;
+        assert_eq!(result.unwrap(), Action::await_change());
+        assert_eq!(fp.metadata.finalizers, Some(vec![OTHER_FINALIZER.to_string()]));
+    }
+
+    #[tokio::test]
+    async fn deleting_under_delete_with_nothing_created_touches_neither_kafka_nor_clickhouse() {
+        let (result, fp) = run(deleting(json!({"deletionPolicy": "Delete"})), Scenario::DeletedNothing).await;
+        assert_eq!(result.unwrap(), Action::await_change());
+        assert_eq!(fp.metadata.finalizers, Some(vec![OTHER_FINALIZER.to_string()]));
+    }
+
+    #[tokio::test]
+    async fn unreachable_kafka_and_clickhouse_are_reported_and_retried() {
+        let (result, fp) = run(pipeline(json!({}), true), Scenario::StorageUnavailable).await;
+        let error = result.expect_err("an outage is retried with backoff");
+        assert_eq!(error.reason(), "kafka_unavailable", "{error}");
+        // The retry against the same outage finds the status as it is: it writes nothing, and
+        // still asks to be retried.
+        let (result, _) = run(fp, Scenario::NothingToWrite).await;
+        assert_eq!(result.expect_err("retried again").reason(), "kafka_unavailable");
+    }
+}
