@@ -17,13 +17,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// JSON logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// JSON logs to stderr, filtered by `RUST_LOG` (default `info`). `FLIGHTLINE_LOG_SPAN_TIMES=1` also
+/// logs each span's close with its busy and idle time (where a reconcile's time goes).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let span_times = matches!(std::env::var("FLIGHTLINE_LOG_SPAN_TIMES").as_deref(), Ok("1" | "true"));
+    let span_events = match span_times {
+        true => tracing_subscriber::fmt::format::FmtSpan::CLOSE,
+        false => tracing_subscriber::fmt::format::FmtSpan::NONE,
+    };
     tracing_subscriber::fmt()
+        .with_span_events(span_events)
         .json()
         .flatten_event(true)
-        .with_current_span(false)
+        .with_current_span(span_times)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();

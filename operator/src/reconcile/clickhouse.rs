@@ -123,6 +123,7 @@ impl ClickHouseAdmin {
         self.bounded(statement, self.client.query(statement).execute()).await
     }
 
+    #[tracing::instrument(name = "clickhouse_describe", skip_all, fields(url = %self.url, table = %want.qualified()))]
     pub async fn describe(&self, want: &TableSpec) -> Result<Option<ObservedTable>, ClickHouseError> {
         let tables_sql = "SELECT partition_key, sorting_key, engine_full, comment FROM system.tables \
                           WHERE database = ? AND name = ?";
@@ -143,6 +144,7 @@ impl ClickHouseAdmin {
         }))
     }
 
+    #[tracing::instrument(name = "clickhouse_apply", skip_all, fields(url = %self.url, table = %want.qualified()))]
     pub async fn apply(&self, want: &TableSpec, plan: &TablePlan) -> Result<(), ClickHouseError> {
         let known = || self.databases.lock().expect("databases lock").contains(&want.database);
         if plan.create && !known() {
@@ -173,6 +175,7 @@ impl ClickHouseAdmin {
 
     /// Drops a table this pipeline created, if its comment still names this pipeline as the owner
     /// (otherwise it was dropped and made again by someone else, and is theirs).
+    #[tracing::instrument(name = "clickhouse_drop", skip_all, fields(url = %self.url, table = %format!("{database}.{table}")))]
     pub async fn drop_created(&self, database: &str, table: &str, me: &TableOwner) -> Result<bool, ClickHouseError> {
         let sql = "SELECT comment FROM system.tables WHERE database = ? AND name = ?";
         let query = self.client.query(sql).bind(database).bind(table);

@@ -142,6 +142,7 @@ impl KafkaAdmin {
 
     /// A session with TLS and/or SASL as `security` says. A TLS or authentication failure ends the
     /// attempt at once: another bootstrap server of the same cluster would refuse the same way.
+    #[tracing::instrument(name = "kafka_connect", skip_all, fields(cluster = %bootstrap_servers))]
     pub async fn connect_with(
         bootstrap_servers: &str,
         security: &KafkaSecurity,
@@ -203,6 +204,7 @@ impl KafkaAdmin {
     }
 
     /// The topic as the broker has it, or `None` when it does not exist.
+    #[tracing::instrument(name = "kafka_describe", skip_all, fields(cluster = %self.bootstrap.addr(), topic = %name))]
     pub async fn describe(&mut self, name: &str) -> Result<Option<ObservedTopic>, KafkaError> {
         let metadata = self.metadata(&[name]).await?;
         let Some(topic) = metadata.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name)) else {
@@ -274,6 +276,7 @@ impl KafkaAdmin {
         Ok(())
     }
 
+    #[tracing::instrument(name = "kafka_create", skip_all, fields(cluster = %self.bootstrap.addr(), topic = %want.name))]
     async fn create(&mut self, want: &TopicSpec) -> Result<(), KafkaError> {
         let mut topic = CreatableTopic::default();
         topic.name = topic_name(&want.name);
@@ -312,6 +315,7 @@ impl KafkaAdmin {
 
     /// Sets `changed` with IncrementalAlterConfigs; brokers older than 2.3 only have AlterConfigs,
     /// which replaces the whole set, so they get every managed config (`all`).
+    #[tracing::instrument(name = "kafka_set_configs", skip_all, fields(cluster = %self.bootstrap.addr(), topic = %topic))]
     async fn set_configs(
         &mut self,
         topic: &str,
@@ -366,6 +370,7 @@ impl KafkaAdmin {
         Ok(())
     }
 
+    #[tracing::instrument(name = "kafka_grow", skip_all, fields(cluster = %self.bootstrap.addr(), topic = %topic))]
     async fn grow(&mut self, topic: &str, count: i32) -> Result<(), KafkaError> {
         let mut entry = CreatePartitionsTopic::default();
         entry.name = topic_name(topic);
@@ -389,6 +394,7 @@ impl KafkaAdmin {
     }
 
     /// Deletes topics; topics that do not exist count as deleted.
+    #[tracing::instrument(name = "kafka_delete", skip_all, fields(cluster = %self.bootstrap.addr(), topics = topics.len()))]
     pub async fn delete(&mut self, topics: &[String]) -> Result<(), KafkaError> {
         if topics.is_empty() {
             return Ok(());

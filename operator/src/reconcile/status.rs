@@ -32,6 +32,7 @@ pub struct Facts {
 
 /// Merges findings and facts into the status, patches it when it changed, and publishes an Event
 /// when `Ready` changes status or reason.
+#[tracing::instrument(name = "status_update", skip_all)]
 pub async fn update(
     api: &Api<FlightPipeline>,
     recorder: &Recorder,
@@ -101,6 +102,7 @@ pub async fn update(
 }
 
 /// Publishes an Event; failures are logged, never fatal (Events are best effort).
+#[tracing::instrument(name = "event", skip_all)]
 pub async fn publish(recorder: &Recorder, fp: &FlightPipeline, type_: EventType, reason: &str, note: &str) {
     publish_as(recorder, fp, type_, reason, "Reconcile", note).await
 }

@@ -217,6 +217,7 @@ pub async fn ensure(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> 
     }
 }
 
+#[tracing::instrument(name = "storage", skip_all)]
 async fn ensure_as_cached(fp: &FlightPipeline, resolved: &Resolved, ctx: &Context) -> Storage {
     let me = owner_of(fp);
     let keys = resource_keys(resolved);
@@ -557,6 +558,7 @@ async fn describe_all(
 
 /// Writes `status.storage` at once (a merge patch of that field alone), before a create runs, so a
 /// crash between create and the status update cannot forget who created the resource.
+#[tracing::instrument(name = "write_records", skip_all)]
 async fn write_records(fp: &FlightPipeline, ctx: &Context, records: &[StorageRecord]) -> Result<(), kube::Error> {
     let api: Api<FlightPipeline> = Api::namespaced(ctx.client.clone(), &fp.namespace().unwrap_or_default());
     let patch = json!({
