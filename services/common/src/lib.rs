@@ -9,3 +9,6 @@ pub mod limits;
 pub mod openapi;
 pub mod ratelimit;
 pub mod server;
+
+#[cfg(test)]
+mod server_tests;

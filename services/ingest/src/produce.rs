@@ -461,6 +461,10 @@ fn unavailable(message: &str) -> ApiError {
 }
 
 #[cfg(test)]
+#[path = "produce_tests.rs"]
+mod router_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -299,6 +299,10 @@ fn count(state: &AppState, labels: &[u8]) {
 }
 
 #[cfg(test)]
+#[path = "api_tests.rs"]
+mod router_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::body::MAX_FLIGHTS;
