@@ -2,6 +2,7 @@
 //! here is covered by table tests.
 
 pub mod autoscaling;
+pub mod children;
 pub mod labels;
 pub mod monitoring;
 pub mod slo;

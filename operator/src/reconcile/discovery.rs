@@ -17,12 +17,7 @@ use crate::spec::resolve::Resolved;
 /// for that pipeline is picked up within seconds, not a whole TTL.
 pub const MISSING_TTL: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Discovered {
-    pub autoscaling: Offers,
-    pub service_monitor: bool,
-    pub prometheus_rule: bool,
-}
+pub use crate::desired::children::Discovered;
 
 pub async fn discover(client: &Client) -> Result<Discovered, kube::Error> {
     let groups = client.list_api_groups().await?;

@@ -1,8 +1,8 @@
 //! Kubernetes I/O for child objects: server-side apply that skips objects already as wanted and
-//! never takes over an object the pipeline does not control, deletion of switched-off components,
-//! and Deployment availability. The `_cached` variants read the controller's reflector store
-//! (objects labelled as managed by the operator, `managedFields` and ConfigMap data stripped) and
-//! ask the API server only for what the store does not show as this pipeline's.
+//! never takes over an object the pipeline does not control, deletion of what the pipeline
+//! controls, and Deployment availability. The reflector stores (objects labelled as managed by the
+//! operator, `managedFields` and ConfigMap data stripped) answer first: the API server is asked
+//! only for what a store does not show as this pipeline's.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -11,15 +11,19 @@ use std::sync::Arc;
 use futures::FutureExt;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy, TypeMeta};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy, TypeMeta,
+};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::desired::labels::MANAGER;
+use super::ChildStores;
+use crate::desired::children::same_kind;
+use crate::desired::labels::{INSTANCE, MANAGED_BY, MANAGER};
 
 /// What `apply` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,66 +121,90 @@ where
     Some(cache.store.get(&ObjectRef::new_with(name, cache.dyntype.clone()).within(namespace)))
 }
 
+/// A reflector store of one child kind, seen as JSON: what `apply_child` compares with and the
+/// orphan scan lists.
+pub trait ChildCache: Send + Sync {
+    /// The store's copy of `namespace/name` when it is controlled by `owner_uid`.
+    fn ours(&self, namespace: &str, name: &str, owner_uid: &str) -> Option<Value>;
+    /// Names of the objects in `namespace` labelled as pipeline `instance`'s and controlled by
+    /// `owner_uid`; `None` while the store has no full list yet.
+    fn owned(&self, namespace: &str, instance: &str, owner_uid: &str) -> Option<Vec<String>>;
+}
+
+impl<K> ChildCache for Cached<'_, K>
+where
+    K: Resource + Clone + Serialize + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    fn ours(&self, namespace: &str, name: &str, owner_uid: &str) -> Option<Value> {
+        let key = ObjectRef::new_with(name, self.dyntype.clone()).within(namespace);
+        let live = self.store.get(&key).filter(|live| is_controlled_by(live.as_ref(), owner_uid))?;
+        serde_json::to_value(live.as_ref()).ok()
+    }
+
+    fn owned(&self, namespace: &str, instance: &str, owner_uid: &str) -> Option<Vec<String>> {
+        self.store.wait_until_ready().now_or_never()?.ok()?;
+        let ours = self.store.state_filter(|o| {
+            o.meta().namespace.as_deref() == Some(namespace)
+                && o.labels().get(INSTANCE).is_some_and(|i| i == instance)
+                && is_controlled_by(o, owner_uid)
+        });
+        Some(ours.iter().map(|o| o.name_any()).collect())
+    }
+}
+
+impl ChildStores {
+    /// The store of a child kind, where the operator watches it.
+    pub fn cache(&self, resource: &ApiResource) -> Option<Box<dyn ChildCache + '_>> {
+        let is = |other: ApiResource| same_kind(resource, &other);
+        if is(ApiResource::erase::<Deployment>(&())) {
+            return Some(Box::new(Cached::typed(&self.deployments)?));
+        }
+        if is(ApiResource::erase::<Service>(&())) {
+            return Some(Box::new(Cached::typed(&self.services)?));
+        }
+        if is(ApiResource::erase::<ConfigMap>(&())) {
+            return Some(Box::new(Cached::typed(&self.config_maps)?));
+        }
+        Some(Box::new(self.dynamic(resource)?))
+    }
+}
+
 /// `apply`, deciding from the store when it holds the object as this pipeline's: unchanged costs
 /// no request. Anything else (absent from the store, someone else's) is read from the API server.
-pub async fn apply_cached<K>(api: &Api<K>, cache: Option<Cached<'_, K>>, desired: &K) -> Result<Applied, kube::Error>
-where
-    K: Resource + Clone + Debug + Serialize + DeserializeOwned + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    let name = desired.meta().name.clone().unwrap_or_default();
-    let namespace = desired.meta().namespace.clone().unwrap_or_default();
-    let controller = desired.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.clone());
-    if let (Some(uid), Some(Some(live))) = (&controller, cached(&cache, &namespace, &name))
-        && is_controlled_by(live.as_ref(), uid)
-    {
-        let want = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
-        let have = serde_json::to_value(live.as_ref()).map_err(kube::Error::SerdeError)?;
-        if matches_cached(&want, &have) {
-            return Ok(Applied::Unchanged);
-        }
-        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired)).await?;
-        return Ok(Applied::Written);
+pub async fn apply_child(
+    api: &Api<DynamicObject>,
+    cache: Option<&dyn ChildCache>,
+    desired: &DynamicObject,
+) -> Result<Applied, kube::Error> {
+    let name = desired.name_any();
+    let namespace = desired.metadata.namespace.as_deref().unwrap_or_default();
+    let controller = desired.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str());
+    let live = cache.zip(controller).and_then(|(cache, uid)| cache.ours(namespace, &name, uid));
+    let Some(have) = live else {
+        return apply(api, desired).await;
+    };
+    let want = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
+    if matches_cached(&want, &have) {
+        return Ok(Applied::Unchanged);
     }
-    apply(api, desired).await
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired)).await?;
+    Ok(Applied::Written)
 }
 
-/// `delete_owned` by the store: what a ready store does not hold as this pipeline's is not read
-/// or deleted (the watch covers every object the operator labels as its own).
-pub async fn delete_owned_cached<K>(
-    api: &Api<K>,
-    cache: Option<Cached<'_, K>>,
-    namespace: &str,
-    name: &str,
-    owner_uid: &str,
-) -> Result<bool, kube::Error>
-where
-    K: Resource + Clone + Debug + DeserializeOwned + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    match cached(&cache, namespace, name) {
-        None => delete_owned(api, name, owner_uid).await,
-        Some(Some(live)) if is_controlled_by(live.as_ref(), owner_uid) => delete_owned(api, name, owner_uid).await,
-        Some(_) => Ok(false),
+/// Names of the objects of a kind in `namespace` labelled as pipeline `instance`'s and controlled
+/// by `owner_uid`: from the store when it has a full list, else listed by label.
+pub async fn owned_names(
+    api: &Api<DynamicObject>,
+    cache: Option<&dyn ChildCache>,
+    (namespace, instance, owner_uid): (&str, &str, &str),
+) -> Result<Vec<String>, kube::Error> {
+    if let Some(names) = cache.and_then(|c| c.owned(namespace, instance, owner_uid)) {
+        return Ok(names);
     }
-}
-
-/// `is_ours_or_absent`, without a request when the store holds it as this pipeline's.
-pub async fn is_ours_or_absent_cached<K>(
-    api: &Api<K>,
-    cache: Option<Cached<'_, K>>,
-    namespace: &str,
-    name: &str,
-    owner_uid: &str,
-) -> Result<bool, kube::Error>
-where
-    K: Resource + Clone + Debug + DeserializeOwned + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    match cached(&cache, namespace, name) {
-        Some(Some(live)) if is_controlled_by(live.as_ref(), owner_uid) => Ok(true),
-        _ => is_ours_or_absent(api, name, owner_uid).await,
-    }
+    let selector = format!("{INSTANCE}={instance},{MANAGED_BY}={MANAGER}");
+    let listed = api.list(&ListParams::default().labels(&selector)).await?;
+    Ok(listed.items.iter().filter(|o| is_controlled_by(*o, owner_uid)).map(|o| o.name_any()).collect())
 }
 
 /// `availability` from the store when it holds the Deployment, else from the API server.
@@ -260,14 +288,6 @@ fn holder<K: Resource>(want: &Value, live: &K) -> String {
         kind(want),
         live.name_any()
     )
-}
-
-/// Whether the object is absent or controlled by `owner_uid`: what this pipeline may build on.
-pub async fn is_ours_or_absent<K>(api: &Api<K>, name: &str, owner_uid: &str) -> Result<bool, kube::Error>
-where
-    K: Resource + Clone + Debug + DeserializeOwned,
-{
-    Ok(api.get_opt(name).await?.is_none_or(|live| is_controlled_by(&live, owner_uid)))
 }
 
 /// Deletes an object if it exists and is controlled by `owner_uid` (never someone else's).

@@ -32,7 +32,6 @@ use kube::{Resource, ResourceExt};
 use self::status::Facts;
 use crate::conditions::{self, ConditionType, Finding, reason};
 use crate::crd::{DeletionPolicy, FINALIZER, FlightPipeline, SKIP_CLEANUP_ANNOTATION};
-use crate::desired::workloads::Scrape;
 use crate::spec::resolve::resolve;
 
 #[tracing::instrument(skip_all, fields(namespace = %fp.namespace().unwrap_or_default(), pipeline = %fp.name_any()))]
@@ -107,23 +106,15 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
     };
     if storage.usable {
         let discovered = ctx.discovery.for_pipeline(&ctx.client, &resolved).await?;
-        let scrape = if discovered.service_monitor && resolved.monitoring.service_monitor {
-            Scrape::ByServiceMonitor
-        } else {
-            Scrape::ByAnnotations
-        };
-        let (finding, endpoints, replicas) = children::apply_workloads(&resolved, &owner, ctx, scrape).await?;
-        findings.push(finding);
-        let autoscalers = children::apply_autoscalers(&resolved, &owner, ctx, discovered.autoscaling).await;
-        let monitoring = children::apply_monitoring(&resolved, &owner, ctx, discovered).await;
-        if autoscalers.is_err() || monitoring.is_err() {
+        let applied = children::reconcile(&resolved, &owner, ctx, discovered).await;
+        if applied.is_err() {
             // A discovered kind may have gone (its CRD deleted): ask again next time.
             ctx.discovery.invalidate();
         }
-        findings.push(autoscalers?);
-        findings.push(monitoring?);
-        facts.endpoints = Some(endpoints);
-        facts.available_replicas = Some(replicas);
+        let applied = applied?;
+        findings.extend(applied.findings);
+        facts.endpoints = Some(applied.endpoints);
+        facts.available_replicas = Some(applied.replicas);
     } else {
         for type_ in
             [ConditionType::WorkloadsAvailable, ConditionType::AutoscalingReady, ConditionType::MonitoringReady]
