@@ -195,3 +195,5 @@ pub(crate) async fn bounded<T>(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod router_tests;
