@@ -40,6 +40,45 @@ fn closed_port(which: usize) -> u16 {
     })[which]
 }
 
+/// Kafka and ClickHouse at closed loopback ports: every call fails at once, refused.
+pub fn unreachable_storage() -> (String, String) {
+    (format!("127.0.0.1:{}", closed_port(0)), format!("http://127.0.0.1:{}", closed_port(1)))
+}
+
+/// A loopback listener in the place of Kafka or ClickHouse that counts the connections made to it
+/// and closes each at once: a scenario that must not touch them checks the count is zero.
+pub struct Witness {
+    pub addr: std::net::SocketAddr,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    listening: tokio::task::JoinHandle<()>,
+}
+
+impl Witness {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        let listening = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        Self { addr, connections, listening }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        self.listening.abort();
+    }
+}
+
 /// A store as a watch leaves it after its first full list.
 fn synced<K>(objects: &[K]) -> Store<K>
 where
@@ -57,15 +96,12 @@ where
 
 impl Context {
     /// A context on a mock API server: the pipeline store holds `pipelines`, the child stores are
-    /// synced and empty, and Kafka and ClickHouse default to closed loopback ports.
-    pub fn test(pipelines: &[FlightPipeline]) -> (Arc<Self>, ApiServer) {
+    /// synced and empty, and Kafka and ClickHouse default to `(bootstrap servers, URL)`.
+    pub fn test(pipelines: &[FlightPipeline], (kafka, clickhouse): (String, String)) -> (Arc<Self>, ApiServer) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
-        let defaults = Defaults {
-            kafka_bootstrap_servers: Some(format!("127.0.0.1:{}", closed_port(0))),
-            clickhouse_url: Some(format!("http://127.0.0.1:{}", closed_port(1))),
-            ..Defaults::default()
-        };
+        let defaults =
+            Defaults { kafka_bootstrap_servers: Some(kafka), clickhouse_url: Some(clickhouse), ..Defaults::default() };
         let ctx = Context {
             client: client.clone(),
             defaults,
@@ -194,7 +230,7 @@ impl ApiServer {
             }
             Scenario::StorageUnavailable => {
                 let fp = self.storage_unavailable_status(fp).await;
-                self.event("Warning", "KafkaUnavailable", "cannot reach Kafka broker").await;
+                self.event("Warning", "KafkaUnavailable", "KafkaReady: ").await;
                 fp
             }
         };
@@ -304,10 +340,6 @@ impl ApiServer {
                 ("MonitoringReady", "False", "WaitingForStorage"),
             ]
         );
-        let kafka = &status.conditions[1].message;
-        assert!(kafka.starts_with("cannot reach Kafka broker 127.0.0.1:"), "{kafka}");
-        let clickhouse = &status.conditions[2].message;
-        assert!(clickhouse.starts_with("cannot reach ClickHouse at http://127.0.0.1:"), "{clickhouse}");
         // What the reconcile would use, recorded; nothing recorded as created (nothing was).
         assert_eq!(status.topic.as_deref(), Some("air.scl.flights"));
         assert_eq!(status.storage, Some(vec![]));
@@ -331,9 +363,38 @@ impl ApiServer {
 mod scenarios {
     use super::*;
 
+    /// One reconcile with Kafka and ClickHouse watched: the scenario must not connect to either.
     async fn run(fp: FlightPipeline, scenario: Scenario) -> (Result<Action, Error>, FlightPipeline) {
-        let (ctx, server) = Context::test(std::slice::from_ref(&fp));
+        let (kafka, clickhouse) = (Witness::start().await, Witness::start().await);
+        let endpoints = (kafka.addr.to_string(), format!("http://{}", clickhouse.addr));
+        let (ctx, server) = Context::test(std::slice::from_ref(&fp), endpoints);
+        let outcome = server.reconcile(ctx, fp, scenario).await;
+        assert_eq!((kafka.connections(), clickhouse.connections()), (0, 0), "connections to Kafka and ClickHouse");
+        outcome
+    }
+
+    /// One reconcile with Kafka and ClickHouse at closed ports.
+    async fn run_unreachable(fp: FlightPipeline, scenario: Scenario) -> (Result<Action, Error>, FlightPipeline) {
+        let (ctx, server) = Context::test(std::slice::from_ref(&fp), unreachable_storage());
         server.reconcile(ctx, fp, scenario).await
+    }
+
+    fn messages(fp: &FlightPipeline) -> Vec<String> {
+        fp.status.iter().flat_map(|s| &s.conditions).map(|c| c.message.clone()).collect()
+    }
+
+    /// The witnesses see a reconcile that does reach Kafka and ClickHouse: each hangs up at once,
+    /// which is an outage too.
+    #[tokio::test]
+    async fn a_broker_and_a_clickhouse_that_hang_up_are_unavailable_and_were_called() {
+        let (kafka, clickhouse) = (Witness::start().await, Witness::start().await);
+        let endpoints = (kafka.addr.to_string(), format!("http://{}", clickhouse.addr));
+        let fp = pipeline(json!({}), true);
+        let (ctx, server) = Context::test(std::slice::from_ref(&fp), endpoints);
+        let (result, fp) = server.reconcile(ctx, fp, Scenario::StorageUnavailable).await;
+        assert_eq!(result.expect_err("retried").reason(), "kafka_unavailable");
+        assert!(kafka.connections() >= 1 && clickhouse.connections() >= 1);
+        assert!(messages(&fp)[1].contains(&kafka.addr.to_string()), "{:?}", messages(&fp));
     }
 
     #[tokio::test]
@@ -378,12 +439,15 @@ mod scenarios {
 
     #[tokio::test]
     async fn unreachable_kafka_and_clickhouse_are_reported_and_retried() {
-        let (result, fp) = run(pipeline(json!({}), true), Scenario::StorageUnavailable).await;
+        let (result, fp) = run_unreachable(pipeline(json!({}), true), Scenario::StorageUnavailable).await;
         let error = result.expect_err("an outage is retried with backoff");
         assert_eq!(error.reason(), "kafka_unavailable", "{error}");
+        let messages = messages(&fp);
+        assert!(messages[1].starts_with("cannot reach Kafka broker 127.0.0.1:"), "{}", messages[1]);
+        assert!(messages[2].starts_with("cannot reach ClickHouse at http://127.0.0.1:"), "{}", messages[2]);
         // The retry against the same outage finds the status as it is: it writes nothing, and
         // still asks to be retried.
-        let (result, _) = run(fp, Scenario::NothingToWrite).await;
+        let (result, _) = run_unreachable(fp, Scenario::NothingToWrite).await;
         assert_eq!(result.expect_err("retried again").reason(), "kafka_unavailable");
     }
 }
