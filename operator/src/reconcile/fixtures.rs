@@ -169,6 +169,9 @@ pub enum Scenario {
     /// Deleted under `deletionPolicy: Delete` with nothing recorded as created: an Event says so,
     /// then the finalizer is removed; no Kafka or ClickHouse call.
     DeletedNothing,
+    /// Deleted under `deletionPolicy: Delete` while Kafka is unreachable: a Warning Event says how
+    /// to let go without deleting; the finalizer stays and the reconcile is retried.
+    CleanupFailed,
     /// Kafka and ClickHouse unreachable: a status apply with KafkaUnavailable and
     /// ClickHouseUnavailable (the workloads wait), then the Warning Event for `Ready`.
     StorageUnavailable,
@@ -227,6 +230,11 @@ impl ApiServer {
             Scenario::DeletedNothing => {
                 self.event("Normal", "Deleted", "deleted nothing outside Kubernetes").await;
                 self.finalizer_removed(fp).await
+            }
+            Scenario::CleanupFailed => {
+                let let_go = "kubectl annotate flightpipeline scl -n air flightline.dev/skip-cleanup=true";
+                self.event("Warning", "CleanupFailed", let_go).await;
+                fp
             }
             Scenario::StorageUnavailable => {
                 let fp = self.storage_unavailable_status(fp).await;
@@ -435,6 +443,21 @@ mod scenarios {
         let (result, fp) = run(deleting(json!({"deletionPolicy": "Delete"})), Scenario::DeletedNothing).await;
         assert_eq!(result.unwrap(), Action::await_change());
         assert_eq!(fp.metadata.finalizers, Some(vec![OTHER_FINALIZER.to_string()]));
+    }
+
+    #[tokio::test]
+    async fn deleting_under_delete_while_kafka_is_down_keeps_the_finalizer_and_retries() {
+        let mut fp = deleting(json!({"deletionPolicy": "Delete"}));
+        let (kafka, clickhouse) = unreachable_storage();
+        let record = |kind, name: &str, location: &str| json!({"kind": kind, "name": name, "location": location, "createdByFlightline": true});
+        let status = json!({"storage": [
+            record("Topic", "air.scl.flights", &kafka),
+            record("Table", "flightline.air_scl_flights", &clickhouse),
+        ]});
+        fp.status = Some(serde_json::from_value(status).unwrap());
+        let (result, fp) = run_unreachable(fp, Scenario::CleanupFailed).await;
+        assert_eq!(result.expect_err("retried with backoff").reason(), "kafka_unavailable");
+        assert_eq!(fp.metadata.finalizers, Some(vec![OTHER_FINALIZER.to_string(), FINALIZER.to_string()]));
     }
 
     #[tokio::test]
