@@ -194,6 +194,6 @@ pub(crate) async fn bounded<T>(
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod router_tests;
+#[cfg(test)]
+mod tests;
