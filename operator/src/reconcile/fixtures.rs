@@ -194,24 +194,44 @@ impl ApiServer {
     ) -> (Result<Action, Error>, FlightPipeline) {
         // The test holds the context (and so the client) until the end: a request after the
         // reconcile returned would otherwise look like the client going away.
-        let reconciling = tokio::spawn(reconcile(Arc::new(fp.clone()), ctx.clone()));
-        let expected = tokio::spawn(self.run(scenario, fp));
-        let (mut server, fp) = tokio::time::timeout(Duration::from_secs(20), expected)
-            .await
-            .expect("the scenario's requests came within 20 s")
-            .expect("the scenario's requests were as expected");
+        let mut reconciling = tokio::spawn(reconcile(Arc::new(fp.clone()), ctx.clone()));
+        let mut expected = tokio::spawn(self.run(scenario, fp));
+        let mut ended = None;
+        let (mut server, fp) = tokio::select! {
+            biased;
+            done = &mut expected => done.expect("the scenario's requests were as expected"),
+            result = &mut reconciling => {
+                // The scenario may still be sending its last answer: a moment for it.
+                match tokio::time::timeout(Duration::from_secs(1), &mut expected).await {
+                    Ok(done) => {
+                        ended = Some(result);
+                        done.expect("the scenario's requests were as expected")
+                    }
+                    Err(_) => panic!("the reconcile ended before the scenario's requests came: {result:?}"),
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(20)) => panic!("the scenario's requests did not come within 20 s"),
+        };
         // A reconcile that makes a request the scenario does not list waits for its answer: the
         // request shows up here instead of the reconcile's end.
-        let result = tokio::select! {
-            biased;
-            done = tokio::time::timeout(Duration::from_secs(20), reconciling) => {
-                done.expect("the reconcile finished within 20 s").expect("the reconcile did not panic")
-            }
-            unexpected = server.handle.next_request() => match unexpected {
-                Some((request, _)) => panic!("a request the scenario does not list: {} {}", request.method(), request.uri()),
-                None => panic!("the mock API server's client went away"),
+        let result = match ended {
+            Some(result) => result,
+            None => tokio::select! {
+                biased;
+                done = tokio::time::timeout(Duration::from_secs(20), reconciling) => {
+                    done.expect("the reconcile finished within 20 s")
+                }
+                unexpected = server.handle.next_request() => match unexpected {
+                    Some((request, _)) => panic!("a request the scenario does not list: {} {}", request.method(), request.uri()),
+                    None => panic!("the mock API server's client went away"),
+                },
             },
-        };
+        }
+        .expect("the reconcile did not panic");
+        // Nothing may be left unanswered either.
+        if let Ok(Some((request, _))) = tokio::time::timeout(Duration::ZERO, server.handle.next_request()).await {
+            panic!("a request the scenario does not list: {} {}", request.method(), request.uri());
+        }
         drop(ctx);
         (result, fp)
     }
