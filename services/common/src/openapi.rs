@@ -31,6 +31,7 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
     ("unauthenticated", "no usable credential (missing, malformed, expired, badly signed)"),
     ("forbidden", "a valid credential that is not allowed here"),
     ("not_found", "no such route"),
+    ("method_not_allowed", "the route does not take this method; `Allow` lists those it does"),
     ("invalid_id", "the id in the path is not a flight id"),
     ("flight_not_found", "no flight has this id"),
     ("updates_not_enabled", "the pipeline identifies records by content: there is nothing to replace"),
@@ -459,7 +460,7 @@ pub mod check {
     /// documented paths and every string literal that looks like a path (`"/…"`) in the `.rs` files
     /// under `sources` (a route added with plain `.route(...)` beside the documented ones shows up
     /// here); `{param}` segments are tried with `x`. A route exists when the router answers
-    /// neither axum's 405 (no body) nor its fallback's 404 `no such route`.
+    /// neither axum's 405 (`method_not_allowed`) nor its fallback's 404 `no such route`.
     pub async fn undocumented_routes(app: Router, doc: &Value, sources: &[&Path]) -> Vec<String> {
         let mut candidates: BTreeSet<String> =
             doc["paths"].as_object().into_iter().flatten().map(|(p, _)| p.clone()).collect();
@@ -488,9 +489,10 @@ pub mod check {
                 let response = app.clone().oneshot(request).await.expect("infallible");
                 let status = response.status();
                 let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap_or_default();
-                // axum's own 405 has no body (a handler's 405, such as ingest's PUT, has one).
-                let unrouted = (status == StatusCode::METHOD_NOT_ALLOWED && body.is_empty())
-                    || (status == StatusCode::NOT_FOUND && String::from_utf8_lossy(&body).contains("no such route"));
+                // axum's own 405 is `method_not_allowed` (a handler's 405, such as ingest's PUT, has its own code).
+                let text = String::from_utf8_lossy(&body);
+                let unrouted = (status == StatusCode::METHOD_NOT_ALLOWED && text.contains("\"method_not_allowed\""))
+                    || (status == StatusCode::NOT_FOUND && text.contains("no such route"));
                 let documented = doc["paths"][path.as_str()][method.to_lowercase()].is_object();
                 if !unrouted && !documented {
                     undocumented.push(format!("{method} {path} ({status})"));

@@ -269,10 +269,22 @@ pub fn app(
     document.set(Bytes::from(serde_json::to_vec(&doc).expect("the document serializes"))).expect("set once");
     router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(middleware::map_response(method_not_allowed))
         .layer(tower_http::timeout::RequestBodyDeadlineLayer::new(Duration::from_secs(
             limits.body_read_timeout_seconds.into(),
         )))
         .layer(middleware::from_fn_with_state(telemetry, record))
+}
+
+/// axum answers a method a route does not take with an empty 405 (and adds `Allow` after this
+/// layer): the same as a JSON `ApiError`, like every other error. A handler's own 405 has its body
+/// already and is left alone.
+async fn method_not_allowed(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED || response.headers().contains_key(header::CONTENT_TYPE) {
+        return response;
+    }
+    let message = "this route does not take this method: `Allow` lists those it does";
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message).into_response()
 }
 
 /// Liveness: the process is up and serving.

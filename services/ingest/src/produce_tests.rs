@@ -65,8 +65,8 @@ async fn other_paths_are_404_and_other_methods_405_naming_what_is_allowed() {
     let app = app(Identity::Record, false, Ok(()));
     let (status, _, body) = answer(&app, Request::get("/v1/flight").body(Body::empty()).unwrap()).await;
     assert_eq!((status, &body["error"]), (StatusCode::NOT_FOUND, &json!("not_found")));
-    let (status, headers, _) = answer(&app, Request::get("/v1/flights").body(Body::empty()).unwrap()).await;
-    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, headers, body) = answer(&app, Request::get("/v1/flights").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, &body["error"]), (StatusCode::METHOD_NOT_ALLOWED, &json!("method_not_allowed")));
     assert_eq!(headers[header::ALLOW], "POST,PUT");
     // PUT replaces flights only under ScheduledFlight identity: under Record it is ingest's own 405.
     let put = Request::put("/v1/flights").header(header::CONTENT_TYPE, "application/json").body(Body::from("[]"));

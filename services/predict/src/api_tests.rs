@@ -107,8 +107,8 @@ async fn other_paths_are_404_and_other_methods_405_naming_post() {
     let (status, _, body) = answer(&app, post("/v2/predict", "application/json", "{}")).await;
     assert_eq!((status, &body["error"]), (StatusCode::NOT_FOUND, &json!("not_found")));
     for path in ["/predict", "/v1/predict"] {
-        let (status, headers, _) = answer(&app, Request::get(path).body(Body::empty()).unwrap()).await;
-        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        let (status, headers, body) = answer(&app, Request::get(path).body(Body::empty()).unwrap()).await;
+        assert_eq!((status, &body["error"]), (StatusCode::METHOD_NOT_ALLOWED, &json!("method_not_allowed")), "{path}");
         assert_eq!(headers[header::ALLOW], "POST", "{path}");
     }
     let (status, _, _) = answer(&app, Request::get("/healthz").body(Body::empty()).unwrap()).await;
