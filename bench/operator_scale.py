@@ -15,6 +15,8 @@
   delete       delete the bench pipelines and wait until they are gone (their finalizers ran)
   storage      count (and with --delete remove) the topics and tables a run left behind
   report       the summary table from the snapshots
+  spans        where the operator's time went: its log's span closes (FLIGHTLINE_LOG_SPAN_TIMES=1) by
+               span name (reconcile, storage, kafka_*, clickhouse_*, status_update, event, ...)
 """
 import argparse
 import asyncio
@@ -856,6 +858,45 @@ def cmd_report(a):
         f.write(text + "\n")
 
 
+def span_ms(text):
+    """A tracing-subscriber duration ("192µs", "2.01ms", "1.5s") in milliseconds."""
+    text = text.strip()
+    for unit, factor in (("ns", 1e-6), ("µs", 1e-3), ("us", 1e-3), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * factor
+    return float(text)
+
+
+def span_times(lines):
+    """{span name: [milliseconds from open to close]} of the span-close events of a JSON log."""
+    times = collections.defaultdict(list)
+    for line in lines:
+        if '"close"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("message") != "close" or "time.busy" not in event:
+            continue
+        name = (event.get("span") or {}).get("name", "?")
+        times[name].append(span_ms(event["time.busy"]) + span_ms(event.get("time.idle", "0ns")))
+    return times
+
+
+def cmd_spans(a):
+    with open(a.log, encoding="utf-8", errors="replace") as f:
+        times = span_times(f)
+    if not times:
+        print("    no span closes in the log (run with SPAN_TIMES=1)")
+        return
+    print(f"    {'span':28s} {'count':>7s} {'mean ms':>9s} {'p50 ms':>8s} {'p90 ms':>8s} {'sum s':>8s}")
+    for name in sorted(times, key=lambda n: -sum(times[n])):
+        t = sorted(times[name])
+        print(f"    {name:28s} {len(t):7d} {sum(t) / len(t):9.1f} {t[len(t) // 2]:8.1f} "
+              f"{t[int(len(t) * 0.9)]:8.1f} {sum(t) / 1000:8.1f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -915,6 +956,9 @@ def main():
     p.add_argument("--fleet", type=int, required=True, help="pipelines the operator watches (all namespaces)")
     p.add_argument("--resync", type=int, required=True)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("spans")
+    p.add_argument("--log", required=True)
+    p.set_defaults(func=cmd_spans)
     a = ap.parse_args()
     try:
         a.func(a)

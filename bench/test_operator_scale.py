@@ -24,6 +24,21 @@ def feed_bytewise(parser, data):
     return kinds
 
 
+class SpanTimesTest(unittest.TestCase):
+    def test_span_closes_are_summed_by_name_and_other_lines_skipped(self):
+        lines = [
+            '{"message":"close","time.busy":"192µs","time.idle":"2.01ms","span":{"name":"kafka_describe_batch"}}',
+            '{"message":"close","time.busy":"1.5s","time.idle":"0ns","span":{"name":"reconcile"}}',
+            '{"message":"close","time.busy":"10ms","time.idle":"5ms","span":{"name":"reconcile"}}',
+            '{"message":"changing Kafka topic","topic":"close"}',
+            'not json "close"',
+        ]
+        times = o.span_times(lines)
+        self.assertEqual(sorted(times), ["kafka_describe_batch", "reconcile"])
+        self.assertAlmostEqual(times["kafka_describe_batch"][0], 2.202)
+        self.assertEqual(times["reconcile"], [1500.0, 15.0])
+
+
 class KafkaFramesTest(unittest.TestCase):
     def test_frames_are_counted_by_api_key_whatever_the_cuts(self):
         data = kafka_frame(18) + kafka_frame(3, b"\x00\x00\x00\x03" * 100) + kafka_frame(32) + kafka_frame(99)

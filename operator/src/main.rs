@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::utils::PredicateConfig;
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 
 use flightline_operator::crd::FlightPipeline;
 use flightline_operator::crdgen;
@@ -287,8 +288,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     let reporter = Reporter { controller: labels::MANAGER.into(), instance: Some(identity) };
-    // Built first: its reflector store is how a reconcile sees every pipeline's claims.
-    let controller = Controller::new(pipelines, watcher::Config::default())
+    // Built first: its reflector store is how a reconcile sees every pipeline's claims, kept
+    // without managedFields. Every change reaches the store; a reconcile is triggered only by what
+    // it acts on (not by its own status writes, which would make each one run twice).
+    let (pipeline_store, pipeline_writer) = reflector::store();
+    let pipeline_changes = watcher(pipelines, watcher::Config::default())
+        .default_backoff()
+        .modify(kubernetes::strip_for_cache)
+        .reflect(pipeline_writer)
+        .applied_objects()
+        .predicate_filter(acted_on, PredicateConfig::default());
+    let controller = Controller::for_stream(pipeline_changes, pipeline_store)
         .with_config(controller::Config::default().concurrency(args.concurrency.max(1)));
     // The owned kinds are watched once, into stores a reconcile reads instead of the API server:
     // without managedFields, and ConfigMaps (the dashboards are ~100 KB) without their data.
@@ -376,6 +386,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     server.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What a reconcile acts on, hashed: the spec (generation), finalizers, deletion, labels and
+/// annotations, and the uid (a pipeline made again). Not the status, which only reconciles write.
+fn acted_on(fp: &FlightPipeline) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = &fp.metadata;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&meta.uid, meta.generation, &meta.finalizers, &meta.labels, &meta.annotations).hash(&mut hasher);
+    meta.deletion_timestamp.as_ref().map(|t| t.0.to_string()).hash(&mut hasher);
+    predicates::generation(fp).hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Stores of the discovered kinds the operator applies (HPAs, ScaledObjects, ServiceMonitors,
@@ -469,6 +491,40 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_write_triggers_no_reconcile_and_what_a_reconcile_acts_on_does() {
+        let fp: FlightPipeline = serde_json::from_value(serde_json::json!({
+            "apiVersion": "flightline.dev/v1alpha1", "kind": "FlightPipeline",
+            "metadata": {"name": "scl", "namespace": "air", "uid": "u1", "generation": 1, "resourceVersion": "10"},
+            "spec": {}
+        }))
+        .unwrap();
+        let base = acted_on(&fp);
+        let mut status_written = fp.clone();
+        status_written.status = Some(Default::default());
+        status_written.metadata.resource_version = Some("11".into());
+        status_written.metadata.managed_fields = Some(vec![Default::default()]);
+        assert_eq!(acted_on(&status_written), base);
+        let changes: [fn(&mut FlightPipeline); 6] = [
+            |fp| fp.metadata.generation = Some(2),
+            |fp| fp.metadata.finalizers = Some(vec!["flightline.dev/cleanup".into()]),
+            |fp| {
+                fp.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()))
+            },
+            |fp| {
+                fp.metadata.annotations = Some([("flightline.dev/skip-cleanup".to_string(), "true".to_string())].into())
+            },
+            |fp| fp.metadata.labels = Some([("team".to_string(), "a".to_string())].into()),
+            |fp| fp.metadata.uid = Some("u2".into()),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut changed = fp.clone();
+            change(&mut changed);
+            assert_ne!(acted_on(&changed), base, "change {i}");
+        }
+    }
 
     #[test]
     fn limit_flags_take_comma_separated_lists_and_default_to_the_operator_limits() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clickhouse::{Client, Row};
 use serde::Deserialize;
 
+use super::batch::{Batcher, NoAnswer, Settings};
 use crate::desired::table::{ObservedTable, TableOwner, TablePlan, TableSpec, ttl_from_engine_full};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,36 @@ pub enum ClickHouseError {
     /// The TLS settings cannot be used (a CA bundle that is not PEM).
     #[error("ClickHouse TLS settings: {0}")]
     Settings(String),
+}
+
+/// A batched call's failure reaches every caller: the source is copied as its text (a server's
+/// answer, which the classification reads, as it was).
+impl Clone for ClickHouseError {
+    fn clone(&self) -> Self {
+        use clickhouse::error::Error as E;
+        let copy = |e: &E| match e {
+            E::BadResponse(text) => E::BadResponse(text.clone()),
+            E::TimedOut => E::TimedOut,
+            E::Network(source) => E::Network(source.to_string().into()),
+            other => E::Custom(other.to_string()),
+        };
+        match self {
+            Self::Unreachable { url, source } => Self::Unreachable { url: url.clone(), source: copy(source) },
+            Self::Refused { url, statement, source } => {
+                Self::Refused { url: url.clone(), statement: statement.clone(), source: copy(source) }
+            }
+            Self::Exists { table } => Self::Exists { table: table.clone() },
+            Self::Tls { url, message } => Self::Tls { url: url.clone(), message: message.clone() },
+            Self::Settings(message) => Self::Settings(message.clone()),
+        }
+    }
+}
+
+impl From<NoAnswer> for ClickHouseError {
+    /// Transient: the next reconcile asks again.
+    fn from(e: NoAnswer) -> Self {
+        Self::Unreachable { url: "(batched call)".into(), source: clickhouse::error::Error::Custom(e.to_string()) }
+    }
 }
 
 /// ClickHouse's `TABLE_ALREADY_EXISTS`.
@@ -57,6 +88,25 @@ struct TableRow {
 }
 
 #[derive(Row, Deserialize)]
+struct TablesRow {
+    database: String,
+    name: String,
+    partition_key: String,
+    sorting_key: String,
+    engine_full: String,
+    comment: String,
+}
+
+#[derive(Row, Deserialize)]
+struct ColumnsRow {
+    database: String,
+    table: String,
+    name: String,
+    #[serde(rename = "type")]
+    column_type: String,
+}
+
+#[derive(Row, Deserialize)]
 struct CommentRow {
     comment: String,
 }
@@ -77,6 +127,14 @@ pub struct ClickHouseAdmin {
     /// Client-side bound on each call: the HTTP client has none, and a stalled server must not
     /// hang a reconcile.
     timeout: Duration,
+    /// The pool key of its settings: clients with the same key share batches.
+    key: String,
+}
+
+impl PartialEq for ClickHouseAdmin {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
 }
 
 impl ClickHouseAdmin {
@@ -87,13 +145,14 @@ impl ClickHouseAdmin {
         ca_pem: Option<&str>,
         timeout: Duration,
     ) -> Result<Self, ClickHouseError> {
+        let key = pool_key(url, credentials.as_ref(), ca_pem, timeout);
         let client = flightline_service::connect::clickhouse_client(url, ca_pem)
             .map_err(|e| ClickHouseError::Settings(format!("{e:#}")))?;
         let mut client = client.with_setting("max_execution_time", timeout.as_secs().max(1).to_string());
         if let Some((user, password)) = credentials {
             client = client.with_user(user).with_password(password);
         }
-        Ok(Self { client, url: url.into(), databases: Default::default(), timeout })
+        Ok(Self { client, url: url.into(), databases: Default::default(), timeout, key })
     }
 
     fn classify(&self, statement: &str, source: clickhouse::error::Error) -> ClickHouseError {
@@ -142,6 +201,48 @@ impl ClickHouseAdmin {
             comment: table.comment,
             ttl: ttl_from_engine_full(&table.engine_full),
         }))
+    }
+
+    /// Many tables in one `system.tables` query and one `system.columns` query (of the tables
+    /// found): one answer per `(database, table)`, in order.
+    #[tracing::instrument(name = "clickhouse_describe_batch", skip_all, fields(url = %self.url, tables = tables.len()))]
+    pub async fn describe_many(
+        &self,
+        tables: &[(String, String)],
+    ) -> Result<Vec<Result<Option<ObservedTable>, ClickHouseError>>, ClickHouseError> {
+        let mut unique = tables.to_vec();
+        unique.sort();
+        unique.dedup();
+        if unique.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tables_sql = "SELECT database, name, partition_key, sorting_key, engine_full, comment FROM system.tables \
+                          WHERE (database, name) IN ?";
+        let query = self.client.query(tables_sql).bind(&unique);
+        let found = self.bounded(tables_sql, query.fetch_all::<TablesRow>()).await?;
+        let mut columns: HashMap<(String, String), Vec<(String, String)>> = HashMap::new();
+        if !found.is_empty() {
+            let names: Vec<(&str, &str)> = found.iter().map(|t| (t.database.as_str(), t.name.as_str())).collect();
+            let columns_sql = "SELECT database, table, name, type FROM system.columns \
+                               WHERE (database, table) IN ? ORDER BY database, table, position";
+            let query = self.client.query(columns_sql).bind(&names);
+            for column in self.bounded(columns_sql, query.fetch_all::<ColumnsRow>()).await? {
+                columns.entry((column.database, column.table)).or_default().push((column.name, column.column_type));
+            }
+        }
+        Ok(tables
+            .iter()
+            .map(|(database, table)| {
+                let row = found.iter().find(|t| t.database == *database && t.name == *table);
+                Ok(row.map(|t| ObservedTable {
+                    columns: columns.get(&(database.clone(), table.clone())).into_iter().flatten().cloned().collect(),
+                    partition_key: t.partition_key.clone(),
+                    sorting_key: t.sorting_key.clone(),
+                    comment: t.comment.clone(),
+                    ttl: ttl_from_engine_full(&t.engine_full),
+                }))
+            })
+            .collect())
     }
 
     #[tracing::instrument(name = "clickhouse_apply", skip_all, fields(url = %self.url, table = %want.qualified()))]
@@ -202,13 +303,38 @@ fn is_unknown_database(result: &Result<(), ClickHouseError>) -> bool {
 /// Most clients kept; past it the pool starts afresh (a fleet names few ClickHouse servers).
 const POOL_CAPACITY: usize = 64;
 
-/// One client (and its HTTP connection pool) per URL, credentials and CA, shared by reconciles.
-#[derive(Default)]
+/// One client (and its HTTP connection pool) per URL, credentials and CA, shared by reconciles,
+/// and per client a batcher of table reads: concurrent reconciles share one `system.tables` and
+/// one `system.columns` query. Each client has its own worker and bound on queries in flight: a
+/// slow server holds up only its own pipelines.
 pub struct ClientPool {
     clients: Mutex<HashMap<String, ClickHouseAdmin>>,
+    describes: Batcher<ClickHouseAdmin, (String, String), Option<ObservedTable>, ClickHouseError>,
+}
+
+impl Default for ClientPool {
+    fn default() -> Self {
+        Self::new(Settings::default())
+    }
 }
 
 impl ClientPool {
+    pub fn new(settings: Settings) -> Self {
+        let describes = Batcher::new(settings, |admin: ClickHouseAdmin, tables: Vec<(String, String)>| async move {
+            admin.describe_many(&tables).await
+        });
+        Self { clients: Mutex::new(HashMap::new()), describes }
+    }
+
+    /// The table as `admin`'s server has it, read in one batch with the other reconciles' tables.
+    pub async fn describe(
+        &self,
+        admin: &ClickHouseAdmin,
+        want: &TableSpec,
+    ) -> Result<Option<ObservedTable>, ClickHouseError> {
+        self.describes.call(admin.clone(), (want.database.clone(), want.table.clone())).await
+    }
+
     /// The client for these settings, made on first use.
     pub fn get(
         &self,

@@ -45,8 +45,8 @@ pub struct Context {
     pub discovery: discovery::DiscoveryCache,
     /// ClickHouse clients per URL and credentials, reused across reconciles.
     pub clickhouse: clickhouse::ClientPool,
-    /// Idle Kafka admin sessions per cluster, reused across reconciles.
-    pub kafka: kafka::SessionPool<kafka::KafkaAdmin>,
+    /// Kafka admin sessions and batched topic reads, creates and deletes, per cluster.
+    pub kafka: kafka::Clusters,
 }
 
 /// Reflector stores of the owned kinds, fed by the controller's own watches, and of the

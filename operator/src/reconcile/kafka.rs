@@ -1,7 +1,7 @@
 //! Kafka I/O: read a topic back from the broker, carry out a `TopicPlan`, delete topics.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_protocol::messages::{
@@ -18,6 +18,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use flightline_service::connect::KafkaSecurity;
 
+use super::batch::{Batcher, NoAnswer, Settings};
 use super::kafka_wire::{Connection, Security, WireError, error_text};
 use crate::desired::topic::{ObservedTopic, TopicPlan, TopicSpec};
 
@@ -26,7 +27,7 @@ const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 const OPERATION_TIMEOUT_MS: i32 = 30_000;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KafkaError {
     #[error(transparent)]
     Wire(#[from] WireError),
@@ -38,6 +39,13 @@ pub enum KafkaError {
     /// A Secret of `spec.kafka.tls`/`sasl` is missing or lacks a key.
     #[error("Kafka TLS/SASL settings: {0}")]
     Secret(String),
+}
+
+impl From<NoAnswer> for KafkaError {
+    /// Transient: the next reconcile asks again.
+    fn from(e: NoAnswer) -> Self {
+        Self::Wire(WireError::Io { addr: "(batched call)".into(), source: std::io::Error::other(e.to_string()) })
+    }
 }
 
 /// Error codes a retry can cure: leadership moving, a controller change, a slow broker.
@@ -230,6 +238,135 @@ impl KafkaAdmin {
         }))
     }
 
+    /// Many topics in one Metadata request and one DescribeConfigs request (of the topics that
+    /// exist): one answer per name, in order; a topic's own error code answers that topic alone.
+    #[tracing::instrument(name = "kafka_describe_batch", skip_all, fields(cluster = %self.bootstrap.addr(), topics = names.len()))]
+    pub async fn describe_many(
+        &mut self,
+        names: &[String],
+    ) -> Result<Vec<Result<Option<ObservedTopic>, KafkaError>>, KafkaError> {
+        let unique: Vec<&str> = {
+            let mut seen = HashSet::new();
+            names.iter().map(String::as_str).filter(|n| seen.insert(*n)).collect()
+        };
+        let metadata = self.metadata(&unique).await?;
+        // Per topic: (partitions, replication factor) when it exists.
+        let mut shapes: HashMap<&str, Result<Option<Shape>, KafkaError>> = HashMap::new();
+        for name in &unique {
+            let topic = metadata.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == *name));
+            let shape = match topic.map(|t| (t.error_code, t)) {
+                None | Some((UNKNOWN_TOPIC_OR_PARTITION, _)) => Ok(None),
+                Some((0, topic)) => {
+                    let replicas = topic.partitions.iter().map(|p| p.replica_nodes.len()).max().unwrap_or(0);
+                    Ok(Some((topic.partitions.len() as i32, replicas as i16)))
+                }
+                Some((code, _)) => Err(KafkaError::Refused {
+                    action: "describe",
+                    topic: (*name).into(),
+                    code,
+                    detail: error_text(code, None),
+                }),
+            };
+            shapes.insert(name, shape);
+        }
+        let existing: Vec<&str> =
+            unique.iter().copied().filter(|n| matches!(shapes.get(n), Some(Ok(Some(_))))).collect();
+        let mut configs = self.describe_configs_many(&existing).await?;
+        Ok(names
+            .iter()
+            .map(|name| match &shapes[name.as_str()] {
+                Err(e) => Err(e.clone()),
+                Ok(None) => Ok(None),
+                Ok(Some((partitions, replication_factor))) => {
+                    let configs = configs.remove(name.as_str()).unwrap_or(Ok(None));
+                    configs.map(|configs| {
+                        Some(ObservedTopic {
+                            partitions: *partitions,
+                            replication_factor: *replication_factor,
+                            configs,
+                        })
+                    })
+                }
+            })
+            .collect())
+    }
+
+    /// The configs of many topics in one request, by topic (`None` on a broker without the API).
+    async fn describe_configs_many<'a>(
+        &mut self,
+        names: &[&'a str],
+    ) -> Result<HashMap<&'a str, Result<Option<BTreeMap<String, String>>, KafkaError>>, KafkaError> {
+        if names.is_empty() || !self.bootstrap.supports::<DescribeConfigsRequest>() {
+            return Ok(names.iter().map(|n| (*n, Ok(None))).collect());
+        }
+        let mut request = DescribeConfigsRequest::default();
+        request.resources = names
+            .iter()
+            .map(|name| {
+                let mut resource = DescribeConfigsResource::default();
+                resource.resource_type = TOPIC_RESOURCE;
+                resource.resource_name = StrBytes::from_string((*name).into());
+                resource
+            })
+            .collect();
+        let (response, _) = self.bootstrap.call(request, 4).await?;
+        Ok(names
+            .iter()
+            .map(|name| {
+                let result = response.results.iter().find(|r| r.resource_name.as_str() == *name);
+                let answer = match result {
+                    None => Ok(None),
+                    Some(r) if r.error_code != 0 => Err(KafkaError::Refused {
+                        action: "describe the configs of",
+                        topic: (*name).into(),
+                        code: r.error_code,
+                        detail: error_text(r.error_code, r.error_message.as_ref()),
+                    }),
+                    Some(r) => Ok(Some(
+                        r.configs
+                            .iter()
+                            .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+                            .collect(),
+                    )),
+                };
+                (*name, answer)
+            })
+            .collect())
+    }
+
+    /// Many topics in one CreateTopics request: one answer per spec, in order. A name asked for
+    /// twice is created once; the second asker finds it made by someone else (`Exists`).
+    #[tracing::instrument(name = "kafka_create_batch", skip_all, fields(cluster = %self.bootstrap.addr(), topics = wants.len()))]
+    pub async fn create_many(&mut self, wants: &[TopicSpec]) -> Result<Vec<Result<(), KafkaError>>, KafkaError> {
+        let mut seen = HashSet::new();
+        let first: Vec<bool> = wants.iter().map(|w| seen.insert(w.name.as_str())).collect();
+        let mut request = CreateTopicsRequest::default();
+        request.topics = wants.iter().zip(&first).filter(|(_, first)| **first).map(|(w, _)| creatable(w)).collect();
+        request.timeout_ms = OPERATION_TIMEOUT_MS;
+        let (response, _) = self.controller().await?.call(request, 7).await?;
+        Ok(wants
+            .iter()
+            .zip(first)
+            .map(|(want, first)| {
+                if !first {
+                    return Err(KafkaError::Exists { topic: want.name.clone() });
+                }
+                let result = response.topics.iter().find(|r| r.name.0.as_str() == want.name);
+                match result.map(|r| (r.error_code, r)) {
+                    None | Some((0, _)) => Ok(()),
+                    // Another writer won the race: the topic is not this pipeline's.
+                    Some((TOPIC_ALREADY_EXISTS, _)) => Err(KafkaError::Exists { topic: want.name.clone() }),
+                    Some((code, r)) => Err(KafkaError::Refused {
+                        action: "create",
+                        topic: want.name.clone(),
+                        code,
+                        detail: error_text(code, r.error_message.as_ref()),
+                    }),
+                }
+            })
+            .collect())
+    }
+
     async fn describe_configs(&mut self, name: &str) -> Result<Option<BTreeMap<String, String>>, KafkaError> {
         if !self.bootstrap.supports::<DescribeConfigsRequest>() {
             return Ok(None);
@@ -278,22 +415,8 @@ impl KafkaAdmin {
 
     #[tracing::instrument(name = "kafka_create", skip_all, fields(cluster = %self.bootstrap.addr(), topic = %want.name))]
     async fn create(&mut self, want: &TopicSpec) -> Result<(), KafkaError> {
-        let mut topic = CreatableTopic::default();
-        topic.name = topic_name(&want.name);
-        topic.num_partitions = want.partitions;
-        topic.replication_factor = want.replication_factor;
-        topic.configs = want
-            .configs
-            .iter()
-            .map(|(k, v)| {
-                let mut config = CreatableTopicConfig::default();
-                config.name = StrBytes::from_string(k.clone());
-                config.value = Some(StrBytes::from_string(v.clone()));
-                config
-            })
-            .collect();
         let mut request = CreateTopicsRequest::default();
-        request.topics = vec![topic];
+        request.topics = vec![creatable(want)];
         request.timeout_ms = OPERATION_TIMEOUT_MS;
         let (response, _) = self.controller().await?.call(request, 7).await?;
         for result in &response.topics {
@@ -396,15 +519,24 @@ impl KafkaAdmin {
     /// Deletes topics; topics that do not exist count as deleted.
     #[tracing::instrument(name = "kafka_delete", skip_all, fields(cluster = %self.bootstrap.addr(), topics = topics.len()))]
     pub async fn delete(&mut self, topics: &[String]) -> Result<(), KafkaError> {
+        self.delete_many(topics).await?.into_iter().collect()
+    }
+
+    /// Deletes topics in one request: one answer per name, in order.
+    pub async fn delete_many(&mut self, topics: &[String]) -> Result<Vec<Result<(), KafkaError>>, KafkaError> {
         if topics.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let unique: Vec<&String> = {
+            let mut seen = HashSet::new();
+            topics.iter().filter(|t| seen.insert(t.as_str())).collect()
+        };
         let controller = self.controller().await?;
         let version = controller.version::<DeleteTopicsRequest>(6)?;
         let mut request = DeleteTopicsRequest::default();
         request.timeout_ms = OPERATION_TIMEOUT_MS;
         if version >= 6 {
-            request.topics = topics
+            request.topics = unique
                 .iter()
                 .map(|t| {
                     let mut state = DeleteTopicState::default();
@@ -413,22 +545,149 @@ impl KafkaAdmin {
                 })
                 .collect();
         } else {
-            request.topic_names = topics.iter().map(|t| topic_name(t)).collect();
+            request.topic_names = unique.iter().map(|t| topic_name(t)).collect();
         }
         let (response, _) = controller.call(request, version).await?;
-        for result in &response.responses {
-            if result.error_code != 0 && result.error_code != UNKNOWN_TOPIC_OR_PARTITION {
-                let topic = result.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
-                return Err(KafkaError::Refused {
-                    action: "delete",
-                    topic,
-                    code: result.error_code,
-                    detail: error_text(result.error_code, result.error_message.as_ref()),
-                });
+        Ok(topics
+            .iter()
+            .map(|topic| {
+                let result = response.responses.iter().find(|r| r.name.as_ref().is_some_and(|n| n.0.as_str() == topic));
+                match result {
+                    Some(r) if r.error_code != 0 && r.error_code != UNKNOWN_TOPIC_OR_PARTITION => {
+                        Err(KafkaError::Refused {
+                            action: "delete",
+                            topic: topic.clone(),
+                            code: r.error_code,
+                            detail: error_text(r.error_code, r.error_message.as_ref()),
+                        })
+                    }
+                    _ => Ok(()),
+                }
+            })
+            .collect())
+    }
+}
+
+/// The Kafka clusters of the fleet: idle admin sessions per cluster, and per cluster a batcher of
+/// topic reads (Metadata + DescribeConfigs), one of creates and one of deletes, so concurrent
+/// reconciles share one request. Each cluster has its own workers and bound on requests in
+/// flight: a slow cluster holds up only its own pipelines.
+pub struct Clusters {
+    sessions: Arc<SessionPool<KafkaAdmin>>,
+    describes: Batcher<PoolKey, String, Option<ObservedTopic>, KafkaError>,
+    creates: Batcher<PoolKey, TopicSpec, (), KafkaError>,
+    deletes: Batcher<PoolKey, String, (), KafkaError>,
+}
+
+impl Default for Clusters {
+    fn default() -> Self {
+        Self::new(Settings::default())
+    }
+}
+
+impl Clusters {
+    pub fn new(settings: Settings) -> Self {
+        let sessions: Arc<SessionPool<KafkaAdmin>> = Arc::new(SessionPool::default());
+        let pool = sessions.clone();
+        let describes = Batcher::new(settings, move |key: PoolKey, names: Vec<String>| {
+            let pool = pool.clone();
+            async move {
+                // Reads may be sent again: a pooled session the broker closed is replaced once.
+                let (mut admin, pooled) = session(&pool, &key).await?;
+                let answers = match admin.describe_many(&names).await {
+                    Ok(answers) => answers,
+                    Err(e) if pooled => {
+                        tracing::debug!(error = %e, "pooled Kafka session failed; connecting afresh");
+                        admin = KafkaAdmin::connect_with(&key.bootstrap_servers, &key.security, key.timeout).await?;
+                        admin.describe_many(&names).await?
+                    }
+                    Err(e) => return Err(e),
+                };
+                pool.put(key, admin);
+                Ok(answers)
             }
+        });
+        let pool = sessions.clone();
+        let creates = Batcher::new(settings, move |key: PoolKey, wants: Vec<TopicSpec>| {
+            let pool = pool.clone();
+            async move {
+                // Not sent twice: a create that failed on the wire is retried by the next
+                // reconcile, which finds the topic there and recorded as this pipeline's.
+                let (mut admin, _) = session(&pool, &key).await?;
+                let answers = admin.create_many(&wants).await?;
+                pool.put(key, admin);
+                Ok(answers)
+            }
+        });
+        let pool = sessions.clone();
+        let deletes = Batcher::new(settings, move |key: PoolKey, names: Vec<String>| {
+            let pool = pool.clone();
+            async move {
+                let (mut admin, _) = session(&pool, &key).await?;
+                let answers = admin.delete_many(&names).await?;
+                pool.put(key, admin);
+                Ok(answers)
+            }
+        });
+        Self { sessions, describes, creates, deletes }
+    }
+
+    /// The topic as the broker has it, read in one batch with the other reconciles' topics.
+    pub async fn describe(&self, key: &PoolKey, topic: &str) -> Result<Option<ObservedTopic>, KafkaError> {
+        self.describes.call(key.clone(), topic.to_string()).await
+    }
+
+    /// Carries out a plan: a create in one CreateTopics request with the other reconciles'
+    /// creates; config changes and partition growth (rare) over a session of the cluster.
+    pub async fn apply(&self, key: &PoolKey, want: &TopicSpec, plan: &TopicPlan) -> Result<(), KafkaError> {
+        if plan.create {
+            return self.creates.call(key.clone(), want.clone()).await;
         }
+        let (mut admin, _) = session(&self.sessions, key).await?;
+        admin.apply(want, plan).await?;
+        self.sessions.put(key.clone(), admin);
         Ok(())
     }
+
+    /// Deletes topics (batched with other pipelines' deletes); topics that do not exist count as deleted.
+    pub async fn delete(&self, key: &PoolKey, topics: &[String]) -> Result<(), KafkaError> {
+        let answers = futures::future::join_all(topics.iter().map(|t| self.deletes.call(key.clone(), t.clone()))).await;
+        answers.into_iter().collect()
+    }
+
+    /// Idle sessions kept, over all clusters.
+    pub fn idle_sessions(&self) -> usize {
+        self.sessions.idle()
+    }
+}
+
+/// An idle session of the cluster, or a new one; `true` when it came from the pool.
+async fn session(pool: &SessionPool<KafkaAdmin>, key: &PoolKey) -> Result<(KafkaAdmin, bool), KafkaError> {
+    match pool.take(key) {
+        Some(admin) => Ok((admin, true)),
+        None => Ok((KafkaAdmin::connect_with(&key.bootstrap_servers, &key.security, key.timeout).await?, false)),
+    }
+}
+
+/// A topic's partitions and replication factor.
+type Shape = (i32, i16);
+
+fn creatable(want: &TopicSpec) -> CreatableTopic {
+    let mut topic = CreatableTopic::default();
+    topic.name = topic_name(&want.name);
+    topic.num_partitions = want.partitions;
+    topic.replication_factor = want.replication_factor;
+    topic.configs = want
+        .configs
+        .iter()
+        .map(|(k, v)| {
+            let mut config = CreatableTopicConfig::default();
+            config.name = StrBytes::from_string(k.clone());
+            config.value = Some(StrBytes::from_string(v.clone()));
+            config
+        })
+        .collect();
+    topic
 }
 
 fn topic_name(name: &str) -> TopicName {

@@ -56,6 +56,25 @@ pub enum WireError {
     Settings(String),
 }
 
+/// A batched call's failure reaches every caller: an I/O error is copied as its kind and text.
+impl Clone for WireError {
+    fn clone(&self) -> Self {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            Self::Connect { addr, source } => Self::Connect { addr: addr.clone(), source: io(source) },
+            Self::Timeout { addr } => Self::Timeout { addr: addr.clone() },
+            Self::Io { addr, source } => Self::Io { addr: addr.clone(), source: io(source) },
+            Self::Protocol { addr, message } => Self::Protocol { addr: addr.clone(), message: message.clone() },
+            Self::Unsupported { api, key } => Self::Unsupported { api, key: *key },
+            Self::Tls { addr, message } => Self::Tls { addr: addr.clone(), message: message.clone() },
+            Self::Authentication { addr, mechanism, message } => {
+                Self::Authentication { addr: addr.clone(), mechanism, message: message.clone() }
+            }
+            Self::Settings(message) => Self::Settings(message.clone()),
+        }
+    }
+}
+
 impl WireError {
     /// Whether retrying later may succeed (the broker was unreachable or slow).
     pub fn is_transient(&self) -> bool {

@@ -1,5 +1,6 @@
 //! The reconciler: validate → pure build → apply children → external systems → conditions → status.
 
+pub mod batch;
 pub mod children;
 pub mod clickhouse;
 mod context;

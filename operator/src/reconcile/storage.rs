@@ -13,7 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::clickhouse::{ClickHouseAdmin, ClickHouseError};
-use super::kafka::{KafkaAdmin, KafkaError, PoolKey};
+use super::kafka::{KafkaError, PoolKey};
 use super::security;
 use super::{Context, Error};
 use crate::conditions::{ConditionType, Finding, reason};
@@ -252,19 +252,20 @@ async fn ensure_as_cached(fp: &FlightPipeline, resolved: &Resolved, ctx: &Contex
     // 2. Read both systems. One unreachable: the other still goes on, by its own plan.
     let records = current_records(fp, resolved);
     let topics = [Some(&resolved.topic), resolved.dead_letter.as_ref()];
-    let kafka = observe_topics(resolved, ctx, topics.into_iter().flatten()).await;
-    let clickhouse = match clickhouse_admin(
-        &resolved.namespace,
-        resolved.credentials.as_ref(),
-        resolved.clickhouse_ca.as_ref(),
-        &resolved.clickhouse_url,
-        ctx,
-    )
-    .await
-    {
-        Ok(admin) => admin.describe(&resolved.table).await.map(|t| (admin, t)).map_err(Error::from),
-        Err(e) => Err(e),
+    // Both at once; each read is batched with other reconciles' reads of the same cluster.
+    let clickhouse = async {
+        let admin = clickhouse_admin(
+            &resolved.namespace,
+            resolved.credentials.as_ref(),
+            resolved.clickhouse_ca.as_ref(),
+            &resolved.clickhouse_url,
+            ctx,
+        )
+        .await?;
+        let observed = ctx.clickhouse.describe(&admin, &resolved.table).await?;
+        Ok::<_, Error>((admin, observed))
     };
+    let (kafka, clickhouse) = tokio::join!(observe_topics(resolved, ctx, topics.into_iter().flatten()), clickhouse);
 
     // 3. Decide and plan everything before changing anything.
     let kafka = kafka.map(|(admin, observed)| {
@@ -364,17 +365,21 @@ async fn ensure_as_cached(fp: &FlightPipeline, resolved: &Resolved, ctx: &Contex
             topics_exist = parts.iter().all(|p| p.observed.is_some());
             Finding::failed(ConditionType::KafkaReady, reason::WAITING, held_back)
         }
-        Ok(((mut admin, pool_key), parts)) => {
+        Ok((pool_key, parts)) => {
             let mut failure = None;
-            for part in parts.iter().filter(|p| !p.plan.is_noop()) {
+            // The topics at once: creates share a CreateTopics request with other reconciles'.
+            let changes: Vec<&TopicPart> = parts.iter().filter(|p| !p.plan.is_noop()).collect();
+            let results = futures::future::join_all(changes.iter().map(|part| {
                 tracing::info!(topic = %part.spec.name, plan = ?part.plan, "changing Kafka topic");
-                match admin.apply(&part.spec, &part.plan).await {
+                ctx.kafka.apply(&pool_key, &part.spec, &part.plan)
+            }))
+            .await;
+            for (part, result) in changes.into_iter().zip(results) {
+                match result {
                     Ok(()) => storage.topic_changed = true,
                     Err(KafkaError::Exists { .. }) => lost_races.push(part.key.clone()),
-                    Err(e) => {
-                        failure = Some((e, part.plan.create));
-                        break;
-                    }
+                    Err(e) if failure.is_none() => failure = Some((e, part.plan.create)),
+                    Err(e) => tracing::warn!(topic = %part.spec.name, error = %e, "Kafka topic change failed"),
                 }
             }
             let main = parts.iter().find(|p| p.spec.name == resolved.topic.name);
@@ -382,9 +387,6 @@ async fn ensure_as_cached(fp: &FlightPipeline, resolved: &Resolved, ctx: &Contex
                 let had = p.observed.as_ref().map(|o| o.partitions).unwrap_or(p.spec.partitions);
                 if failure.is_none() { p.plan.grow_partitions_to.unwrap_or(had) } else { had }
             });
-            if failure.is_none() {
-                ctx.kafka.put(pool_key, admin);
-            }
             match failure {
                 // A broker without CreatePartitions (or config APIs): report, do not retry. Without
                 // CreateTopics there is no topic, so the workloads cannot start either.
@@ -522,38 +524,20 @@ fn clickhouse_failure(e: Error, error: &mut Option<Error>) -> Finding {
     outcome.finding
 }
 
-/// Describes the topics over an idle session of the cluster's pool, or a new one when there is
-/// none or the pooled one fails (the broker may have closed it). The session goes back to the pool
-/// once the plan was carried out.
+/// Describes the topics, each in the cluster's next batched Metadata and DescribeConfigs
+/// requests (shared with other reconciles); the key names the cluster for the plan's changes.
 async fn observe_topics<'a>(
     resolved: &Resolved,
     ctx: &Context,
     topics: impl Iterator<Item = &'a TopicSpec>,
-) -> Result<((KafkaAdmin, PoolKey), Vec<(TopicSpec, Option<ObservedTopic>)>), KafkaError> {
+) -> Result<(PoolKey, Vec<(TopicSpec, Option<ObservedTopic>)>), KafkaError> {
     let security = security::kafka(&resolved.namespace, &resolved.kafka_security, ctx).await?;
     let topics: Vec<&TopicSpec> = topics.collect();
     let key = PoolKey { bootstrap_servers: resolved.bootstrap_servers.clone(), security, timeout: ctx.io_timeout };
-    if let Some(mut admin) = ctx.kafka.take(&key) {
-        match describe_all(&mut admin, &topics).await {
-            Ok(observed) => return Ok(((admin, key), observed)),
-            Err(e) => tracing::debug!(error = %e, "pooled Kafka session failed; connecting afresh"),
-        }
-    }
-    let mut admin = KafkaAdmin::connect_with(&key.bootstrap_servers, &key.security, ctx.io_timeout).await?;
-    let observed = describe_all(&mut admin, &topics).await?;
-    Ok(((admin, key), observed))
-}
-
-async fn describe_all(
-    admin: &mut KafkaAdmin,
-    topics: &[&TopicSpec],
-) -> Result<Vec<(TopicSpec, Option<ObservedTopic>)>, KafkaError> {
-    let mut observed = Vec::new();
-    for topic in topics {
-        let have = admin.describe(&topic.name).await?;
-        observed.push(((*topic).clone(), have));
-    }
-    Ok(observed)
+    let observed = futures::future::join_all(topics.iter().map(|t| ctx.kafka.describe(&key, &t.name))).await;
+    let observed =
+        topics.into_iter().cloned().zip(observed).map(|(t, o)| o.map(|o| (t, o))).collect::<Result<_, _>>()?;
+    Ok((key, observed))
 }
 
 /// Writes `status.storage` at once (a merge patch of that field alone), before a create runs, so a
@@ -645,7 +629,9 @@ pub async fn delete_created(fp: &FlightPipeline, ctx: &Context) -> Result<Vec<St
         }
     }
     for (location, names) in by_cluster {
-        KafkaAdmin::connect_with(location, &kafka_security, ctx.io_timeout).await?.delete(&names).await?;
+        let key =
+            PoolKey { bootstrap_servers: location.into(), security: kafka_security.clone(), timeout: ctx.io_timeout };
+        ctx.kafka.delete(&key, &names).await?;
         deleted.extend(names.iter().map(|n| format!("topic {n} at {location}")));
     }
     for (key, admin) in tables {
