@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use flightline_service::contract;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -850,30 +851,31 @@ fn default_max_consumer_lag() -> i64 {
 fn default_max_freshness_seconds() -> i32 {
     300
 }
+// The services' defaults (`flightline_service::contract`), so a variable left unset means the same.
 fn default_max_body_bytes() -> i64 {
-    16 * 1024 * 1024
+    contract::ingest::MAX_BODY_BYTES_DEFAULT as i64
 }
 fn default_batch_size() -> i32 {
-    10_000
+    contract::sink::BATCH_SIZE_DEFAULT as i32
 }
 fn default_linger_ms() -> i32 {
-    1_000
+    contract::sink::LINGER_MS_DEFAULT as i32
 }
 fn default_max_rows() -> i32 {
-    10_000
+    contract::query::MAX_ROWS_DEFAULT as i32
 }
 fn default_max_records() -> i64 {
-    100_000
+    contract::ingest::MAX_RECORDS_DEFAULT as i64
 }
 fn default_max_batch_bytes() -> i64 {
-    16 * 1024 * 1024
+    contract::sink::MAX_BATCH_BYTES_DEFAULT as i64
 }
 fn default_max_execution_seconds() -> i32 {
-    10
+    contract::query::MAX_EXECUTION_SECONDS_DEFAULT as i32
 }
 
 fn default_freshness_ms() -> i32 {
-    2_000
+    contract::query::FRESHNESS_MS_DEFAULT as i32
 }
 
 impl Default for KafkaSpec {

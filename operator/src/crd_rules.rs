@@ -7,13 +7,14 @@
 //! constants the operator checks with, so the two cannot drift apart. Every rule is guarded with
 //! `has()` so that a field left out is judged by its default, as the operator judges it.
 
+use flightline_service::contract;
 use schemars::Schema;
 use serde_json::{Value, json};
 
 use crate::desired::slo::LATENCY_BUCKETS_MS;
 use crate::desired::table::BASE_COLUMNS;
 use crate::desired::topic::{INTERNAL_TOPIC_PREFIXES, INTERNAL_TOPIC_SUFFIXES, TOOL_TOPICS};
-use crate::spec::resolve::{MANAGED_TOPIC_CONFIGS, RESERVED_ENV, RESERVED_ENV_PREFIXES};
+use crate::spec::resolve::MANAGED_TOPIC_CONFIGS;
 
 /// Most extra environment variables one component may set: bounds the cost of the env rule,
 /// which the API server estimates before it accepts the CRD.
@@ -106,8 +107,8 @@ pub fn workload(schema: &mut Schema) {
         &format!(
             "!has(self.env) || self.env.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$') && !(k in {}) \
              && !{}.exists(p, k.startsWith(p)))",
-            cel_strings(&RESERVED_ENV),
-            cel_strings(&RESERVED_ENV_PREFIXES),
+            cel_strings(&contract::reserved_outside_prefixes()),
+            cel_strings(&contract::RESERVED_PREFIXES),
         ),
         "env: a name is not a valid environment variable name, or is one the operator writes from the spec \
          (KAFKA_*, CLICKHOUSE_*, INGEST_*, SINK_*, QUERY_*, PREDICT_*, API_KEY*, JWT_*, the HTTP limits, \

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use flightline_service::config::Role;
+use flightline_service::contract::{auth, clickhouse, http, service};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
-    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -140,13 +142,6 @@ fn pod_spec(resolved: &Resolved, workload: &Workload) -> PodSpec {
             image_pull_policy: Some("IfNotPresent".into()),
             command: Some(command(workload.component)),
             env: Some(env(resolved, workload)),
-            env_from: Some(vec![EnvFromSource {
-                config_map_ref: Some(ConfigMapEnvSource {
-                    name: config_map_name(&resolved.name),
-                    optional: Some(false),
-                }),
-                ..EnvFromSource::default()
-            }]),
             ports: Some(vec![ContainerPort {
                 name: Some("http".into()),
                 container_port: HTTP_PORT,
@@ -183,13 +178,44 @@ fn pod_spec(resolved: &Resolved, workload: &Workload) -> PodSpec {
     }
 }
 
+/// The configuration a component's binary reads (`flightline_service::config`).
+pub fn role(component: Component) -> Role {
+    match component {
+        Component::Ingest => Role::Ingest,
+        Component::Sink => Role::Sink,
+        Component::Query => Role::Query,
+        Component::Predict => Role::Predict,
+    }
+}
+
+/// A container's environment, every name from the contract (`flightline_service::contract`):
+/// the pipeline's settings this component reads, by reference to the ConfigMap (a service gets
+/// no variable it does not know), then the component's own values and Secret references.
 fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
     let value = |name: &str, value: String| EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() };
-    let mut env = vec![
-        value("FLIGHTLINE_COMPONENT", workload.component.as_str().into()),
-        value("LISTEN_ADDR", format!("0.0.0.0:{HTTP_PORT}")),
-        value("RUST_LOG", "info".into()),
-    ];
+    let reads = role(workload.component).env_keys();
+    let mut env: Vec<EnvVar> = resolved
+        .settings
+        .keys()
+        .filter(|key| reads.contains(key))
+        .map(|key| EnvVar {
+            name: key.clone(),
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: config_map_name(&resolved.name),
+                    key: key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        })
+        .collect();
+    env.extend([
+        value(service::COMPONENT, workload.component.as_str().into()),
+        value(service::LISTEN_ADDR, format!("0.0.0.0:{HTTP_PORT}")),
+        value(service::LOG_FILTER, service::LOG_FILTER_DEFAULT.into()),
+    ]);
     let from_secret = |name: &str, secret: &str, key: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -198,12 +224,15 @@ fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
         }),
         ..EnvVar::default()
     };
-    // Query reads with its own (read-only) user when the spec names one.
-    let credentials =
-        if workload.component == Component::Query { &resolved.query_credentials } else { &resolved.credentials };
+    // ClickHouse's clients only; query reads with its own (read-only) user when the spec names one.
+    let credentials = match workload.component {
+        Component::Sink => resolved.credentials.as_ref(),
+        Component::Query => resolved.query_credentials.as_ref(),
+        Component::Ingest | Component::Predict => None,
+    };
     if let Some(secret) = credentials {
-        env.push(from_secret("CLICKHOUSE_USER", &secret.name, &secret.username_key));
-        env.push(from_secret("CLICKHOUSE_PASSWORD", &secret.name, &secret.password_key));
+        env.push(from_secret(clickhouse::USER, &secret.name, &secret.username_key));
+        env.push(from_secret(clickhouse::PASSWORD, &secret.name, &secret.password_key));
     }
     // TLS and SASL material from Secrets: Kafka for the two Kafka clients, ClickHouse's CA for its two.
     if matches!(workload.component, Component::Ingest | Component::Sink) {
@@ -215,22 +244,22 @@ fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
     // Limits are per component, so they are the container's, not the shared ConfigMap's.
     if let Some(limits) = &workload.http_limits {
         env.extend([
-            value("HTTP_RATE_LIMIT_RPS", limits.requests_per_second.to_string()),
-            value("HTTP_RATE_LIMIT_BURST", limits.burst.to_string()),
-            value("HTTP_MAX_CONCURRENT_REQUESTS", limits.max_concurrent_requests.to_string()),
-            value("HTTP_REQUEST_TIMEOUT_SECONDS", limits.request_timeout_seconds.to_string()),
+            value(http::RATE_LIMIT_RPS, limits.requests_per_second.to_string()),
+            value(http::RATE_LIMIT_BURST, limits.burst.to_string()),
+            value(http::MAX_CONCURRENT_REQUESTS, limits.max_concurrent_requests.to_string()),
+            value(http::REQUEST_TIMEOUT_SECONDS, limits.request_timeout_seconds.to_string()),
         ]);
     }
     // The HTTP APIs check callers; the sink has no API.
     if workload.component != Component::Sink {
         if let Some(keys) = &resolved.api_keys {
-            env.push(from_secret("API_KEY_HASHES", &keys.name, &keys.key));
+            env.push(from_secret(auth::API_KEY_HASHES, &keys.name, &keys.key));
         }
         if let Some(jwt) = &resolved.jwt {
-            env.push(value("JWT_ALGORITHM", format!("{:?}", jwt.algorithm)));
-            env.push(from_secret("JWT_KEY", &jwt.key_secret.name, &jwt.key_secret.key));
+            env.push(value(auth::JWT_ALGORITHM, format!("{:?}", jwt.algorithm)));
+            env.push(from_secret(auth::JWT_KEY, &jwt.key_secret.name, &jwt.key_secret.key));
             // Empty values are left out: the API server drops them, and the no-op check would see drift.
-            for (name, v) in [("JWT_ISSUER", &jwt.issuer), ("JWT_AUDIENCE", &jwt.audience)] {
+            for (name, v) in [(auth::JWT_ISSUER, &jwt.issuer), (auth::JWT_AUDIENCE, &jwt.audience)] {
                 if !v.is_empty() {
                     env.push(value(name, v.clone()));
                 }
@@ -290,6 +319,7 @@ mod tests {
     use super::*;
     use crate::crd::FlightPipelineSpec;
     use crate::spec::fixtures::{owner, resolved};
+    use std::collections::BTreeSet;
 
     #[test]
     fn deployment_runs_the_component_command_with_the_pipeline_settings() {
@@ -303,8 +333,9 @@ mod tests {
         let pod = d.spec.template.spec.as_ref().unwrap();
         let container = &pod.containers[0];
         assert_eq!(container.command.as_ref().unwrap(), &["flightline-ingest", "sink"]);
-        assert_eq!(container.env_from.as_ref().unwrap()[0].config_map_ref.as_ref().unwrap().name, "scl-pipeline");
         let env = container.env.as_ref().unwrap();
+        let topic = env.iter().find(|e| e.name == "KAFKA_TOPIC").and_then(|e| e.value_from.as_ref()).unwrap();
+        assert_eq!(topic.config_map_key_ref.as_ref().unwrap().name, "scl-pipeline");
         assert!(env.iter().any(|e| e.name == "FLIGHTLINE_COMPONENT" && e.value.as_deref() == Some("sink")));
         assert_eq!(container.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
         assert_eq!(
@@ -440,53 +471,173 @@ mod tests {
         assert_eq!(secret_of(&env_of(&spec, Component::Query), "CLICKHOUSE_USER").as_deref(), Some("admin"));
         spec.query.credentials_secret = Some(refs("reader"));
         for (component, want) in
-            [(Component::Query, "reader"), (Component::Sink, "admin"), (Component::Ingest, "admin")]
+            [(Component::Query, Some("reader")), (Component::Sink, Some("admin")), (Component::Ingest, None)]
         {
             let env = env_of(&spec, component);
-            assert_eq!(secret_of(&env, "CLICKHOUSE_USER").as_deref(), Some(want), "{component:?}");
-            assert_eq!(secret_of(&env, "CLICKHOUSE_PASSWORD").as_deref(), Some(want), "{component:?}");
+            assert_eq!(secret_of(&env, "CLICKHOUSE_USER").as_deref(), want, "{component:?}");
+            assert_eq!(secret_of(&env, "CLICKHOUSE_PASSWORD").as_deref(), want, "{component:?}");
         }
         spec.clickhouse.credentials_secret = None;
         assert_eq!(secret_of(&env_of(&spec, Component::Sink), "CLICKHOUSE_USER"), None);
         assert_eq!(secret_of(&env_of(&spec, Component::Query), "CLICKHOUSE_USER").as_deref(), Some("reader"));
     }
 
-    /// The operator writes what the services read, and both sides default alike (the services' crate
-    /// is only a dev-dependency of the operator, so this test is where the contract is checked).
+    /// A pipeline with every feature that writes a variable: Kafka TLS (CA and client certificate)
+    /// and SASL, ClickHouse over https with a CA and credentials, query's own reader, API keys and
+    /// a JWT with issuer and audience, limits, identity, a model path, and a user's `RUST_LOG`.
+    fn full_featured() -> FlightPipelineSpec {
+        use crate::crd::{
+            AuthSpec, CaSecretRef, ClickHouseTlsSpec, ClientCertificateSecretRef, JwtAlgorithm, JwtKeySecret, JwtSpec,
+            KafkaSaslSpec, KafkaTlsSpec, SaslMechanism, SecretKeyRef, SecretKeyRefs,
+        };
+        let refs = |name: &str| SecretKeyRefs { name: name.into(), username_key: "u".into(), password_key: "p".into() };
+        let ca = |name: &str| Some(CaSecretRef { name: name.into(), key: "ca.crt".into() });
+        let mut spec = FlightPipelineSpec::default();
+        spec.kafka.tls = Some(KafkaTlsSpec {
+            ca_secret: ca("kafka-ca"),
+            client_certificate_secret: Some(ClientCertificateSecretRef {
+                name: "kafka-client".into(),
+                cert_key: "tls.crt".into(),
+                key_key: "tls.key".into(),
+            }),
+        });
+        spec.kafka.sasl = Some(KafkaSaslSpec {
+            mechanism: SaslMechanism::ScramSha512,
+            credentials_secret: refs("kafka-user"),
+            allow_plaintext: false,
+        });
+        spec.clickhouse.tls = Some(ClickHouseTlsSpec { ca_secret: ca("ch-ca") });
+        spec.clickhouse.credentials_secret = Some(refs("ch-writer"));
+        spec.query.credentials_secret = Some(refs("ch-reader"));
+        spec.auth = Some(AuthSpec {
+            api_keys_secret: Some(SecretKeyRef { name: "keys".into(), key: "hashes".into() }),
+            jwt: Some(JwtSpec {
+                algorithm: JwtAlgorithm::HS256,
+                key_secret: JwtKeySecret { name: "jwt".into(), key: "key".into() },
+                issuer: "https://issuer".into(),
+                audience: "flightline".into(),
+            }),
+        });
+        spec.ingest.limits.requests_per_second = Some(0);
+        spec.predict.limits.max_concurrent_requests = Some(8);
+        spec.identity = crate::crd::Identity::ScheduledFlight;
+        spec.predict.model_path = "/models/delay.json".into();
+        spec.query.workload.env.insert(service::LOG_FILTER.into(), "debug".into());
+        spec
+    }
+
+    /// `full_featured` resolved against an operator whose ClickHouse default is https.
+    fn resolved_full(spec: &FlightPipelineSpec) -> Resolved {
+        let defaults = crate::spec::resolve::Defaults {
+            kafka_bootstrap_servers: Some("k:9093".into()),
+            clickhouse_url: Some("https://ch:8443".into()),
+            ..Default::default()
+        };
+        crate::spec::resolve::resolve("air", "scl", spec, &defaults).unwrap()
+    }
+
+    /// What a Secret key holds, as a service would accept it.
+    fn secret_value(variable: &str) -> String {
+        match variable {
+            auth::API_KEY_HASHES => flightline_service::auth::hash_key("a key"),
+            auth::JWT_KEY => "a shared secret of at least 32 bytes".into(),
+            _ => format!("<{variable} from its Secret>"),
+        }
+    }
+
+    /// The operator's Deployments are accepted by the services (issue 11, one typed contract): each
+    /// container's env, with ConfigMap and Secret references resolved, parses through the
+    /// service's own clap configuration (so every required variable is written and every value is
+    /// valid), names only variables that service reads, and together the containers read every
+    /// key the ConfigMap holds.
     #[test]
-    fn http_limits_match_the_services_names_and_defaults() {
-        use flightline_service::config::{self as service, HttpLimits as ServiceLimits};
-        let env = env_of(&FlightPipelineSpec::default(), Component::Query);
-        for name in [
-            service::HTTP_RATE_LIMIT_RPS_ENV,
-            service::HTTP_RATE_LIMIT_BURST_ENV,
-            service::HTTP_MAX_CONCURRENT_REQUESTS_ENV,
-            service::HTTP_REQUEST_TIMEOUT_SECONDS_ENV,
-        ] {
-            assert!(value_of(&env, name).is_some(), "{name} is not written");
+    fn every_container_env_is_accepted_by_its_service_and_holds_only_what_it_reads() {
+        use flightline_service::contract::KEYS;
+        let spec = full_featured();
+        let r = resolved_full(&spec);
+        let settings = config_map(&r, &owner()).data.unwrap();
+        let mut read_from_config_map = BTreeSet::new();
+        for component in Component::ALL {
+            let d = deployment(&r, r.workload(component), &owner(), Scrape::ByServiceMonitor);
+            let container = d.spec.template.spec.unwrap().containers.remove(0);
+            assert_eq!(container.env_from, None, "{component:?}: a service gets only the variables it reads");
+            let mut vars = BTreeMap::new();
+            for var in container.env.unwrap() {
+                let source = var.value_from.as_ref();
+                let value = match (&var.value, source.and_then(|s| s.config_map_key_ref.as_ref())) {
+                    (Some(value), _) => value.clone(),
+                    (None, Some(key_ref)) => {
+                        assert_eq!(key_ref.name, config_map_name("scl"));
+                        read_from_config_map.insert(key_ref.key.clone());
+                        settings
+                            .get(&key_ref.key)
+                            .unwrap_or_else(|| panic!("{} is not in the ConfigMap", key_ref.key))
+                            .clone()
+                    }
+                    (None, None) => {
+                        assert!(source.and_then(|s| s.secret_key_ref.as_ref()).is_some(), "{var:?}");
+                        secret_value(&var.name)
+                    }
+                };
+                assert!(vars.insert(var.name.clone(), value).is_none(), "{component:?}: {} twice", var.name);
+            }
+            let reads = role(component).env_keys();
+            for name in vars.keys() {
+                assert!(reads.contains(name), "{component:?} is given {name}, which it does not read");
+                assert!(KEYS.iter().any(|key| key.name == name), "{name} is not in the contract");
+            }
+            role(component)
+                .check(|name| vars.get(name).cloned())
+                .unwrap_or_else(|e| panic!("{component:?} refuses the operator's env: {e:#}"));
+            // Each required variable is there because it is written: without it the service stops
+            // at start, with an error that names it.
+            let mut required = Vec::new();
+            for name in vars.keys() {
+                let without = |n: &str| (n != name).then(|| vars.get(n).cloned()).flatten();
+                if let Err(e) = role(component).check(without) {
+                    assert!(e.to_string().contains(name.as_str()), "{component:?} without {name}: {e}");
+                    required.push(name.as_str());
+                }
+            }
+            if component != Component::Predict {
+                assert!(required.contains(&"CLICKHOUSE_URL") || required.contains(&"KAFKA_TOPIC"), "{required:?}");
+            }
         }
-        for (component, theirs) in [
-            (Component::Ingest, ServiceLimits::INGEST),
-            (Component::Query, ServiceLimits::QUERY),
-            (Component::Predict, ServiceLimits::PREDICT),
-        ] {
-            let ours = crate::spec::resolve::HttpLimitValues::default_for(component).unwrap();
-            let as_u32 = |v: i32| u32::try_from(v).unwrap();
-            assert_eq!(
-                (
-                    as_u32(ours.requests_per_second),
-                    as_u32(ours.burst),
-                    as_u32(ours.max_concurrent_requests),
-                    as_u32(ours.request_timeout_seconds)
-                ),
-                (
-                    theirs.requests_per_second,
-                    theirs.burst,
-                    theirs.max_concurrent_requests,
-                    theirs.request_timeout_seconds
-                ),
-                "{component:?}"
-            );
-        }
+        let in_config_map: BTreeSet<String> = settings.keys().cloned().collect();
+        assert_eq!(read_from_config_map, in_config_map, "a ConfigMap key no service reads, or one not referenced");
+    }
+
+    #[test]
+    fn the_services_get_the_values_of_the_spec() {
+        use flightline_service::config::{FromEnv, IngestConfig, QueryConfig};
+        let spec = full_featured();
+        let r = resolved_full(&spec);
+        let settings = &config_map(&r, &owner()).data.unwrap();
+        let lookup = |component| {
+            let d = deployment(&r, r.workload(component), &owner(), Scrape::ByServiceMonitor);
+            let env = d.spec.template.spec.unwrap().containers.remove(0).env.unwrap();
+            move |name: &str| {
+                let var = env.iter().find(|e| e.name == name)?;
+                var.value.clone().or_else(|| {
+                    let source = var.value_from.as_ref()?;
+                    match &source.config_map_key_ref {
+                        Some(key_ref) => settings.get(&key_ref.key).cloned(),
+                        None => Some(secret_value(name)),
+                    }
+                })
+            }
+        };
+        let ingest = IngestConfig::from_lookup(lookup(Component::Ingest)).unwrap();
+        assert_eq!(ingest.kafka.topic, r.topic.name);
+        assert_eq!(ingest.records.identity().as_str(), "ScheduledFlight");
+        assert_eq!(ingest.http.rate_limit_rps, Some(0));
+        assert_eq!(ingest.server.pipeline.as_deref(), Some("air/scl"));
+        assert_eq!(ingest.server.component.as_deref(), Some("ingest"));
+        assert_eq!(ingest.server.listen_addr.port(), u16::try_from(HTTP_PORT).unwrap());
+        let query = QueryConfig::from_lookup(lookup(Component::Query)).unwrap();
+        assert_eq!(query.server.log_filter, "debug");
+        assert_eq!(query.clickhouse.table, r.table.table);
+        assert_eq!(query.query.max_rows, u32::try_from(spec.query.max_rows).unwrap());
+        assert_eq!(query.http.max_concurrent_requests, Some(64));
     }
 }

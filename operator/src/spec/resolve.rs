@@ -7,6 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use flightline_service::config::HttpLimits as ServiceLimits;
+use flightline_service::contract;
+
 use crate::crd::{
     AutoscalingSpec, CaSecretRef, FlightPipelineSpec, HttpLimits, JwtSpec, MonitoringSpec, SecretKeyRef, SecretKeyRefs,
     WorkloadSpec,
@@ -173,13 +176,19 @@ pub struct HttpLimitValues {
 impl HttpLimitValues {
     /// The component's defaults; the services fall back to the same values when unset.
     pub fn default_for(component: Component) -> Option<Self> {
-        let (requests_per_second, burst, max_concurrent_requests, request_timeout_seconds) = match component {
-            Component::Ingest => (20, 40, 16, 60),
-            Component::Query => (1000, 2000, 64, 15),
-            Component::Predict => (1000, 2000, 64, 10),
+        let service = match component {
+            Component::Ingest => ServiceLimits::INGEST,
+            Component::Query => ServiceLimits::QUERY,
+            Component::Predict => ServiceLimits::PREDICT,
             Component::Sink => return None,
         };
-        Some(Self { requests_per_second, burst, max_concurrent_requests, request_timeout_seconds })
+        let signed = |v: u32| i32::try_from(v).expect("the services' default limits fit the CRD's i32");
+        Some(Self {
+            requests_per_second: signed(service.requests_per_second),
+            burst: signed(service.burst),
+            max_concurrent_requests: signed(service.max_concurrent_requests),
+            request_timeout_seconds: signed(service.request_timeout_seconds),
+        })
     }
 
     fn with(self, spec: &HttpLimits) -> Self {
@@ -426,26 +435,30 @@ pub fn resolve(
         return Err(problems);
     }
 
-    let mut settings = BTreeMap::from([
-        ("FLIGHTLINE_PIPELINE".to_string(), format!("{namespace}/{name}")),
-        ("KAFKA_BOOTSTRAP_SERVERS".into(), bootstrap_servers.clone()),
-        ("KAFKA_TOPIC".into(), topic.name.clone()),
-        ("KAFKA_DLQ_TOPIC".into(), dead_letter.as_ref().map(|t| t.name.clone()).unwrap_or_default()),
-        ("KAFKA_CONSUMER_GROUP".into(), format!("flightline.{namespace}.{name}.sink")),
-        ("CLICKHOUSE_URL".into(), clickhouse_url.clone()),
-        ("CLICKHOUSE_DATABASE".into(), table.database.clone()),
-        ("CLICKHOUSE_TABLE".into(), table.table.clone()),
-        ("INGEST_MAX_BODY_BYTES".into(), spec.ingest.max_body_bytes.to_string()),
-        ("INGEST_MAX_RECORDS".into(), spec.ingest.max_records.to_string()),
-        ("SINK_BATCH_SIZE".into(), spec.sink.batch_size.to_string()),
-        ("SINK_MAX_BATCH_BYTES".into(), spec.sink.max_batch_bytes.to_string()),
-        ("SINK_LINGER_MS".into(), spec.sink.linger_ms.to_string()),
-        ("QUERY_MAX_ROWS".into(), spec.query.max_rows.to_string()),
-        ("QUERY_MAX_EXECUTION_SECONDS".into(), spec.query.max_execution_seconds.to_string()),
-        ("QUERY_FRESHNESS_MS".into(), spec.query.freshness_ms.to_string()),
-        ("FLIGHTLINE_IDENTITY".into(), spec.identity.as_str().into()),
-        ("PREDICT_MODEL_PATH".into(), spec.predict.model_path.clone()),
-    ]);
+    // The pipeline's settings, one ConfigMap; each container refers to the keys its service reads.
+    let mut settings: BTreeMap<String, String> = [
+        (contract::service::PIPELINE, format!("{namespace}/{name}")),
+        (contract::kafka::BOOTSTRAP_SERVERS, bootstrap_servers.clone()),
+        (contract::kafka::TOPIC, topic.name.clone()),
+        (contract::kafka::DLQ_TOPIC, dead_letter.as_ref().map(|t| t.name.clone()).unwrap_or_default()),
+        (contract::kafka::CONSUMER_GROUP, format!("flightline.{namespace}.{name}.sink")),
+        (contract::clickhouse::URL, clickhouse_url.clone()),
+        (contract::clickhouse::DATABASE, table.database.clone()),
+        (contract::clickhouse::TABLE, table.table.clone()),
+        (contract::ingest::MAX_BODY_BYTES, spec.ingest.max_body_bytes.to_string()),
+        (contract::ingest::MAX_RECORDS, spec.ingest.max_records.to_string()),
+        (contract::sink::BATCH_SIZE, spec.sink.batch_size.to_string()),
+        (contract::sink::MAX_BATCH_BYTES, spec.sink.max_batch_bytes.to_string()),
+        (contract::sink::LINGER_MS, spec.sink.linger_ms.to_string()),
+        (contract::query::MAX_ROWS, spec.query.max_rows.to_string()),
+        (contract::query::MAX_EXECUTION_SECONDS, spec.query.max_execution_seconds.to_string()),
+        (contract::query::FRESHNESS_MS, spec.query.freshness_ms.to_string()),
+        (contract::records::IDENTITY, spec.identity.as_str().into()),
+        (contract::predict::MODEL_PATH, spec.predict.model_path.clone()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value))
+    .collect();
     settings.extend(security::kafka_settings(&kafka_security));
 
     Ok(Resolved {
@@ -599,23 +612,11 @@ fn over_limit(field: &str, value: impl std::fmt::Display, flag: &str, max: impl 
 }
 
 /// Environment the operator writes into a pipeline's ConfigMap or containers, or the services read
-/// for where their data goes and how they authenticate: `spec.<component>.env` may not set it.
-/// Left free: `RUST_LOG`, the fault switch of drills and the header/body read timeouts.
-pub const RESERVED_ENV_PREFIXES: [&str; 8] =
-    ["KAFKA_", "CLICKHOUSE_", "INGEST_", "SINK_", "QUERY_", "PREDICT_", "API_KEY", "JWT_"];
-pub const RESERVED_ENV: [&str; 8] = [
-    "LISTEN_ADDR",
-    "FLIGHTLINE_PIPELINE",
-    "FLIGHTLINE_COMPONENT",
-    "FLIGHTLINE_IDENTITY",
-    "HTTP_RATE_LIMIT_RPS",
-    "HTTP_RATE_LIMIT_BURST",
-    "HTTP_MAX_CONCURRENT_REQUESTS",
-    "HTTP_REQUEST_TIMEOUT_SECONDS",
-];
-
+/// for where their data goes and how they authenticate: `spec.<component>.env` may not set it
+/// (`contract::is_reserved`: the contract's operator keys and its reserved name spaces). Left
+/// free: `RUST_LOG`, the fault switch of drills and the HTTP server's read timeouts and connections.
 fn is_reserved_env(key: &str) -> bool {
-    RESERVED_ENV.contains(&key) || RESERVED_ENV_PREFIXES.iter().any(|prefix| key.starts_with(prefix))
+    contract::is_reserved(key)
 }
 
 fn with_retention(configs: &BTreeMap<String, String>, retention_ms: i64) -> BTreeMap<String, String> {

@@ -5,11 +5,8 @@
 //! librdkafka's `ssl.*.pem` and rustls): no volume, so a rotated Secret rolls nothing by itself,
 //! just as for the ClickHouse credentials. The operator reads the same Secret keys itself.
 
-use flightline_service::connect::{
-    CLICKHOUSE_CA_PEM_ENV, KAFKA_SASL_MECHANISM_ENV, KAFKA_SASL_PASSWORD_ENV, KAFKA_SASL_USERNAME_ENV,
-    KAFKA_SECURITY_PROTOCOL_ENV, KAFKA_SSL_CA_PEM_ENV, KAFKA_SSL_CERTIFICATE_PEM_ENV, KAFKA_SSL_KEY_PEM_ENV,
-    SaslMechanism, SecurityProtocol,
-};
+use flightline_service::connect::{SaslMechanism, SecurityProtocol};
+use flightline_service::contract::{clickhouse, kafka};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
 
 use crate::crd::{CaSecretRef, ClickHouseSpec, ClientCertificateSecretRef, KafkaSpec, SecretKeyRefs};
@@ -69,10 +66,10 @@ pub fn clickhouse(spec: &ClickHouseSpec, url: &str) -> Result<Option<CaSecretRef
 pub fn kafka_settings(refs: &KafkaSecurityRefs) -> Vec<(String, String)> {
     let mut settings = Vec::new();
     if refs.protocol != SecurityProtocol::Plaintext {
-        settings.push((KAFKA_SECURITY_PROTOCOL_ENV.to_string(), refs.protocol.as_str().to_string()));
+        settings.push((kafka::SECURITY_PROTOCOL.to_string(), refs.protocol.as_str().to_string()));
     }
     if let Some((mechanism, _)) = &refs.sasl {
-        settings.push((KAFKA_SASL_MECHANISM_ENV.to_string(), mechanism.as_str().to_string()));
+        settings.push((kafka::SASL_MECHANISM.to_string(), mechanism.as_str().to_string()));
     }
     settings
 }
@@ -92,22 +89,22 @@ fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
 pub fn kafka_env(refs: &KafkaSecurityRefs) -> Vec<EnvVar> {
     let mut env = Vec::new();
     if let Some((_, secret)) = &refs.sasl {
-        env.push(from_secret(KAFKA_SASL_USERNAME_ENV, &secret.name, &secret.username_key));
-        env.push(from_secret(KAFKA_SASL_PASSWORD_ENV, &secret.name, &secret.password_key));
+        env.push(from_secret(kafka::SASL_USERNAME, &secret.name, &secret.username_key));
+        env.push(from_secret(kafka::SASL_PASSWORD, &secret.name, &secret.password_key));
     }
     if let Some(ca) = &refs.ca {
-        env.push(from_secret(KAFKA_SSL_CA_PEM_ENV, &ca.name, &ca.key));
+        env.push(from_secret(kafka::SSL_CA_PEM, &ca.name, &ca.key));
     }
     if let Some(client) = &refs.client_certificate {
-        env.push(from_secret(KAFKA_SSL_CERTIFICATE_PEM_ENV, &client.name, &client.cert_key));
-        env.push(from_secret(KAFKA_SSL_KEY_PEM_ENV, &client.name, &client.key_key));
+        env.push(from_secret(kafka::SSL_CERTIFICATE_PEM, &client.name, &client.cert_key));
+        env.push(from_secret(kafka::SSL_KEY_PEM, &client.name, &client.key_key));
     }
     env
 }
 
 /// The Secret-backed variable of a ClickHouse client container (sink, query).
 pub fn clickhouse_env(ca: Option<&CaSecretRef>) -> Vec<EnvVar> {
-    ca.map(|ca| from_secret(CLICKHOUSE_CA_PEM_ENV, &ca.name, &ca.key)).into_iter().collect()
+    ca.map(|ca| from_secret(clickhouse::CA_PEM, &ca.name, &ca.key)).into_iter().collect()
 }
 
 #[cfg(test)]
@@ -193,8 +190,8 @@ mod tests {
         assert_eq!(
             kafka_settings(&refs),
             [
-                (KAFKA_SECURITY_PROTOCOL_ENV.to_string(), "SASL_SSL".to_string()),
-                (KAFKA_SASL_MECHANISM_ENV.to_string(), "PLAIN".to_string())
+                (kafka::SECURITY_PROTOCOL.to_string(), "SASL_SSL".to_string()),
+                (kafka::SASL_MECHANISM.to_string(), "PLAIN".to_string())
             ]
         );
         let env: Vec<(String, String, String)> = kafka_env(&refs)
@@ -205,15 +202,15 @@ mod tests {
             })
             .collect();
         let want = [
-            (KAFKA_SASL_USERNAME_ENV, "kafka-user", "user"),
-            (KAFKA_SASL_PASSWORD_ENV, "kafka-user", "pass"),
-            (KAFKA_SSL_CA_PEM_ENV, "kafka-ca", "ca.crt"),
-            (KAFKA_SSL_CERTIFICATE_PEM_ENV, "kafka-client", "tls.crt"),
-            (KAFKA_SSL_KEY_PEM_ENV, "kafka-client", "tls.key"),
+            (kafka::SASL_USERNAME, "kafka-user", "user"),
+            (kafka::SASL_PASSWORD, "kafka-user", "pass"),
+            (kafka::SSL_CA_PEM, "kafka-ca", "ca.crt"),
+            (kafka::SSL_CERTIFICATE_PEM, "kafka-client", "tls.crt"),
+            (kafka::SSL_KEY_PEM, "kafka-client", "tls.key"),
         ];
         assert_eq!(env, want.map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())));
         let ch = clickhouse_env(Some(&ca("ch-ca")));
-        assert_eq!(ch[0].name, CLICKHOUSE_CA_PEM_ENV);
+        assert_eq!(ch[0].name, clickhouse::CA_PEM);
         assert!(clickhouse_env(None).is_empty());
     }
 }

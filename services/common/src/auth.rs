@@ -28,6 +28,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::{AuthArgs, FromEnv};
+use crate::contract::auth::{API_KEY_HASHES, API_KEYS_FILE, JWT_ALGORITHM, JWT_KEY};
 use crate::server::ApiError;
 
 #[derive(Clone, Debug, Default)]
@@ -49,15 +51,18 @@ impl ApiKeys {
         Ok(Self { hashes })
     }
 
-    /// From `API_KEY_HASHES` or `API_KEYS_FILE`, or `None` (auth off) when neither is set.
-    pub fn from_env() -> anyhow::Result<Option<Arc<Self>>> {
-        let (source, text) = match (std::env::var("API_KEY_HASHES"), std::env::var("API_KEYS_FILE")) {
-            (Ok(hashes), _) => ("API_KEY_HASHES".to_string(), hashes),
-            (_, Ok(path)) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("API_KEYS_FILE {path}: {e}"))?;
-                (format!("API_KEYS_FILE {path}"), text)
+    /// From `API_KEY_HASHES` or `API_KEYS_FILE`, or `None` (auth off) when neither is set. Set
+    /// but empty is an error, never auth off.
+    pub fn from_args(args: &AuthArgs) -> anyhow::Result<Option<Arc<Self>>> {
+        let (source, text) = match (&args.api_key_hashes, &args.api_keys_file) {
+            (Some(hashes), _) => (API_KEY_HASHES.to_string(), hashes.clone()),
+            (None, Some(path)) => {
+                let path = path.display();
+                let text = std::fs::read_to_string(path.to_string())
+                    .map_err(|e| anyhow::anyhow!("{API_KEYS_FILE} {path}: {e}"))?;
+                (format!("{API_KEYS_FILE} {path}"), text)
             }
-            _ => return Ok(None),
+            (None, None) => return Ok(None),
         };
         let keys = Self::parse(&text).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
         anyhow::ensure!(!keys.hashes.is_empty(), "{source} holds no keys");
@@ -195,19 +200,19 @@ impl IntoResponse for Denied {
 impl Auth {
     /// From the environment; `None` (auth off) when neither API keys nor a JWT key are configured.
     pub fn from_env() -> anyhow::Result<Option<Arc<Self>>> {
-        let keys = ApiKeys::from_env()?.map(|k| (*k).clone());
-        let jwt = match (std::env::var("JWT_ALGORITHM"), std::env::var("JWT_KEY")) {
-            (Ok(algorithm), Ok(key)) => Some(
-                Jwt::new(
-                    &algorithm,
-                    &key,
-                    std::env::var("JWT_ISSUER").ok().as_deref(),
-                    std::env::var("JWT_AUDIENCE").ok().as_deref(),
-                )
-                .map_err(|e| anyhow::anyhow!("JWT settings: {e}"))?,
+        Self::from_args(&AuthArgs::from_env()?)
+    }
+
+    /// From the variables as read (`config::AuthArgs`).
+    pub fn from_args(args: &AuthArgs) -> anyhow::Result<Option<Arc<Self>>> {
+        let keys = ApiKeys::from_args(args)?.map(|k| (*k).clone());
+        let jwt = match (&args.jwt_algorithm, &args.jwt_key) {
+            (Some(algorithm), Some(key)) => Some(
+                Jwt::new(algorithm, key, args.jwt_issuer.as_deref(), args.jwt_audience.as_deref())
+                    .map_err(|e| anyhow::anyhow!("JWT settings: {e}"))?,
             ),
-            (Ok(_), Err(_)) | (Err(_), Ok(_)) => anyhow::bail!("JWT_ALGORITHM and JWT_KEY go together"),
-            _ => None,
+            (Some(_), None) | (None, Some(_)) => anyhow::bail!("{JWT_ALGORITHM} and {JWT_KEY} go together"),
+            (None, None) => None,
         };
         Ok((keys.is_some() || jwt.is_some()).then(|| Arc::new(Self { keys, jwt })))
     }

@@ -1,6 +1,6 @@
-//! How the operator and the services reach Kafka and ClickHouse: the environment contract for TLS
-//! and SASL (the operator writes these variables, the services read them), the librdkafka settings
-//! they turn into, and the TLS client for ClickHouse over `https://`.
+//! How the operator and the services reach Kafka and ClickHouse: TLS and SASL checked together
+//! from the environment (`contract::kafka` names the variables the operator writes), the
+//! librdkafka settings they turn into, and the TLS client for ClickHouse over `https://`.
 //!
 //! Certificates and keys travel as PEM text (`ssl.ca.pem`, `ssl.certificate.pem`, `ssl.key.pem` in
 //! librdkafka): env vars from Secret keys need no volume, and the operator uses the same text it
@@ -15,14 +15,13 @@ use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-pub const KAFKA_SECURITY_PROTOCOL_ENV: &str = "KAFKA_SECURITY_PROTOCOL";
-pub const KAFKA_SASL_MECHANISM_ENV: &str = "KAFKA_SASL_MECHANISM";
-pub const KAFKA_SASL_USERNAME_ENV: &str = "KAFKA_SASL_USERNAME";
-pub const KAFKA_SASL_PASSWORD_ENV: &str = "KAFKA_SASL_PASSWORD";
-pub const KAFKA_SSL_CA_PEM_ENV: &str = "KAFKA_SSL_CA_PEM";
-pub const KAFKA_SSL_CERTIFICATE_PEM_ENV: &str = "KAFKA_SSL_CERTIFICATE_PEM";
-pub const KAFKA_SSL_KEY_PEM_ENV: &str = "KAFKA_SSL_KEY_PEM";
-pub const CLICKHOUSE_CA_PEM_ENV: &str = "CLICKHOUSE_CA_PEM";
+use crate::config::{FromEnv, KafkaSecurityArgs};
+use crate::contract::kafka::{
+    SASL_MECHANISM as KAFKA_SASL_MECHANISM_ENV, SASL_PASSWORD as KAFKA_SASL_PASSWORD_ENV,
+    SASL_USERNAME as KAFKA_SASL_USERNAME_ENV, SECURITY_PROTOCOL as KAFKA_SECURITY_PROTOCOL_ENV,
+    SSL_CA_PEM as KAFKA_SSL_CA_PEM_ENV, SSL_CERTIFICATE_PEM as KAFKA_SSL_CERTIFICATE_PEM_ENV,
+    SSL_KEY_PEM as KAFKA_SSL_KEY_PEM_ENV,
+};
 
 /// Kafka's `security.protocol`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,33 +139,38 @@ pub struct KafkaSecurity {
 impl KafkaSecurity {
     /// From the process environment (what the operator sets on the ingest and sink containers).
     pub fn from_env() -> anyhow::Result<Self> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_args(&KafkaSecurityArgs::from_env()?)
     }
 
-    /// From any variable lookup; unset and empty are the same. Every inconsistency is an error
-    /// that names the variables, so a pod fails at start instead of connecting in plaintext.
+    /// From any variable lookup.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
-        let protocol = match get(KAFKA_SECURITY_PROTOCOL_ENV) {
+        Self::from_args(&KafkaSecurityArgs::from_lookup(lookup)?)
+    }
+
+    /// From the variables as read; unset and empty are the same. Every inconsistency is an error
+    /// that names the variables, so a pod fails at start instead of connecting in plaintext.
+    pub fn from_args(args: &KafkaSecurityArgs) -> anyhow::Result<Self> {
+        let get = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+        let protocol = match get(&args.security_protocol) {
             Some(p) => p.parse().map_err(|e| anyhow::anyhow!("{KAFKA_SECURITY_PROTOCOL_ENV}: {e}"))?,
             None => SecurityProtocol::Plaintext,
         };
         let sasl = if protocol.sasl() {
-            let mechanism = get(KAFKA_SASL_MECHANISM_ENV)
+            let mechanism = get(&args.sasl_mechanism)
                 .ok_or_else(|| anyhow::anyhow!("{KAFKA_SASL_MECHANISM_ENV} must be set for {}", protocol.as_str()))?
                 .parse()
                 .map_err(|e| anyhow::anyhow!("{KAFKA_SASL_MECHANISM_ENV}: {e}"))?;
-            let username = get(KAFKA_SASL_USERNAME_ENV)
+            let username = get(&args.sasl_username)
                 .ok_or_else(|| anyhow::anyhow!("{KAFKA_SASL_USERNAME_ENV} must be set for {}", protocol.as_str()))?;
             // An empty password is refused too: it is always a missing Secret key, never a real one.
-            let password = get(KAFKA_SASL_PASSWORD_ENV)
+            let password = get(&args.sasl_password)
                 .ok_or_else(|| anyhow::anyhow!("{KAFKA_SASL_PASSWORD_ENV} must be set for {}", protocol.as_str()))?;
             Some(SaslCredentials { mechanism, username, password })
         } else {
             None
         };
-        let ca_pem = get(KAFKA_SSL_CA_PEM_ENV);
-        let client_certificate = match (get(KAFKA_SSL_CERTIFICATE_PEM_ENV), get(KAFKA_SSL_KEY_PEM_ENV)) {
+        let ca_pem = get(&args.ssl_ca_pem);
+        let client_certificate = match (get(&args.ssl_certificate_pem), get(&args.ssl_key_pem)) {
             (Some(certificate_pem), Some(key_pem)) => Some(ClientCertificate { certificate_pem, key_pem }),
             (None, None) => None,
             _ => anyhow::bail!("{KAFKA_SSL_CERTIFICATE_PEM_ENV} and {KAFKA_SSL_KEY_PEM_ENV} go together"),
@@ -273,13 +277,6 @@ pub fn clickhouse_client(url: &str, ca_pem: Option<&str>) -> anyhow::Result<clic
         .pool_idle_timeout(CLICKHOUSE_POOL_IDLE_TIMEOUT)
         .build(connector);
     Ok(clickhouse::Client::with_http_client(client).with_url(url))
-}
-
-/// The ClickHouse client of a service, from `CLICKHOUSE_URL` and `CLICKHOUSE_CA_PEM`.
-pub fn clickhouse_client_from_env() -> anyhow::Result<clickhouse::Client> {
-    let url = crate::config::required("CLICKHOUSE_URL")?;
-    let ca = std::env::var(CLICKHOUSE_CA_PEM_ENV).ok().filter(|v| !v.is_empty());
-    clickhouse_client(&url, ca.as_deref())
 }
 
 /// Whether an error (or anything in its source chain) is a TLS failure: a certificate not trusted,

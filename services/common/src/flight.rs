@@ -160,7 +160,7 @@ pub enum Identity {
 }
 
 impl Identity {
-    pub const ENV: &'static str = "FLIGHTLINE_IDENTITY";
+    pub const ENV: &'static str = crate::contract::records::IDENTITY;
 
     pub fn as_str(self) -> &'static str {
         match self {

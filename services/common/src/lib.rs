@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod connect;
+pub mod contract;
 pub mod flight;
 pub mod limits;
 pub mod openapi;

@@ -144,7 +144,7 @@ async fn record(State(telemetry): State<Arc<Telemetry>>, request: Request, next:
 /// Environment variable of the fault switch: the fraction (0 to 1) of API requests answered with
 /// 503 `fault_injected`, for drills that prove the SLO alerts page (see docs/runbooks.md). Health
 /// and metrics endpoints are never affected. Unset or 0 in normal operation.
-pub const FAULT_RATIO_ENV: &str = "FLIGHTLINE_FAULT_ERROR_RATIO";
+pub const FAULT_RATIO_ENV: &str = crate::contract::service::FAULT_ERROR_RATIO;
 
 /// Which requests the fault switch fails: exactly `ratio` of them, spread evenly (the n-th
 /// request fails when `floor(n·ratio)` steps up), so a drill's error rate is what it says.
@@ -160,7 +160,7 @@ impl FaultSwitch {
     }
 
     pub fn from_env() -> anyhow::Result<Option<Arc<Self>>> {
-        let ratio: f64 = crate::config::parsed(FAULT_RATIO_ENV, 0.0)?;
+        let ratio = crate::config::fault_error_ratio()?;
         if !(0.0..=1.0).contains(&ratio) {
             anyhow::bail!("{FAULT_RATIO_ENV}: {ratio} must be between 0 and 1");
         }

@@ -5,6 +5,7 @@ mod produce;
 mod sink;
 
 use clap::{Parser, Subcommand};
+use flightline_service::config::{FromEnv, IngestConfig, SinkConfig};
 
 #[derive(Parser)]
 #[command(
@@ -19,14 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// POST /v1/flights → Kafka. Environment: LISTEN_ADDR, KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC,
-    /// INGEST_MAX_BODY_BYTES, INGEST_MAX_RECORDS, API_KEYS_FILE, HTTP_* limits, and for TLS/SASL
-    /// KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*_PEM.
+    /// POST /v1/flights → Kafka. Settings from the environment: `flightline_service::config::IngestConfig`.
     Serve,
-    /// Kafka → ClickHouse. Environment: LISTEN_ADDR (metrics), KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC,
-    /// KAFKA_DLQ_TOPIC, KAFKA_CONSUMER_GROUP, CLICKHOUSE_URL, CLICKHOUSE_DATABASE, CLICKHOUSE_TABLE,
-    /// CLICKHOUSE_USER, CLICKHOUSE_PASSWORD, CLICKHOUSE_CA_PEM, SINK_BATCH_SIZE, SINK_MAX_BATCH_BYTES,
-    /// SINK_LINGER_MS, and the Kafka TLS/SASL variables of `serve`.
+    /// Kafka → ClickHouse. Settings from the environment: `flightline_service::config::SinkConfig`.
     Sink,
 }
 
@@ -34,7 +30,15 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     flightline_service::server::init_logging();
     match Cli::parse().command {
-        Command::Serve => produce::serve().await,
-        Command::Sink => sink::run().await,
+        Command::Serve => {
+            let config = IngestConfig::from_env()?;
+            config.server.log_start();
+            produce::serve(config).await
+        }
+        Command::Sink => {
+            let config = SinkConfig::from_env()?;
+            config.server.log_start();
+            sink::run(config).await
+        }
     }
 }

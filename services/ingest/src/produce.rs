@@ -30,7 +30,7 @@ use flightline_service::auth::Auth;
 use flightline_service::config;
 use flightline_service::connect::KafkaSecurity;
 use flightline_service::flight::{
-    BodyError, DEFAULT_MAX_RECORDS, Flight, Format, Identity, MAX_FIELD_BYTES, RecordErrors, Summary, read_flights,
+    BodyError, Flight, Format, Identity, MAX_FIELD_BYTES, RecordErrors, Summary, read_flights,
 };
 use flightline_service::openapi::FlightRecords;
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
@@ -103,17 +103,21 @@ pub fn producer(bootstrap: &str) -> anyhow::Result<FutureProducer> {
         .create()?)
 }
 
-pub async fn serve() -> anyhow::Result<()> {
+pub async fn serve(config: config::IngestConfig) -> anyhow::Result<()> {
     let telemetry = Telemetry::new("ingest");
-    let bootstrap = config::required("KAFKA_BOOTSTRAP_SERVERS")?;
-    let topic: Arc<str> = config::required("KAFKA_TOPIC")?.into();
-    let max_body: usize = config::parsed("INGEST_MAX_BODY_BYTES", 16 * 1024 * 1024)?;
-    let max_records: usize = config::parsed("INGEST_MAX_RECORDS", DEFAULT_MAX_RECORDS)?.max(1);
+    let bootstrap = config.kafka.bootstrap_servers.clone();
+    let topic: Arc<str> = config.kafka.topic.clone().into();
+    let max_body = usize::try_from(config.ingest.max_body_bytes)?;
+    let max_records = usize::try_from(config.ingest.max_records)?;
+    let limits = config.http.limits(config::HttpLimits::INGEST)?;
+    let auth = Auth::from_args(&config.auth)?;
+    // TLS and SASL are read again by each client (`client_config`); checked here, before anything starts.
+    KafkaSecurity::from_args(&config.kafka_security)?;
     let state = AppState {
         producer: Arc::new(RwLock::new(producer(&bootstrap)?)),
         bootstrap: bootstrap.clone().into(),
         topic: topic.clone(),
-        identity: Identity::from_env()?,
+        identity: config.records.identity(),
         last_version: Arc::new(AtomicU64::new(0)),
         max_records,
         accepted: Counter::default(),
@@ -147,9 +151,8 @@ pub async fn serve() -> anyhow::Result<()> {
         })
     };
     let routes = routes(state.clone(), max_body);
-    let limits = config::HttpLimits::from_env(config::HttpLimits::INGEST)?;
-    let app = server::app(routes, telemetry, ready, Auth::from_env()?, limits);
-    let result = server::serve(config::listen_addr()?, app).await;
+    let app = server::app(routes, telemetry, ready, auth, limits);
+    let result = server::serve(config.server.listen_addr, app).await;
     // Whatever is still queued gets its chance before we exit.
     let producer = state.producer.read().expect("producer lock").clone();
     let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;

@@ -45,8 +45,6 @@ use serde::Serialize;
 /// the server's time zone may cut each UTC day in two: 50 days are at most 100 partitions anywhere.
 /// (A server set lower still is handled: its refusal splits the insert.)
 pub const MAX_DAYS_PER_INSERT: usize = 50;
-/// Default of `SINK_MAX_BATCH_BYTES`: payload bytes in one batch.
-pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// ClickHouse's message in a dead letter's `flightline.reason` header and in logs, at most.
 const MAX_REASON_BYTES: usize = 1_024;
 const INSERT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -449,24 +447,26 @@ struct Settings {
     identity: Identity,
 }
 
-pub async fn run() -> anyhow::Result<()> {
+pub async fn run(config: config::SinkConfig) -> anyhow::Result<()> {
     let telemetry = Telemetry::new("sink");
     let metrics = Metrics::register(&telemetry);
+    // TLS and SASL are read again by each client (`client_config`); checked here, before anything starts.
+    flightline_service::connect::KafkaSecurity::from_args(&config.kafka_security)?;
     let settings = Settings {
-        bootstrap: config::required("KAFKA_BOOTSTRAP_SERVERS")?,
-        topic: config::required("KAFKA_TOPIC")?,
-        dead_letter_topic: std::env::var("KAFKA_DLQ_TOPIC").ok().filter(|t| !t.is_empty()),
-        batch_size: config::parsed("SINK_BATCH_SIZE", 10_000usize)?.max(1),
-        batch_bytes: config::parsed("SINK_MAX_BATCH_BYTES", DEFAULT_MAX_BATCH_BYTES)?.max(1),
-        linger: Duration::from_millis(config::parsed("SINK_LINGER_MS", 1_000u64)?),
-        table: config::required("CLICKHOUSE_TABLE")?,
-        identity: Identity::from_env()?,
+        bootstrap: config.kafka.bootstrap_servers.clone(),
+        topic: config.kafka.topic.clone(),
+        dead_letter_topic: config.sink.dead_letter_topic().map(str::to_string),
+        batch_size: usize::try_from(config.sink.batch_size)?,
+        batch_bytes: usize::try_from(config.sink.max_batch_bytes)?,
+        linger: Duration::from_millis(config.sink.linger_ms),
+        table: config.clickhouse.table.clone(),
+        identity: config.records.identity(),
     };
     if settings.dead_letter_topic.is_none() {
         tracing::warn!("no dead-letter topic: records that cannot be stored are dropped (logged and counted)");
     }
     let consumer: StreamConsumer = crate::produce::client_config(&settings.bootstrap)?
-        .set("group.id", config::required("KAFKA_CONSUMER_GROUP")?)
+        .set("group.id", &config.sink.consumer_group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         // A ClickHouse outage holds a batch while it is retried; stay in the group meanwhile.
@@ -474,13 +474,7 @@ pub async fn run() -> anyhow::Result<()> {
         .create()?;
     consumer.subscribe(&[&settings.topic])?;
     let dead_letters = RwLock::new(crate::produce::producer(&settings.bootstrap)?);
-    // CLICKHOUSE_URL, and CLICKHOUSE_CA_PEM for an https:// one.
-    let mut clickhouse = flightline_service::connect::clickhouse_client_from_env()?
-        .with_database(config::required("CLICKHOUSE_DATABASE")?)
-        .with_validation(false);
-    if let Ok(user) = config::required("CLICKHOUSE_USER") {
-        clickhouse = clickhouse.with_user(user).with_password(std::env::var("CLICKHOUSE_PASSWORD").unwrap_or_default());
-    }
+    let clickhouse = config.clickhouse.client()?.with_database(&config.clickhouse.database).with_validation(false);
 
     let consuming = Arc::new(AtomicBool::new(false));
     let dead_letters_failing_since = Arc::new(Mutex::new(None::<Instant>));
@@ -500,7 +494,7 @@ pub async fn run() -> anyhow::Result<()> {
         })
     };
     let app = server::app(axum::Router::new(), telemetry, ready, None, config::HttpLimits::INGEST);
-    let http = tokio::spawn(server::serve(config::listen_addr()?, app));
+    let http = tokio::spawn(server::serve(config.server.listen_addr, app));
     let sink = Sink { consumer, dead_letters, clickhouse, settings, metrics, consuming, dead_letters_failing_since };
     tokio::select! {
         result = sink.run() => result?,

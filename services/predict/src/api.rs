@@ -10,7 +10,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use flightline_service::auth::Auth;
-use flightline_service::config::{self, HttpLimits};
+use flightline_service::config::{HttpLimits, PredictConfig};
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -128,20 +128,23 @@ fn list_airlines(doc: &mut utoipa::openapi::OpenApi, airlines: &[String]) {
     airline.enum_values = Some(airlines.iter().map(|a| a.as_str().into()).collect());
 }
 
-pub async fn serve() -> anyhow::Result<()> {
+pub async fn serve(config: PredictConfig) -> anyhow::Result<()> {
     let telemetry = Telemetry::new("predict");
-    let model_path = std::env::var("PREDICT_MODEL_PATH").unwrap_or_default();
-    let model =
-        if model_path.is_empty() { crate::built_in_model() } else { load(&model_path).map_err(anyhow::Error::msg)? };
+    let limits = config.http.limits(HttpLimits::PREDICT)?;
+    let auth = Auth::from_args(&config.auth)?;
+    let model_path = config.predict.model_path().map(str::to_string);
+    let model = match &model_path {
+        None => crate::built_in_model(),
+        Some(path) => load(path).map_err(anyhow::Error::msg)?,
+    };
     model.validate().map_err(anyhow::Error::msg)?;
     let state = AppState::new(model, &telemetry);
-    if !model_path.is_empty() {
-        tokio::spawn(watch(model_path, state.clone()));
+    if let Some(path) = model_path {
+        tokio::spawn(watch(path, state.clone()));
     }
     let ready: ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
-    let limits = HttpLimits::from_env(HttpLimits::PREDICT)?;
-    let app = server::app(routes(state), telemetry, ready, Auth::from_env()?, limits);
-    server::serve(config::listen_addr()?, app).await
+    let app = server::app(routes(state), telemetry, ready, auth, limits);
+    server::serve(config.server.listen_addr, app).await
 }
 
 fn load(path: &str) -> Result<Model, String> {

@@ -9,6 +9,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use flightline_service::config::{FromEnv, PredictConfig};
 use flightline_service::flight::{Flight, read_csv};
 
 use crate::model::{Example, Features, Model, train};
@@ -26,8 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve predictions (the default). Settings from the environment: LISTEN_ADDR,
-    /// PREDICT_MODEL_PATH (empty: the built-in model), API_KEYS_FILE.
+    /// Serve predictions (the default). Settings from the environment:
+    /// `flightline_service::config::PredictConfig`.
     Serve,
     /// Train the model from the data set, print its evaluation and write the artifact.
     Train {
@@ -52,7 +53,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Serve) | None => {
             flightline_service::server::init_logging();
-            api::serve().await
+            let config = PredictConfig::from_env()?;
+            config.server.log_start();
+            api::serve(config).await
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use clap::Parser;
 use flightline_service::auth::Auth;
-use flightline_service::config::{self, HttpLimits};
+use flightline_service::config::{self, FromEnv, HttpLimits, QueryArgs, QueryConfig};
 use flightline_service::server::{self, ApiError, ReadyCheck, Telemetry};
 
 mod answer;
@@ -67,16 +67,14 @@ pub(crate) fn read_only(client: clickhouse::Client, max_execution_seconds: u32) 
         .fold(client, |client, (name, value)| client.with_setting(name, value))
 }
 
-/// The result cache's bounds: `QUERY_FRESHNESS_MS` (default 2000, 0 = no cache; the operator
-/// writes it from `spec.query.freshnessMs`), `QUERY_CACHE_MAX_ENTRIES` (default 1,024) and
-/// `QUERY_CACHE_MAX_BYTES` (default 64 MiB; an answer over an eighth of it is not stored).
-fn cache_limits() -> anyhow::Result<cache::Limits> {
-    let freshness_ms: u64 = config::parsed("QUERY_FRESHNESS_MS", 2_000)?;
-    anyhow::ensure!(freshness_ms <= 3_600_000, "QUERY_FRESHNESS_MS must be at most 3600000 (an hour)");
+/// The result cache's bounds: `QUERY_FRESHNESS_MS` (default 2000, at most an hour, 0 = no cache;
+/// the operator writes it from `spec.query.freshnessMs`), `QUERY_CACHE_MAX_ENTRIES` (default
+/// 1,024) and `QUERY_CACHE_MAX_BYTES` (default 64 MiB; an answer over an eighth of it is not stored).
+fn cache_limits(query: &QueryArgs) -> anyhow::Result<cache::Limits> {
     Ok(cache::Limits {
-        freshness: Duration::from_millis(freshness_ms),
-        max_entries: config::parsed("QUERY_CACHE_MAX_ENTRIES", 1_024usize)?.max(1),
-        max_bytes: config::parsed("QUERY_CACHE_MAX_BYTES", 64usize << 20)?,
+        freshness: Duration::from_millis(query.freshness_ms),
+        max_entries: usize::try_from(query.cache_max_entries)?,
+        max_bytes: usize::try_from(query.cache_max_bytes)?,
     })
 }
 
@@ -111,29 +109,20 @@ pub(crate) fn result_limits(query: clickhouse::query::Query, rows: u32, bytes: u
 async fn main() -> anyhow::Result<()> {
     Cli::parse();
     flightline_service::server::init_logging();
+    // Database and table are checked plain identifiers (`config::ClickHouseArgs`): they are quoted into SQL.
+    let config = QueryConfig::from_env()?;
+    config.server.log_start();
     let telemetry = Telemetry::new("query");
-    let database = config::required("CLICKHOUSE_DATABASE")?;
-    let table = config::required("CLICKHOUSE_TABLE")?;
-    for ident in [&database, &table] {
-        anyhow::ensure!(
-            ident.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            "{ident:?} is not a plain identifier"
-        );
-    }
+    let (database, table) = (&config.clickhouse.database, &config.clickhouse.table);
     // Rows are read by position (RowBinary); the SELECT lists the columns in struct order.
-    // CLICKHOUSE_URL, and CLICKHOUSE_CA_PEM for an https:// one.
-    let mut clickhouse = flightline_service::connect::clickhouse_client_from_env()?.with_validation(false);
-    if let Ok(user) = config::required("CLICKHOUSE_USER") {
-        clickhouse = clickhouse.with_user(user).with_password(std::env::var("CLICKHOUSE_PASSWORD").unwrap_or_default());
-    }
-    let max_execution_seconds: u32 = config::parsed("QUERY_MAX_EXECUTION_SECONDS", 10)?;
-    anyhow::ensure!(max_execution_seconds > 0, "QUERY_MAX_EXECUTION_SECONDS must be at least 1");
+    let clickhouse = config.clickhouse.client()?.with_validation(false);
+    let max_execution_seconds = config.query.max_execution_seconds;
     let clickhouse = read_only(clickhouse, max_execution_seconds);
-    let cache = cache::Cache::new(cache_limits()?, cache_metrics(&telemetry));
+    let cache = cache::Cache::new(cache_limits(&config.query)?, cache_metrics(&telemetry));
     let state = AppState {
         clickhouse: clickhouse.clone(),
         table: format!("`{database}`.`{table}`").into(),
-        max_rows: config::parsed("QUERY_MAX_ROWS", 10_000u32)?.max(1),
+        max_rows: config.query.max_rows,
         call_timeout: Duration::from_secs(max_execution_seconds.into()) + CALL_TIMEOUT_MARGIN,
         cache,
     };
@@ -143,8 +132,9 @@ async fn main() -> anyhow::Result<()> {
         Box::pin(async move { clickhouse.query("SELECT 1").execute().await.map_err(|e| format!("ClickHouse: {e}")) })
     });
     let routes = docs::routes(state);
-    let app = server::app(routes, telemetry, ready, Auth::from_env()?, HttpLimits::from_env(HttpLimits::QUERY)?);
-    server::serve(config::listen_addr()?, app).await
+    let limits = config.http.limits(HttpLimits::QUERY)?;
+    let app = server::app(routes, telemetry, ready, Auth::from_args(&config.auth)?, limits);
+    server::serve(config.server.listen_addr, app).await
 }
 
 pub(crate) fn database_error(e: clickhouse::error::Error) -> ApiError {
