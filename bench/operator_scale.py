@@ -448,10 +448,30 @@ def proc_status(pid):
     return fields
 
 
+# The stack's processes whose CPU a snapshot records: where a ramp's time goes besides the operator.
+STACK_PROCESSES = {"kube-apiserver": re.compile(r"(^|/)kube-apiserver( |$)"), "etcd": re.compile(r"(^|/)etcd( |$)"),
+                   "kafka": re.compile(r"kafka\.Kafka"), "chdb": re.compile(r"chdb_http\.py")}
+
+
+def stack_cpu():
+    """CPU seconds (user + system) of the API server, etcd, Kafka and the chDB front end."""
+    cpu = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            for name, pattern in STACK_PROCESSES.items():
+                if pattern.search(cmdline):
+                    cpu[name] = cpu.get(name, 0.0) + proc_status(pid)["cpu_seconds"]
+        except OSError:
+            continue
+    return cpu
+
+
 def snapshot(a, kube, phase):
     snap = {"phase": phase, "time": time.time(), "apf": apf_counts(kube),
             "proxy": get_json(f"http://127.0.0.1:{a.stats_port}/"),
-            "operator": operator_metrics(a.metrics_url), "proc": proc_status(a.pid)}
+            "operator": operator_metrics(a.metrics_url), "proc": proc_status(a.pid), "stack_cpu": stack_cpu()}
     with open(os.path.join(a.dir, f"{phase}.json"), "w") as f:
         json.dump(snap, f)
     return snap
@@ -778,6 +798,10 @@ def cmd_report(a):
         p(f"  {name:6} {secs:6.0f} s: {recs(s0, s1):6.0f} reconciles ({recs(s0, s1) / secs * 60:.0f}/min, mean "
           f"{mean_reconcile(s0, s1) * 1000:.0f} ms), errors {errs(s0, s1) or 'none'}, operator CPU {cpu:.1f} s "
           f"({cpu / secs * 100:.1f} % of a core)")
+        stack = {k: v - s0.get("stack_cpu", {}).get(k, 0.0) for k, v in s1.get("stack_cpu", {}).items()}
+        if stack:
+            p("         stack CPU: " + ", ".join(f"{k} {v:.1f} s ({v / secs * 100:.0f} % of a core)"
+                                               for k, v in sorted(stack.items(), key=lambda kv: -kv[1])))
     if len(phases) > 1:
         rq = recs(q0, q1)
         p(f"  quiet period: {rq:.0f} reconciles of {a.fleet} watched pipelines "
