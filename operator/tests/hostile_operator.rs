@@ -333,10 +333,16 @@ async fn limits_and_query_credentials_reach_the_running_services() {
         let env = process_env(&stack, &ns, component).await;
         let got: Vec<String> = limits.iter().map(|k| get(&env, k)).collect();
         assert_eq!(got, want, "{component}");
-        // Pipeline-wide settings come from the ConfigMap, the same in every pod.
-        assert_eq!(get(&env, "INGEST_MAX_RECORDS"), "500", "{component}");
-        assert_eq!(get(&env, "SINK_MAX_BATCH_BYTES"), "65536", "{component}");
-        assert_eq!(get(&env, "QUERY_MAX_EXECUTION_SECONDS"), "4", "{component}");
+    }
+    // Pipeline-wide settings come from the ConfigMap, each pod holding those its service reads.
+    for (component, key, want) in [
+        ("ingest", "INGEST_MAX_RECORDS", "500"),
+        ("sink", "SINK_MAX_BATCH_BYTES", "65536"),
+        ("query", "QUERY_MAX_EXECUTION_SECONDS", "4"),
+        ("query", "INGEST_MAX_RECORDS", "unset"),
+        ("predict", "SINK_MAX_BATCH_BYTES", "unset"),
+    ] {
+        assert_eq!(get(&process_env(&stack, &ns, component).await, key), want, "{component} {key}");
     }
     let query = process_env(&stack, &ns, "query").await;
     assert_eq!(
