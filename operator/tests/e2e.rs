@@ -522,3 +522,91 @@ async fn drift_outside_kubernetes_is_repaired_and_paused_pipelines_are_left_alon
     .await;
     assert!(!resumed.status.unwrap().endpoints.contains_key("query"));
 }
+
+#[tokio::test]
+#[ignore = "needs the local stack: run dev/test"]
+async fn children_no_longer_wanted_are_deleted_and_only_the_pipelines_own() {
+    use flightline_operator::desired::autoscaling::HpaVersion;
+    use k8s_openapi::api::core::v1::ServicePort;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kube::api::{DynamicObject, PostParams};
+
+    let stack = Stack::connect().await;
+    let ns = stack.namespace("orphans").await;
+    let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
+    let api = pipelines(&stack, &ns);
+    // The example: predict autoscaled by an HPA, every monitoring object on.
+    let mut fp = example_pipeline(&ns);
+    assert!(fp.spec.predict.workload.autoscaling.is_some());
+    apply(&api, &fp).await.unwrap();
+    let ready = wait_condition(&api, "scl", "Ready", "True", None).await;
+    assert!(condition(&ready, "AutoscalingReady").unwrap().message.contains("predict (HPA)"));
+
+    // Someone else's Service with the pipeline's labels, under an owner of its own.
+    let config_maps: Api<ConfigMap> = Api::namespaced(stack.client.clone(), &ns.name);
+    let holder = ConfigMap {
+        metadata: kube::api::ObjectMeta { name: Some("holder".into()), ..Default::default() },
+        ..Default::default()
+    };
+    let holder = config_maps.create(&PostParams::default(), &holder).await.unwrap();
+    let services: Api<Service> = Api::namespaced(stack.client.clone(), &ns.name);
+    let labels: BTreeMap<String, String> =
+        LABELS.split(',').map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).unwrap()).collect();
+    let theirs = Service {
+        metadata: kube::api::ObjectMeta {
+            name: Some("scl-extra".into()),
+            labels: Some(labels),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                name: "holder".into(),
+                uid: holder.uid().unwrap(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+            ports: Some(vec![ServicePort { port: 80, ..Default::default() }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let theirs = services.create(&PostParams::default(), &theirs).await.unwrap();
+
+    // Predict and monitoring switched off: their objects are no longer in the desired set.
+    fp.spec.predict.workload.enabled = false;
+    fp.spec.monitoring.service_monitor = false;
+    fp.spec.monitoring.alert_rules = false;
+    fp.spec.monitoring.dashboards = false;
+    apply(&api, &fp).await.unwrap();
+    let dynamic = |resource| Api::<DynamicObject>::namespaced_with(stack.client.clone(), &ns.name, &resource);
+    let hpas = dynamic(HpaVersion::V2.api_resource());
+    let monitors = dynamic(monitoring::service_monitor_resource());
+    let rules = dynamic(monitoring::prometheus_rule_resource());
+    let deployments: Api<Deployment> = Api::namespaced(stack.client.clone(), &ns.name);
+    eventually("predict's and monitoring's objects are gone", async || {
+        deployments.get_opt("scl-predict").await.unwrap().is_none()
+            && services.get_opt("scl-predict").await.unwrap().is_none()
+            && hpas.get_opt("scl-predict").await.unwrap().is_none()
+            && monitors.get_opt("scl-flightline").await.unwrap().is_none()
+            && rules.get_opt("scl-flightline").await.unwrap().is_none()
+            && config_maps.get_opt("scl-dashboard").await.unwrap().is_none()
+    })
+    .await;
+    let fp = wait_condition(&api, "scl", "Ready", "True", None).await;
+    assert_eq!(condition(&fp, "AutoscalingReady").unwrap().reason, "FixedReplicas");
+    let monitoring = &condition(&fp, "MonitoringReady").unwrap().message;
+    assert_eq!(monitoring, "pods carry prometheus.io/* scrape annotations");
+    assert!(!fp.status.unwrap().endpoints.contains_key("predict"));
+
+    // The rest of the pipeline stays, and so does someone else's Service, untouched, several resyncs later.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let names = |list: Vec<Deployment>| list.iter().map(|d| d.name_any()).collect::<Vec<_>>();
+    assert_eq!(names(children::<Deployment>(&stack, &ns).await), ["scl-ingest", "scl-query", "scl-sink"]);
+    let settings = children::<ConfigMap>(&stack, &ns).await;
+    assert_eq!(settings.iter().map(|c| c.name_any()).collect::<Vec<_>>(), ["scl-pipeline"]);
+    let now = services.get("scl-extra").await.expect("someone else's Service survives");
+    assert_eq!(now.resource_version(), theirs.resource_version());
+    assert!(config_maps.get_opt("holder").await.unwrap().is_some());
+}

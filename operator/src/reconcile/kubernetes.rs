@@ -203,8 +203,13 @@ pub async fn owned_names(
         return Ok(names);
     }
     let selector = format!("{INSTANCE}={instance},{MANAGED_BY}={MANAGER}");
-    let listed = api.list(&ListParams::default().labels(&selector)).await?;
-    Ok(listed.items.iter().filter(|o| is_controlled_by(*o, owner_uid)).map(|o| o.name_any()).collect())
+    let listed = match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(listed) => listed.items,
+        // The kind is no longer served (its CRD deleted since discovery asked): nothing of it is left.
+        Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(listed.iter().filter(|o| is_controlled_by(*o, owner_uid)).map(|o| o.name_any()).collect())
 }
 
 /// `availability` from the store when it holds the Deployment, else from the API server.
