@@ -12,7 +12,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use super::kubernetes::{self, Applied};
 use super::{Context, Error};
 use crate::conditions::{ConditionType, Finding, reason};
-use crate::desired::children::{ChildSet, Cluster, Discovered, Item, desired_children, kinds};
+use crate::desired::children::{Child, ChildSet, Cluster, Discovered, Item, desired_children, kinds};
 use crate::desired::workloads;
 use crate::spec::resolve::{Component, Resolved};
 
@@ -40,6 +40,23 @@ enum Fate {
     Blocked,
 }
 
+/// The fate of each child applied so far, by kind and name.
+type Fates = HashMap<(String, String), Fate>;
+
+/// Whether a child may be applied: only when what it needs is the pipeline's. If not, what its
+/// condition says: the need's `otherwise` when that child is someone else's, nothing when it was
+/// not applied itself (its own cause is reported already).
+fn admit(child: &Child, fates: &Fates) -> Result<(), Option<String>> {
+    let Some(need) = &child.needs else {
+        return Ok(());
+    };
+    match fates.get(&(need.kind.clone(), need.name.clone())) {
+        Some(Fate::Ours) => Ok(()),
+        Some(Fate::Theirs) => Err(need.otherwise.clone()),
+        Some(Fate::Blocked) | None => Err(None),
+    }
+}
+
 /// What a part's condition is made of.
 #[derive(Debug, Default, PartialEq)]
 pub struct Report {
@@ -63,7 +80,7 @@ pub async fn reconcile(
     let set = desired_children(resolved, owner, &cluster);
     let ns = &resolved.namespace;
     let api = |resource: &ApiResource| -> Api<DynamicObject> { Api::namespaced_with(ctx.client.clone(), ns, resource) };
-    let mut fates: HashMap<(String, String), Fate> = HashMap::new();
+    let mut fates: Fates = HashMap::new();
     let mut reports: BTreeMap<ConditionType, Report> = PARTS.iter().map(|p| (*p, Report::default())).collect();
     for item in &set.items {
         let child = match item {
@@ -76,15 +93,10 @@ pub async fn reconcile(
         };
         let report = reports.entry(child.part).or_default();
         let key = (child.resource.kind.clone(), child.name().to_string());
-        if let Some(need) = &child.needs {
-            let fate = fates.get(&(need.kind.clone(), need.name.clone())).copied();
-            if fate != Some(Fate::Ours) {
-                if let (Some(Fate::Theirs), Some(otherwise)) = (fate, &need.otherwise) {
-                    report.conflicts.push(otherwise.clone());
-                }
-                fates.insert(key, Fate::Blocked);
-                continue;
-            }
+        if let Err(said) = admit(child, &fates) {
+            report.conflicts.extend(said);
+            fates.insert(key, Fate::Blocked);
+            continue;
         }
         let cache = ctx.children.cache(&child.resource);
         let fate = match kubernetes::apply_child(&api(&child.resource), cache.as_deref(), &child.object).await? {
@@ -180,6 +192,44 @@ pub fn finding(part: ConditionType, report: &Report) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_is_applied_only_on_what_is_the_pipelines_and_a_conflict_below_it_is_said_once() {
+        use crate::crd::{AutoscalingSpec, FlightPipelineSpec};
+        use crate::desired::autoscaling::{HpaVersion, Offers};
+        use crate::desired::monitoring::DashboardSettings;
+        use crate::spec::fixtures::{owner, resolved};
+        let mut spec = FlightPipelineSpec::default();
+        spec.predict.workload.autoscaling = Some(AutoscalingSpec::default());
+        let served =
+            Discovered { autoscaling: Offers { hpa: Some(HpaVersion::V2), keda: false }, ..Discovered::default() };
+        let dashboards = DashboardSettings::default();
+        let cluster = Cluster { served, prometheus_url: None, dashboards: &dashboards };
+        let set = desired_children(&resolved(&spec), &owner(), &cluster);
+        let child = |kind: &str, name: &str| {
+            set.children().find(|c| c.resource.kind == kind && c.name() == name).expect("in the set")
+        };
+        let fates = |entries: &[(&str, &str, Fate)]| -> Fates {
+            entries.iter().map(|(k, n, f)| ((k.to_string(), n.to_string()), *f)).collect()
+        };
+        let (settings, deployment, hpa) = (
+            child("ConfigMap", "scl-pipeline"),
+            child("Deployment", "scl-predict"),
+            child("HorizontalPodAutoscaler", "scl-predict"),
+        );
+        // What needs nothing is always applied.
+        assert_eq!(admit(settings, &fates(&[])), Ok(()));
+        // No pod on someone else's settings; the ConfigMap's own conflict says it.
+        assert_eq!(admit(deployment, &fates(&[("ConfigMap", "scl-pipeline", Fate::Theirs)])), Err(None));
+        assert_eq!(admit(deployment, &fates(&[("ConfigMap", "scl-pipeline", Fate::Ours)])), Ok(()));
+        // No autoscaler on someone else's Deployment, said in the autoscaling condition.
+        let theirs = fates(&[("Deployment", "scl-predict", Fate::Theirs)]);
+        let said = "predict not autoscaled: Deployment scl-predict is not controlled by this pipeline";
+        assert_eq!(admit(hpa, &theirs), Err(Some(said.to_string())));
+        // Nor on one that was not applied (the settings were someone else's), said nowhere twice.
+        assert_eq!(admit(hpa, &fates(&[("Deployment", "scl-predict", Fate::Blocked)])), Err(None));
+        assert_eq!(admit(hpa, &fates(&[("Deployment", "scl-predict", Fate::Ours)])), Ok(()));
+    }
 
     fn report(conflicts: &[&str], missing: &[&str], notes: &[&str], waiting: &[&str]) -> Report {
         let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
