@@ -141,7 +141,7 @@ pub async fn reconcile(
 
 /// Deletes the pipeline's children (labelled as its own and controlled by it) of every kind it
 /// may have that are not in the set, the last applied kind first.
-async fn delete_orphans(
+pub(super) async fn delete_orphans(
     set: &ChildSet,
     resolved: &Resolved,
     owner: &OwnerReference,

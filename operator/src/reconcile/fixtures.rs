@@ -30,14 +30,20 @@ const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/air/events";
 /// Another controller's finalizer, listed before ours: removal must name our index.
 const OTHER_FINALIZER: &str = "example.com/keep";
 
-/// A loopback port nothing listens on (bound for its number, then closed), the same for every
-/// test: a second reconcile then sees the same failure text as the first.
-fn closed_port(which: usize) -> u16 {
-    static PORTS: std::sync::OnceLock<[u16; 2]> = std::sync::OnceLock::new();
+/// A loopback port nothing listens on, the same for every test: a second reconcile then sees the
+/// same failure text as the first. The port stays bound (never listening) for the whole run, so no
+/// other test's listener can be given it: a connect is refused, always.
+pub fn closed_port(which: usize) -> u16 {
+    static PORTS: std::sync::OnceLock<[(std::net::SocketAddr, tokio::net::TcpSocket); 2]> = std::sync::OnceLock::new();
     PORTS.get_or_init(|| {
-        let listeners = [0; 2].map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"));
-        listeners.map(|l| l.local_addr().expect("its address").port())
+        [0; 2].map(|_| {
+            let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+            socket.bind("127.0.0.1:0".parse().expect("an address")).expect("bind a loopback port");
+            (socket.local_addr().expect("its address"), socket)
+        })
     })[which]
+        .0
+        .port()
 }
 
 /// Kafka and ClickHouse at closed loopback ports: every call fails at once, refused.
@@ -97,7 +103,22 @@ where
 impl Context {
     /// A context on a mock API server: the pipeline store holds `pipelines`, the child stores are
     /// synced and empty, and Kafka and ClickHouse default to `(bootstrap servers, URL)`.
-    pub fn test(pipelines: &[FlightPipeline], (kafka, clickhouse): (String, String)) -> (Arc<Self>, ApiServer) {
+    pub fn test(pipelines: &[FlightPipeline], storage: (String, String)) -> (Arc<Self>, ApiServer) {
+        let children = ChildStores {
+            deployments: synced::<Deployment>(&[]),
+            services: synced::<Service>(&[]),
+            config_maps: synced::<ConfigMap>(&[]),
+            dynamic: vec![],
+        };
+        Self::test_with_children(pipelines, storage, children)
+    }
+
+    /// `test` with the given child stores.
+    pub fn test_with_children(
+        pipelines: &[FlightPipeline],
+        (kafka, clickhouse): (String, String),
+        children: ChildStores,
+    ) -> (Arc<Self>, ApiServer) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let defaults =
@@ -114,12 +135,7 @@ impl Context {
             dashboards: Default::default(),
             pipelines: synced(pipelines),
             claims: Default::default(),
-            children: ChildStores {
-                deployments: synced::<Deployment>(&[]),
-                services: synced::<Service>(&[]),
-                config_maps: synced::<ConfigMap>(&[]),
-                dynamic: vec![],
-            },
+            children,
             discovery: discovery::DiscoveryCache::new(Duration::from_secs(60)),
             clickhouse: Default::default(),
             kafka: Default::default(),
@@ -492,5 +508,178 @@ mod scenarios {
         // still asks to be retried.
         let (result, _) = run_unreachable(fp, Scenario::NothingToWrite).await;
         assert_eq!(result.expect_err("retried again").reason(), "kafka_unavailable");
+    }
+}
+
+/// Orphan deletion (`children::delete_orphans`) against the mock API server: only what is labelled
+/// as the pipeline's, in its namespace and controlled by it, is deleted; each delete is guarded by
+/// the object's uid and resourceVersion as read just before.
+mod orphans {
+    use super::*;
+    use crate::desired::children::{Cluster, Discovered, desired_children};
+    use crate::spec::fixtures::{owner, resolved};
+
+    /// An object of `kind` as the API server keeps it, labelled as pipeline `instance`'s when
+    /// given, with one owner reference `(uid, controller)`.
+    fn object<K: serde::de::DeserializeOwned>(
+        kind: (&str, &str),
+        (namespace, name): (&str, &str),
+        instance: Option<&str>,
+        (owner_uid, controller): (&str, bool),
+    ) -> K {
+        let labels = match instance {
+            Some(i) => json!({"app.kubernetes.io/instance": i, "app.kubernetes.io/managed-by": "flightline-operator"}),
+            None => json!({"app.kubernetes.io/managed-by": "flightline-operator"}),
+        };
+        serde_json::from_value(json!({
+            "apiVersion": kind.0, "kind": kind.1,
+            "metadata": {
+                "name": name, "namespace": namespace, "uid": format!("uid-of-{name}"), "resourceVersion": "7",
+                "labels": labels,
+                "ownerReferences": [{"apiVersion": "flightline.dev/v1alpha1", "kind": "FlightPipeline",
+                    "name": "scl", "uid": owner_uid, "controller": controller}],
+            },
+        }))
+        .expect("an object")
+    }
+
+    fn config_map(namespace: &str, name: &str, instance: Option<&str>, owner: (&str, bool)) -> ConfigMap {
+        object(("v1", "ConfigMap"), (namespace, name), instance, owner)
+    }
+
+    /// The next request: method, path and query, its JSON body (Null when empty), where to answer.
+    async fn next(handle: &mut Handle) -> (String, Value, tower_test::mock::SendResponse<Response<Body>>) {
+        let (request, send) = handle.next_request().await.expect("a request");
+        let line = format!("{} {}", request.method(), request.uri());
+        let bytes = request.into_body().collect_bytes().await.expect("the request body");
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON") };
+        (line, body, send)
+    }
+
+    fn answer(send: tower_test::mock::SendResponse<Response<Body>>, status: StatusCode, body: Value) {
+        let bytes = serde_json::to_vec(&body).expect("serializes");
+        send.send_response(Response::builder().status(status).body(Body::from(bytes)).expect("a response"));
+    }
+
+    fn status(code: u16, reason: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code})
+    }
+
+    #[tokio::test]
+    async fn only_the_pipelines_own_labelled_children_not_in_the_set_are_deleted_each_guarded_by_uid() {
+        let ours = ("uid-1", true);
+        // Every one labelled as scl's; only the first two are scl's children (owner() is uid-1).
+        let config_maps = synced(&[
+            config_map("air", "scl-old", Some("scl"), ours),
+            config_map("air", "scl-pipeline", Some("scl"), ours),
+            // Another tenant's object labelled like scl's child.
+            config_map("air", "scl-spoof", Some("scl"), ("uid-other", true)),
+            // Pipeline scl of another namespace.
+            config_map("other", "scl-old", Some("scl"), ("uid-scl-other", true)),
+            // An owner reference with scl's uid that is not the controller.
+            config_map("air", "scl-shared", Some("scl"), ("uid-1", false)),
+            // Controlled by scl but not labelled as its child.
+            config_map("air", "scl-unlabelled", None, ours),
+            // Controlled by scl but labelled as another pipeline's.
+            config_map("air", "scl-relabelled", Some("other"), ours),
+        ]);
+        let deployment =
+            |name, owner| object::<Deployment>(("apps/v1", "Deployment"), ("air", name), Some("scl"), owner);
+        let children = ChildStores {
+            deployments: synced(&[deployment("scl-legacy", ours)]),
+            // A store without its first full list yet: the API server is asked by label.
+            services: store::<Service>().0,
+            config_maps,
+            dynamic: vec![],
+        };
+        let (ctx, server) = Context::test_with_children(&[], unreachable_storage(), children);
+        let mut handle = server.handle;
+        let resolved = resolved(&Default::default());
+        let dashboards = Default::default();
+        let cluster = Cluster { served: Discovered::default(), prometheus_url: None, dashboards: &dashboards };
+        let (owner, served) = (owner(), Discovered::default());
+        let set = desired_children(&resolved, &owner, &cluster);
+        assert!(set.children().any(|c| c.name() == "scl-pipeline"));
+
+        let deleting = super::super::children::delete_orphans(&set, &resolved, &owner, &ctx, &served);
+        let serving = async {
+            // The last applied kind first: Deployments. scl-legacy is still ours when read, but
+            // changed before the delete (its precondition fails): left for the next reconcile.
+            let (line, _, send) = next(&mut handle).await;
+            assert_eq!(line, "GET /apis/apps/v1/namespaces/air/deployments/scl-legacy");
+            answer(send, StatusCode::OK, serde_json::to_value(deployment("scl-legacy", ours)).unwrap());
+            let (line, body, send) = next(&mut handle).await;
+            assert_eq!(line, "DELETE /apis/apps/v1/namespaces/air/deployments/scl-legacy?");
+            assert_eq!(body["preconditions"], json!({"uid": "uid-of-scl-legacy", "resourceVersion": "7"}));
+            answer(send, StatusCode::CONFLICT, status(409, "Conflict"));
+            // Services, listed by label: of the two, one controlled by scl, and that one is
+            // someone else's by the time it is read again (deleted and recreated): not deleted.
+            let (line, _, send) = next(&mut handle).await;
+            assert_eq!(
+                line,
+                "GET /api/v1/namespaces/air/services?&labelSelector=app.kubernetes.io%2Finstance%3Dscl%2Capp.kubernetes.io%2Fmanaged-by%3Dflightline-operator"
+            );
+            let service = |name, owner| object::<Value>(("v1", "Service"), ("air", name), Some("scl"), owner);
+            let list = json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {},
+                "items": [service("scl-gone", ours), service("scl-spoof", ("uid-other", true))]});
+            answer(send, StatusCode::OK, list);
+            let (line, _, send) = next(&mut handle).await;
+            assert_eq!(line, "GET /api/v1/namespaces/air/services/scl-gone");
+            answer(send, StatusCode::OK, service("scl-gone", ("uid-other", true)));
+            // ConfigMaps: scl-old alone, deleted with its uid and resourceVersion.
+            let (line, _, send) = next(&mut handle).await;
+            assert_eq!(line, "GET /api/v1/namespaces/air/configmaps/scl-old");
+            answer(
+                send,
+                StatusCode::OK,
+                serde_json::to_value(config_map("air", "scl-old", Some("scl"), ours)).unwrap(),
+            );
+            let (line, body, send) = next(&mut handle).await;
+            assert_eq!(line, "DELETE /api/v1/namespaces/air/configmaps/scl-old?");
+            assert_eq!(
+                body,
+                json!({"propagationPolicy": "Background",
+                       "preconditions": {"uid": "uid-of-scl-old", "resourceVersion": "7"}})
+            );
+            answer(send, StatusCode::OK, status(200, "Success"));
+        };
+        let (deleted, ()) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(deleting, serving) })
+            .await
+            .expect("within 20 s");
+        deleted.expect("no error");
+        // Nothing else was asked.
+        if let Ok(Some((request, _))) = tokio::time::timeout(Duration::ZERO, handle.next_request()).await {
+            panic!("a request not expected: {} {}", request.method(), request.uri());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kind_no_longer_served_has_no_orphans_and_an_api_failure_stops_the_deletes() {
+        let children = || ChildStores {
+            deployments: store::<Deployment>().0,
+            services: synced(&[]),
+            config_maps: synced(&[]),
+            dynamic: vec![],
+        };
+        let resolved = resolved(&Default::default());
+        let dashboards = Default::default();
+        let cluster = Cluster { served: Discovered::default(), prometheus_url: None, dashboards: &dashboards };
+        let (owner, served) = (owner(), Discovered::default());
+        let set = desired_children(&resolved, &owner, &cluster);
+        for (code, ok) in [(404, true), (500, false), (403, false)] {
+            let (ctx, server) = Context::test_with_children(&[], unreachable_storage(), children());
+            let mut handle = server.handle;
+            let deleting = super::super::children::delete_orphans(&set, &resolved, &owner, &ctx, &served);
+            let serving = async {
+                let (line, _, send) = next(&mut handle).await;
+                assert!(line.starts_with("GET /apis/apps/v1/namespaces/air/deployments?"), "{line}");
+                answer(send, StatusCode::from_u16(code).unwrap(), status(code, "from the test"));
+            };
+            let (deleted, ()) = tokio::join!(deleting, serving);
+            assert_eq!(deleted.is_ok(), ok, "{code}: {deleted:?}");
+            if let Ok(Some((request, _))) = tokio::time::timeout(Duration::ZERO, handle.next_request()).await {
+                panic!("{code}: a request not expected: {} {}", request.method(), request.uri());
+            }
+        }
     }
 }

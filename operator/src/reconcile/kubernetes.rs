@@ -13,7 +13,8 @@ use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy, TypeMeta,
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy,
+    TypeMeta,
 };
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -295,7 +296,10 @@ fn holder<K: Resource>(want: &Value, live: &K) -> String {
     )
 }
 
-/// Deletes an object if it exists and is controlled by `owner_uid` (never someone else's).
+/// Deletes an object if it exists and is controlled by `owner_uid` (never someone else's). The
+/// delete carries the object's uid and resourceVersion as preconditions: one deleted and recreated
+/// by someone else, or released by us meanwhile (its controller reference changed), between the
+/// read and the delete is left alone (409) instead of being taken.
 pub async fn delete_owned<K>(api: &Api<K>, name: &str, owner_uid: &str) -> Result<bool, kube::Error>
 where
     K: Resource + Clone + Debug + DeserializeOwned,
@@ -306,10 +310,17 @@ where
     if !is_controlled_by(&live, owner_uid) {
         return Ok(false);
     }
-    let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() };
+    let preconditions =
+        Preconditions { uid: live.meta().uid.clone(), resource_version: live.meta().resource_version.clone() };
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        preconditions: Some(preconditions),
+        ..DeleteParams::default()
+    };
     match api.delete(name, &params).await {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        // Gone already, or changed since it was read: the next reconcile decides again.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
 }
