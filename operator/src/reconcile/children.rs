@@ -81,6 +81,7 @@ pub async fn reconcile(
     let ns = &resolved.namespace;
     let api = |resource: &ApiResource| -> Api<DynamicObject> { Api::namespaced_with(ctx.client.clone(), ns, resource) };
     let mut fates: Fates = HashMap::new();
+    let mut refused: Option<kube::Error> = None;
     let mut reports: BTreeMap<ConditionType, Report> = PARTS.iter().map(|p| (*p, Report::default())).collect();
     for item in &set.items {
         let child = match item {
@@ -99,19 +100,32 @@ pub async fn reconcile(
             continue;
         }
         let cache = ctx.children.cache(&child.resource);
-        let fate = match kubernetes::apply_child(&api(&child.resource), cache.as_deref(), &child.object).await? {
-            Applied::NotOurs(whose) => {
+        let fate = match kubernetes::apply_child(&api(&child.resource), cache.as_deref(), &child.object).await {
+            Ok(Applied::NotOurs(whose)) => {
                 report.conflicts.push(whose);
                 Fate::Theirs
             }
-            Applied::Unchanged | Applied::Written => {
+            Ok(Applied::Unchanged | Applied::Written) => {
                 report.notes.extend(child.note.clone());
                 Fate::Ours
             }
+            // The API server refused this child: the rest of the set and the orphan deletion still
+            // go ahead, then the reconcile fails. An orphan may be why it is refused (KEDA's webhook
+            // refuses a ScaledObject for a Deployment another HPA scales: switching HPA to KEDA would
+            // otherwise fail before the old HPA is deleted, forever).
+            Err(e) if refused_child(&e) => {
+                tracing::warn!(kind = %child.resource.kind, name = %child.name(), error = %e, "child refused");
+                refused.get_or_insert(e);
+                Fate::Blocked
+            }
+            Err(e) => return Err(e.into()),
         };
         fates.insert(key, fate);
     }
     delete_orphans(&set, resolved, owner, ctx, &served).await?;
+    if let Some(e) = refused {
+        return Err(e.into());
+    }
 
     // The workloads' availability and endpoints, from the Deployments and Services that are ours.
     let ours = |kind: &str, name: &str| fates.get(&(kind.to_string(), name.to_string())) == Some(&Fate::Ours);
@@ -137,6 +151,12 @@ pub async fn reconcile(
     }
     let findings = PARTS.iter().map(|part| finding(*part, &reports[part])).collect();
     Ok(Outcome { findings, endpoints, replicas })
+}
+
+/// An apply the API server refused for this object alone (admission, validation, permission, a
+/// kind gone), not an outage or throttling: the other children are still applied.
+fn refused_child(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if matches!(status.code, 400 | 403 | 404 | 409 | 422))
 }
 
 /// Deletes the pipeline's children (labelled as its own and controlled by it) of every kind it

@@ -682,4 +682,62 @@ mod orphans {
             }
         }
     }
+
+    /// A child the API server refuses (an admission webhook) does not keep the orphans: they are
+    /// deleted all the same, then the reconcile fails and is retried.
+    #[tokio::test]
+    async fn a_refused_child_does_not_stop_the_orphans_from_going() {
+        let (owner, served) = (owner(), Discovered::default());
+        let resolved = resolved(&Default::default());
+        let dashboards = Default::default();
+        let cluster = Cluster { served, prometheus_url: None, dashboards: &dashboards };
+        let set = desired_children(&resolved, &owner, &cluster);
+        // Every child as wanted, but the predict Deployment (absent); and an orphan ConfigMap.
+        fn typed<K: serde::de::DeserializeOwned>(set: &crate::desired::children::ChildSet, kind: &str) -> Vec<K> {
+            let objects = set
+                .children()
+                .filter(|c| c.resource.kind == kind)
+                .filter(|c| (c.resource.kind.as_str(), c.name()) != ("Deployment", "scl-predict"));
+            objects.map(|c| serde_json::from_value(serde_json::to_value(&c.object).unwrap()).unwrap()).collect()
+        }
+        let mut config_maps: Vec<ConfigMap> = typed(&set, "ConfigMap");
+        config_maps.push(config_map("air", "scl-old", Some("scl"), ("uid-1", true)));
+        let children = ChildStores {
+            deployments: synced::<Deployment>(&typed(&set, "Deployment")),
+            services: synced::<Service>(&typed(&set, "Service")),
+            config_maps: synced(&config_maps),
+            dynamic: vec![],
+        };
+        let (ctx, server) = Context::test_with_children(&[], unreachable_storage(), children);
+        let mut handle = server.handle;
+        let applying = super::super::children::reconcile(&resolved, &owner, &ctx, served);
+        let serving = async {
+            let (line, _, send) = next(&mut handle).await;
+            assert_eq!(line, "GET /apis/apps/v1/namespaces/air/deployments/scl-predict");
+            answer(send, StatusCode::NOT_FOUND, status(404, "NotFound"));
+            let (line, _, send) = next(&mut handle).await;
+            assert!(line.starts_with("PATCH /apis/apps/v1/namespaces/air/deployments/scl-predict?"), "{line}");
+            answer(send, StatusCode::FORBIDDEN, status(403, "admission webhook denied the request"));
+            let (line, _, send) = next(&mut handle).await;
+            assert_eq!(line, "GET /api/v1/namespaces/air/configmaps/scl-old");
+            answer(
+                send,
+                StatusCode::OK,
+                serde_json::to_value(config_map("air", "scl-old", Some("scl"), ("uid-1", true))).unwrap(),
+            );
+            let (line, _, send) = next(&mut handle).await;
+            assert_eq!(line, "DELETE /api/v1/namespaces/air/configmaps/scl-old?");
+            answer(send, StatusCode::OK, status(200, "Success"));
+        };
+        let (applied, ()) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(applying, serving) })
+            .await
+            .expect("within 20 s");
+        match applied {
+            Err(Error::Kube(kube::Error::Api(e))) => assert_eq!(e.code, 403),
+            other => panic!("the refusal, after the deletes: {:?}", other.map(|o| o.findings)),
+        }
+        if let Ok(Some((request, _))) = tokio::time::timeout(Duration::ZERO, handle.next_request()).await {
+            panic!("a request not expected: {} {}", request.method(), request.uri());
+        }
+    }
 }
