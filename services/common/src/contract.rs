@@ -8,7 +8,7 @@
 //! [`KEYS`] lists every variable; a test checks it against the variables the four service
 //! configurations declare, so a key cannot be added on one side only.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Command, FromArgMatches};
@@ -257,7 +257,21 @@ pub fn reserved_outside_prefixes() -> Vec<&'static str> {
 pub trait FromEnv: Args + FromArgMatches + Sized {
     /// From the process environment.
     fn from_env() -> anyhow::Result<Self> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_os_lookup(|name| std::env::var_os(name))
+    }
+
+    /// From a lookup of raw values, as the process environment holds them: a value that is not
+    /// UTF-8 is an error naming the variable, not an unset one (an API key hash or a CA that
+    /// could not be read must not turn auth or TLS off).
+    fn from_os_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> anyhow::Result<Self> {
+        let mut values = std::collections::BTreeMap::new();
+        for name in Self::env_keys() {
+            if let Some(value) = lookup(&name) {
+                let value = value.into_string().map_err(|_| anyhow::anyhow!("{name} is not valid UTF-8"))?;
+                values.insert(name, value);
+            }
+        }
+        Self::from_lookup(|name| values.get(name).cloned())
     }
 
     /// From any lookup.
@@ -272,7 +286,10 @@ pub trait FromEnv: Args + FromArgMatches + Sized {
                 argv.push(format!("--{long}={value}"));
             }
         }
-        let matches = command.clone().try_get_matches_from(argv).map_err(|e| explain(&command, &e))?;
+        // clap captured each `env` variable's process value when the command was built and
+        // would fall back to it for an argument absent here: cut it off, the lookup alone counts.
+        let detached = command.clone().mut_args(|arg| arg.env(clap::builder::Resettable::Reset));
+        let matches = detached.try_get_matches_from(argv).map_err(|e| explain(&command, &e))?;
         Self::from_arg_matches(&matches).map_err(|e| explain(&command, &e))
     }
 
@@ -381,6 +398,38 @@ mod tests {
         dead_letter_topic: Option<String>,
     }
 
+    /// A variable every test process has.
+    #[derive(clap::Args, Debug, PartialEq)]
+    struct ProcessPath {
+        #[arg(long, env = "PATH")]
+        path: Option<String>,
+        #[arg(long, env = "FLIGHTLINE_TEST_COUNT", default_value_t = 1)]
+        count: u32,
+    }
+
+    /// The lookup alone counts: what the process environment holds does not leak in (the
+    /// operator checks its Deployments' env in a process whose own env has `RUST_LOG`,
+    /// `KAFKA_BOOTSTRAP_SERVERS`, `CLICKHOUSE_URL`...).
+    #[test]
+    fn the_process_environment_does_not_leak_into_a_lookup() {
+        assert!(std::env::var_os("PATH").is_some());
+        assert_eq!(ProcessPath::from_lookup(|_| None).unwrap(), ProcessPath { path: None, count: 1 });
+        let set = ProcessPath::from_lookup(|name| (name == "PATH").then(|| "/x".to_string())).unwrap();
+        assert_eq!(set.path.as_deref(), Some("/x"));
+        assert_eq!(ProcessPath::from_env().unwrap().path, std::env::var("PATH").ok());
+    }
+
+    /// A value that is not UTF-8 is refused by name, not taken as unset.
+    #[test]
+    fn a_value_that_is_not_utf8_is_refused_naming_the_variable() {
+        use std::os::unix::ffi::OsStringExt;
+        let lookup = |name: &str| (name == kafka::DLQ_TOPIC).then(|| OsString::from_vec(vec![b't', 0xff]));
+        let message = Sample::from_os_lookup(lookup).unwrap_err().to_string();
+        assert_eq!(message, "KAFKA_DLQ_TOPIC is not valid UTF-8");
+        let topic = |name: &str| (name == kafka::TOPIC).then(|| OsString::from("t"));
+        assert_eq!(Sample::from_os_lookup(topic).unwrap().topic, "t");
+    }
+
     fn parse(vars: &[(&str, &str)]) -> anyhow::Result<Sample> {
         let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Sample::from_lookup(|name| vars.get(name).cloned())
@@ -388,6 +437,9 @@ mod tests {
 
     #[test]
     fn values_come_from_the_lookup_and_defaults_fill_the_rest() {
+        // Passed as `--long=value`: a leading '-', '=', commas and any Unicode stay the value.
+        let odd = parse(&[(kafka::TOPIC, "-a,b=c ✈ --x"), (kafka::DLQ_TOPIC, "--")]).unwrap();
+        assert_eq!((odd.topic.as_str(), odd.dead_letter_topic.as_deref()), ("-a,b=c ✈ --x", Some("--")));
         let sample = parse(&[(kafka::TOPIC, "--not-a-flag=x"), (kafka::DLQ_TOPIC, "")]).unwrap();
         assert_eq!(
             sample,
