@@ -17,7 +17,7 @@ use crate::conditions::ConditionType;
 use crate::desired::autoscaling::{self, Offers, Plan};
 use crate::desired::monitoring::{self, DashboardSettings};
 use crate::desired::workloads::{self, Scrape};
-use crate::spec::resolve::Resolved;
+use crate::spec::resolve::{Component, Resolved};
 
 /// What the API server serves beyond the built-in workload APIs, as discovery found it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,6 +168,20 @@ pub fn kinds(served: &Discovered) -> Vec<ApiResource> {
         }
     }
     kinds
+}
+
+/// Every name a child of pipeline `pipeline` may have, whatever its kind: where the reconciler
+/// looks for orphans in its stores (by name: a walk of every object would cost each reconcile the
+/// size of the fleet). A builder naming a child otherwise adds the name here (the test of every
+/// set checks it); a child renamed keeps its old name here, so the old object is still found.
+pub fn child_names(pipeline: &str) -> Vec<String> {
+    let workloads = Component::ALL.map(|c| workloads::workload_name(pipeline, c));
+    let others = [
+        workloads::config_map_name(pipeline),
+        monitoring::monitoring_name(pipeline),
+        monitoring::dashboard_name(pipeline),
+    ];
+    workloads.into_iter().chain(others).collect()
 }
 
 /// How Prometheus finds the pods: by the ServiceMonitor where there is one, else by annotations.
@@ -421,6 +435,29 @@ mod tests {
         assert!(
             predict.object.data["spec"]["template"]["metadata"]["annotations"].get("prometheus.io/scrape").is_none()
         );
+    }
+
+    /// Orphans are looked up by these names: a child named otherwise would never be deleted.
+    #[test]
+    fn every_child_of_every_shape_is_named_as_child_names_says() {
+        let family = child_names("scl");
+        assert_eq!(
+            family,
+            ["scl-ingest", "scl-sink", "scl-query", "scl-predict", "scl-pipeline", "scl-flightline", "scl-dashboard"]
+        );
+        let mut everything = representative();
+        for provider in [AutoscalingProvider::Hpa, AutoscalingProvider::Keda] {
+            let autoscaling = Some(AutoscalingSpec { provider, ..AutoscalingSpec::default() });
+            everything.ingest.workload.autoscaling = autoscaling.clone();
+            everything.sink.workload.autoscaling = autoscaling.clone();
+            everything.query.workload.autoscaling = autoscaling.clone();
+            everything.predict.workload.autoscaling = autoscaling;
+            let set = set_of(&everything, EVERYTHING);
+            assert_eq!(set.children().count(), 16, "{provider:?}: {:?}", names(&set));
+            for child in set.children() {
+                assert!(family.iter().any(|n| n == child.name()), "{}/{}", child.resource.kind, child.name());
+            }
+        }
     }
 
     #[test]

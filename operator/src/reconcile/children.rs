@@ -12,7 +12,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use super::kubernetes::{self, Applied};
 use super::{Context, Error};
 use crate::conditions::{ConditionType, Finding, reason};
-use crate::desired::children::{Child, ChildSet, Cluster, Discovered, Item, desired_children, kinds};
+use crate::desired::children::{Child, ChildSet, Cluster, Discovered, Item, child_names, desired_children, kinds};
 use crate::desired::workloads;
 use crate::spec::resolve::{Component, Resolved};
 
@@ -169,10 +169,11 @@ pub(super) async fn delete_orphans(
     served: &Discovered,
 ) -> Result<(), Error> {
     let pipeline = (resolved.namespace.as_str(), resolved.name.as_str(), owner.uid.as_str());
+    let names = child_names(&resolved.name);
     for resource in kinds(served).iter().rev() {
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &resolved.namespace, resource);
         let cache = ctx.children.cache(resource);
-        for name in kubernetes::owned_names(&api, cache.as_deref(), pipeline).await? {
+        for name in kubernetes::owned_names(&api, cache.as_deref(), pipeline, &names).await? {
             if !set.contains(resource, &name) {
                 tracing::info!(kind = %resource.kind, %name, "deleting a child no longer wanted");
                 kubernetes::delete_owned(&api, &name, &owner.uid).await?;

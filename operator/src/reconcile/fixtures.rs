@@ -568,25 +568,28 @@ mod orphans {
     #[tokio::test]
     async fn only_the_pipelines_own_labelled_children_not_in_the_set_are_deleted_each_guarded_by_uid() {
         let ours = ("uid-1", true);
-        // Every one labelled as scl's; only the first two are scl's children (owner() is uid-1).
+        // Each named as a child of scl may be (`child_names`) and labelled as scl's; only the
+        // first two are scl's children (owner() is uid-1), and scl-pipeline is in the set.
         let config_maps = synced(&[
-            config_map("air", "scl-old", Some("scl"), ours),
+            config_map("air", "scl-flightline", Some("scl"), ours),
             config_map("air", "scl-pipeline", Some("scl"), ours),
             // Another tenant's object labelled like scl's child.
-            config_map("air", "scl-spoof", Some("scl"), ("uid-other", true)),
+            config_map("air", "scl-ingest", Some("scl"), ("uid-other", true)),
             // Pipeline scl of another namespace.
-            config_map("other", "scl-old", Some("scl"), ("uid-scl-other", true)),
+            config_map("other", "scl-flightline", Some("scl"), ("uid-scl-other", true)),
             // An owner reference with scl's uid that is not the controller.
-            config_map("air", "scl-shared", Some("scl"), ("uid-1", false)),
+            config_map("air", "scl-sink", Some("scl"), ("uid-1", false)),
             // Controlled by scl but not labelled as its child.
-            config_map("air", "scl-unlabelled", None, ours),
+            config_map("air", "scl-query", None, ours),
             // Controlled by scl but labelled as another pipeline's.
-            config_map("air", "scl-relabelled", Some("other"), ours),
+            config_map("air", "scl-predict", Some("other"), ours),
+            // A name none of scl's children has (`child_names`): the store is not walked for it.
+            config_map("air", "scl-old", Some("scl"), ours),
         ]);
         let deployment =
             |name, owner| object::<Deployment>(("apps/v1", "Deployment"), ("air", name), Some("scl"), owner);
         let children = ChildStores {
-            deployments: synced(&[deployment("scl-legacy", ours)]),
+            deployments: synced(&[deployment("scl-predict", ours), deployment("scl-query", ours)]),
             // A store without its first full list yet: the API server is asked by label.
             services: store::<Service>().0,
             config_maps,
@@ -594,23 +597,27 @@ mod orphans {
         };
         let (ctx, server) = Context::test_with_children(&[], unreachable_storage(), children);
         let mut handle = server.handle;
-        let resolved = resolved(&Default::default());
+        // predict switched off: its Deployment is an orphan.
+        let mut spec = crate::crd::FlightPipelineSpec::default();
+        spec.predict.workload.enabled = false;
+        let resolved = resolved(&spec);
         let dashboards = Default::default();
         let cluster = Cluster { served: Discovered::default(), prometheus_url: None, dashboards: &dashboards };
         let (owner, served) = (owner(), Discovered::default());
         let set = desired_children(&resolved, &owner, &cluster);
         assert!(set.children().any(|c| c.name() == "scl-pipeline"));
+        assert!(!set.children().any(|c| c.name() == "scl-predict"));
 
         let deleting = super::super::children::delete_orphans(&set, &resolved, &owner, &ctx, &served);
         let serving = async {
-            // The last applied kind first: Deployments. scl-legacy is still ours when read, but
+            // The last applied kind first: Deployments. scl-predict is still ours when read, but
             // changed before the delete (its precondition fails): left for the next reconcile.
             let (line, _, send) = next(&mut handle).await;
-            assert_eq!(line, "GET /apis/apps/v1/namespaces/air/deployments/scl-legacy");
-            answer(send, StatusCode::OK, serde_json::to_value(deployment("scl-legacy", ours)).unwrap());
+            assert_eq!(line, "GET /apis/apps/v1/namespaces/air/deployments/scl-predict");
+            answer(send, StatusCode::OK, serde_json::to_value(deployment("scl-predict", ours)).unwrap());
             let (line, body, send) = next(&mut handle).await;
-            assert_eq!(line, "DELETE /apis/apps/v1/namespaces/air/deployments/scl-legacy?");
-            assert_eq!(body["preconditions"], json!({"uid": "uid-of-scl-legacy", "resourceVersion": "7"}));
+            assert_eq!(line, "DELETE /apis/apps/v1/namespaces/air/deployments/scl-predict?");
+            assert_eq!(body["preconditions"], json!({"uid": "uid-of-scl-predict", "resourceVersion": "7"}));
             answer(send, StatusCode::CONFLICT, status(409, "Conflict"));
             // Services, listed by label: of the two, one controlled by scl, and that one is
             // someone else's by the time it is read again (deleted and recreated): not deleted.
@@ -626,20 +633,20 @@ mod orphans {
             let (line, _, send) = next(&mut handle).await;
             assert_eq!(line, "GET /api/v1/namespaces/air/services/scl-gone");
             answer(send, StatusCode::OK, service("scl-gone", ("uid-other", true)));
-            // ConfigMaps: scl-old alone, deleted with its uid and resourceVersion.
+            // ConfigMaps: scl-flightline alone, deleted with its uid and resourceVersion.
             let (line, _, send) = next(&mut handle).await;
-            assert_eq!(line, "GET /api/v1/namespaces/air/configmaps/scl-old");
+            assert_eq!(line, "GET /api/v1/namespaces/air/configmaps/scl-flightline");
             answer(
                 send,
                 StatusCode::OK,
-                serde_json::to_value(config_map("air", "scl-old", Some("scl"), ours)).unwrap(),
+                serde_json::to_value(config_map("air", "scl-flightline", Some("scl"), ours)).unwrap(),
             );
             let (line, body, send) = next(&mut handle).await;
-            assert_eq!(line, "DELETE /api/v1/namespaces/air/configmaps/scl-old?");
+            assert_eq!(line, "DELETE /api/v1/namespaces/air/configmaps/scl-flightline?");
             assert_eq!(
                 body,
                 json!({"propagationPolicy": "Background",
-                       "preconditions": {"uid": "uid-of-scl-old", "resourceVersion": "7"}})
+                       "preconditions": {"uid": "uid-of-scl-flightline", "resourceVersion": "7"}})
             );
             answer(send, StatusCode::OK, status(200, "Success"));
         };
@@ -701,7 +708,7 @@ mod orphans {
             objects.map(|c| serde_json::from_value(serde_json::to_value(&c.object).unwrap()).unwrap()).collect()
         }
         let mut config_maps: Vec<ConfigMap> = typed(&set, "ConfigMap");
-        config_maps.push(config_map("air", "scl-old", Some("scl"), ("uid-1", true)));
+        config_maps.push(config_map("air", "scl-flightline", Some("scl"), ("uid-1", true)));
         let children = ChildStores {
             deployments: synced::<Deployment>(&typed(&set, "Deployment")),
             services: synced::<Service>(&typed(&set, "Service")),
@@ -719,14 +726,14 @@ mod orphans {
             assert!(line.starts_with("PATCH /apis/apps/v1/namespaces/air/deployments/scl-predict?"), "{line}");
             answer(send, StatusCode::FORBIDDEN, status(403, "admission webhook denied the request"));
             let (line, _, send) = next(&mut handle).await;
-            assert_eq!(line, "GET /api/v1/namespaces/air/configmaps/scl-old");
+            assert_eq!(line, "GET /api/v1/namespaces/air/configmaps/scl-flightline");
             answer(
                 send,
                 StatusCode::OK,
-                serde_json::to_value(config_map("air", "scl-old", Some("scl"), ("uid-1", true))).unwrap(),
+                serde_json::to_value(config_map("air", "scl-flightline", Some("scl"), ("uid-1", true))).unwrap(),
             );
             let (line, _, send) = next(&mut handle).await;
-            assert_eq!(line, "DELETE /api/v1/namespaces/air/configmaps/scl-old?");
+            assert_eq!(line, "DELETE /api/v1/namespaces/air/configmaps/scl-flightline?");
             answer(send, StatusCode::OK, status(200, "Success"));
         };
         let (applied, ()) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(applying, serving) })

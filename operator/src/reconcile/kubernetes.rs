@@ -127,9 +127,10 @@ where
 pub trait ChildCache: Send + Sync {
     /// The store's copy of `namespace/name` when it is controlled by `owner_uid`.
     fn ours(&self, namespace: &str, name: &str, owner_uid: &str) -> Option<Value>;
-    /// Names of the objects in `namespace` labelled as pipeline `instance`'s and controlled by
-    /// `owner_uid`; `None` while the store has no full list yet.
-    fn owned(&self, namespace: &str, instance: &str, owner_uid: &str) -> Option<Vec<String>>;
+    /// Which of `names` are objects in `namespace` labelled as pipeline `instance`'s and controlled
+    /// by `owner_uid`; `None` while the store has no full list yet. Looked up by name: a walk of
+    /// every object would make each reconcile cost the size of the fleet.
+    fn owned(&self, namespace: &str, instance: &str, owner_uid: &str, names: &[String]) -> Option<Vec<String>>;
 }
 
 impl<K> ChildCache for Cached<'_, K>
@@ -143,14 +144,15 @@ where
         serde_json::to_value(live.as_ref()).ok()
     }
 
-    fn owned(&self, namespace: &str, instance: &str, owner_uid: &str) -> Option<Vec<String>> {
+    fn owned(&self, namespace: &str, instance: &str, owner_uid: &str, names: &[String]) -> Option<Vec<String>> {
         self.store.wait_until_ready().now_or_never()?.ok()?;
-        let ours = self.store.state_filter(|o| {
-            o.meta().namespace.as_deref() == Some(namespace)
-                && o.labels().get(INSTANCE).is_some_and(|i| i == instance)
-                && is_controlled_by(o, owner_uid)
+        let ours = names.iter().filter(|name| {
+            let key = ObjectRef::new_with(name, self.dyntype.clone()).within(namespace);
+            self.store.get(&key).is_some_and(|o| {
+                o.labels().get(INSTANCE).is_some_and(|i| i == instance) && is_controlled_by(o.as_ref(), owner_uid)
+            })
         });
-        Some(ours.iter().map(|o| o.name_any()).collect())
+        Some(ours.cloned().collect())
     }
 }
 
@@ -194,13 +196,15 @@ pub async fn apply_child(
 }
 
 /// Names of the objects of a kind in `namespace` labelled as pipeline `instance`'s and controlled
-/// by `owner_uid`: from the store when it has a full list, else listed by label.
+/// by `owner_uid`: from the store when it has a full list (which of `names`, the names its
+/// children may have), else listed by label.
 pub async fn owned_names(
     api: &Api<DynamicObject>,
     cache: Option<&dyn ChildCache>,
     (namespace, instance, owner_uid): (&str, &str, &str),
+    names: &[String],
 ) -> Result<Vec<String>, kube::Error> {
-    if let Some(names) = cache.and_then(|c| c.owned(namespace, instance, owner_uid)) {
+    if let Some(names) = cache.and_then(|c| c.owned(namespace, instance, owner_uid, names)) {
         return Ok(names);
     }
     let selector = format!("{INSTANCE}={instance},{MANAGED_BY}={MANAGER}");
