@@ -20,7 +20,8 @@ use crate::spec::resolve::{Component, Resolved, Workload};
 use crate::spec::security;
 
 pub const HTTP_PORT: i32 = 8080;
-/// Pod-template annotation that changes whenever the settings do, so pods roll.
+/// Pod-template annotation that changes whenever the settings the component reads do, so its
+/// pods roll (and only its: a sink batch size does not restart the HTTP services).
 pub const CONFIG_HASH_ANNOTATION: &str = "flightline.dev/config-hash";
 
 pub fn config_map_name(pipeline: &str) -> String {
@@ -68,7 +69,8 @@ pub fn deployment(resolved: &Resolved, workload: &Workload, owner: &OwnerReferen
     let selector = labels::selector(&resolved.name, workload.component);
     let mut pod_labels = labels::common(&resolved.name, Some(workload.component));
     pod_labels.extend(selector.clone());
-    let mut annotations = BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), settings_hash(resolved))]);
+    let mut annotations =
+        BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), settings_hash(resolved, workload.component))]);
     if scrape == Scrape::ByAnnotations {
         annotations.extend([
             ("prometheus.io/scrape".to_string(), "true".to_string()),
@@ -302,10 +304,12 @@ pub fn metadata(name: String, resolved: &Resolved, component: Option<Component>,
     }
 }
 
-/// FNV-1a over the settings: stable across releases, unlike `DefaultHasher`.
-fn settings_hash(resolved: &Resolved) -> String {
+/// FNV-1a over the settings the component reads (the ConfigMap keys its container refers to):
+/// stable across releases, unlike `DefaultHasher`.
+fn settings_hash(resolved: &Resolved, component: Component) -> String {
+    let reads = role(component).env_keys();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for (key, value) in &resolved.settings {
+    for (key, value) in resolved.settings.iter().filter(|(key, _)| reads.contains(key)) {
         for byte in key.bytes().chain([0]).chain(value.bytes()).chain([0]) {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
@@ -386,14 +390,53 @@ mod tests {
 
     #[test]
     fn settings_change_rolls_pods_and_nothing_else_does() {
-        let mut spec = FlightPipelineSpec::default();
-        let a = resolved(&spec);
-        spec.query.workload.replicas = 3;
-        let b = resolved(&spec);
-        spec.sink.batch_size = 5;
-        let c = resolved(&spec);
-        assert_eq!(settings_hash(&a), settings_hash(&b));
-        assert_ne!(settings_hash(&a), settings_hash(&c));
+        let hashes = |spec: &FlightPipelineSpec| {
+            let r = resolved(spec);
+            Component::ALL.map(|component| {
+                let d = deployment(&r, r.workload(component), &owner(), Scrape::ByServiceMonitor);
+                d.spec.template.metadata.unwrap().annotations.unwrap()[CONFIG_HASH_ANNOTATION].clone()
+            })
+        };
+        // What changed, for each component in `Component::ALL`'s order: whether its pods roll.
+        let rolls = |change: &dyn Fn(&mut FlightPipelineSpec)| {
+            let mut spec = FlightPipelineSpec::default();
+            let before = hashes(&spec);
+            change(&mut spec);
+            let after = hashes(&spec);
+            Component::ALL.map(|c| (c, before[c as usize] != after[c as usize]))
+        };
+        let none = rolls(&|s| s.query.workload.replicas = 3);
+        assert!(none.iter().all(|(_, rolled)| !rolled), "{none:?}");
+        for (change, rolled) in [
+            (
+                &(|s: &mut FlightPipelineSpec| s.sink.batch_size = 5) as &dyn Fn(&mut FlightPipelineSpec),
+                [Component::Sink].as_slice(),
+            ),
+            (&|s| s.query.freshness_ms = 0, &[Component::Query]),
+            (&|s| s.predict.model_path = "/m.json".into(), &[Component::Predict]),
+            (&|s| s.ingest.max_records = 5, &[Component::Ingest]),
+            (&|s| s.kafka.topic = "other".into(), &[Component::Ingest, Component::Sink]),
+            (&|s| s.identity = crate::crd::Identity::ScheduledFlight, &[Component::Ingest, Component::Sink]),
+        ] {
+            let got = rolls(change);
+            for (component, did) in got {
+                assert_eq!(did, rolled.contains(&component), "{component:?}: {got:?}");
+            }
+        }
+    }
+
+    /// Containers refer to each ConfigMap key they read, not optionally: a key that went away when
+    /// a part is switched off would leave the pods of the previous template that start again stuck
+    /// (CreateContainerConfigError). So the ConfigMap's keys are the same whatever the spec.
+    #[test]
+    fn the_config_map_holds_the_same_keys_whatever_is_switched_on() {
+        let keys = |r: &Resolved| config_map(r, &owner()).data.unwrap().into_keys().collect::<Vec<_>>();
+        let plain = resolved(&FlightPipelineSpec::default());
+        let full = full_featured();
+        assert_eq!(keys(&plain), keys(&resolved_full(&full)));
+        let mut dead_letter = FlightPipelineSpec::default();
+        dead_letter.kafka.dead_letter.enabled = false;
+        assert_eq!(keys(&plain), keys(&resolved(&dead_letter)));
     }
 
     #[test]

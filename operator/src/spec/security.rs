@@ -61,17 +61,17 @@ pub fn clickhouse(spec: &ClickHouseSpec, url: &str) -> Result<Option<CaSecretRef
     Ok(tls.ca_secret.clone())
 }
 
-/// Settings for the shared ConfigMap: nothing for plaintext (a pipeline without security keeps the
-/// ConfigMap, and so its pods, as they were).
+/// Settings for the shared ConfigMap, both keys always (the mechanism empty without SASL, which
+/// the services read as unset): containers refer to each key they read (`configMapKeyRef`, not
+/// optional), so a key that went away when security was switched off would leave every pod of the
+/// previous template that starts again (a restart, an eviction, a rollout that does not finish, a
+/// rollback) stuck in CreateContainerConfigError.
 pub fn kafka_settings(refs: &KafkaSecurityRefs) -> Vec<(String, String)> {
-    let mut settings = Vec::new();
-    if refs.protocol != SecurityProtocol::Plaintext {
-        settings.push((kafka::SECURITY_PROTOCOL.to_string(), refs.protocol.as_str().to_string()));
-    }
-    if let Some((mechanism, _)) = &refs.sasl {
-        settings.push((kafka::SASL_MECHANISM.to_string(), mechanism.as_str().to_string()));
-    }
-    settings
+    let mechanism = refs.sasl.as_ref().map(|(mechanism, _)| mechanism.as_str()).unwrap_or_default();
+    vec![
+        (kafka::SECURITY_PROTOCOL.to_string(), refs.protocol.as_str().to_string()),
+        (kafka::SASL_MECHANISM.to_string(), mechanism.to_string()),
+    ]
 }
 
 fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
@@ -174,8 +174,21 @@ mod tests {
     }
 
     #[test]
-    fn env_names_every_secret_key_and_settings_stay_empty_for_plaintext() {
-        assert!(kafka_settings(&KafkaSecurityRefs::default()).is_empty());
+    fn env_names_every_secret_key_and_settings_keep_their_keys_for_plaintext() {
+        let plaintext = kafka_settings(&KafkaSecurityRefs::default());
+        assert_eq!(
+            plaintext,
+            [
+                (kafka::SECURITY_PROTOCOL.to_string(), "PLAINTEXT".to_string()),
+                (kafka::SASL_MECHANISM.to_string(), String::new())
+            ]
+        );
+        // The services read these as plaintext, no SASL.
+        let lookup = |name: &str| plaintext.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert_eq!(
+            flightline_service::connect::KafkaSecurity::from_lookup(lookup).unwrap().rdkafka_settings(),
+            Vec::<(&str, String)>::new()
+        );
         assert!(kafka_env(&KafkaSecurityRefs::default()).is_empty());
         let refs = KafkaSecurityRefs {
             protocol: SecurityProtocol::SaslSsl,
