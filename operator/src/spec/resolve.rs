@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use flightline_service::config::HttpLimits as ServiceLimits;
+use flightline_service::config::{FromEnv, HttpLimitArgs, HttpLimits as ServiceLimits, ServerArgs};
 use flightline_service::contract;
 
 use crate::crd::{
@@ -557,6 +557,15 @@ fn workload(
             ));
         }
     }
+    // The contract's variables a user may set are read by the service's own parsers at start: a
+    // value they refuse (`HTTP_MAX_CONNECTIONS=0`, a fault ratio of 2) would crash-loop the pods
+    // of a spec the CRD accepts, so it is refused here, naming the variable.
+    let user_env = |name: &str| spec.env.get(name).filter(|_| !is_reserved_env(name)).cloned();
+    let mut refused = vec![ServerArgs::from_lookup(user_env).err()];
+    if component != Component::Sink {
+        refused.push(HttpLimitArgs::from_lookup(user_env).err());
+    }
+    problems.extend(refused.into_iter().flatten().map(|e| format!("{field}.env: {e}")));
     if spec.image.chars().any(char::is_whitespace) {
         problems.push(format!("{field}.image: {:?} must not contain spaces", spec.image));
     }
@@ -750,6 +759,62 @@ mod tests {
                 "{key} is written into the ConfigMap but a container's env could override it"
             );
         }
+    }
+
+    /// Values the services would refuse at start are refused by the operator, naming the
+    /// component, the variable and why; valid ones pass.
+    #[test]
+    fn env_values_the_service_would_refuse_are_reported() {
+        let mut spec = FlightPipelineSpec::default();
+        for (key, value) in [
+            ("RUST_LOG", "debug,hyper=warn"),
+            ("FLIGHTLINE_FAULT_ERROR_RATIO", "0.25"),
+            ("HTTP_BODY_READ_TIMEOUT_SECONDS", "3"),
+            ("HTTP_HEADER_READ_TIMEOUT_SECONDS", "5"),
+            ("HTTP_MAX_CONNECTIONS", "64"),
+            ("MY_FLAG", "-x=y,z"),
+        ] {
+            spec.predict.workload.env.insert(key.into(), value.into());
+        }
+        resolve("air", "scl", &spec, &defaults()).unwrap();
+        for (component, key, value, says) in [
+            (Component::Query, "HTTP_MAX_CONNECTIONS", "0", "spec.query.env: HTTP_MAX_CONNECTIONS=\"0\""),
+            (
+                Component::Sink,
+                "FLIGHTLINE_FAULT_ERROR_RATIO",
+                "2",
+                "spec.sink.env: FLIGHTLINE_FAULT_ERROR_RATIO=\"2\": 2 must be between 0 and 1",
+            ),
+            (
+                Component::Ingest,
+                "HTTP_BODY_READ_TIMEOUT_SECONDS",
+                "soon",
+                "spec.ingest.env: HTTP_BODY_READ_TIMEOUT_SECONDS=\"soon\": invalid digit",
+            ),
+            (
+                Component::Predict,
+                "HTTP_HEADER_READ_TIMEOUT_SECONDS",
+                "",
+                "spec.predict.env: HTTP_HEADER_READ_TIMEOUT_SECONDS",
+            ),
+        ] {
+            let mut spec = FlightPipelineSpec::default();
+            let env = match component {
+                Component::Ingest => &mut spec.ingest.workload.env,
+                Component::Sink => &mut spec.sink.workload.env,
+                Component::Query => &mut spec.query.workload.env,
+                Component::Predict => &mut spec.predict.workload.env,
+            };
+            env.insert(key.into(), value.into());
+            let found = problems("scl", &spec, &defaults());
+            assert!(found.iter().any(|p| p.starts_with(says)), "{key}={value:?}: {found:?}");
+        }
+        // A reserved variable is reported as reserved, once, not parsed.
+        let mut spec = FlightPipelineSpec::default();
+        spec.query.workload.env.insert("HTTP_RATE_LIMIT_RPS".into(), "many".into());
+        let found = problems("scl", &spec, &defaults());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("written by the operator"), "{found:?}");
     }
 
     #[test]
