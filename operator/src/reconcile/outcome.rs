@@ -28,16 +28,32 @@ pub fn kafka(e: &KafkaError) -> Outcome {
 }
 
 /// `ClickHouseReady` for a failure on the way to ClickHouse: its own errors, and reading the
-/// credentials' Secret (never transient: the Secret must change first).
+/// credentials' Secret (a Secret missing or forbidden waits for a change; an API server that is
+/// down, overloaded or throttling is retried like ClickHouse being down).
 pub fn clickhouse(e: &Error) -> Outcome {
-    let transient = matches!(e, Error::ClickHouse(c) if c.is_transient());
+    let transient = match e {
+        Error::ClickHouse(c) => c.is_transient(),
+        Error::Kube(k) => kube_transient(k),
+        _ => false,
+    };
     let why = match e {
         Error::ClickHouse(c) if c.is_tls() => reason::CLICKHOUSE_TLS_FAILED,
         Error::ClickHouse(c) if c.is_authentication() => reason::CLICKHOUSE_AUTHENTICATION_FAILED,
-        _ if transient => reason::CLICKHOUSE_UNAVAILABLE,
+        // ClickHouse itself unreachable; the API server failing is said in the message.
+        Error::ClickHouse(_) if transient => reason::CLICKHOUSE_UNAVAILABLE,
         _ => reason::CLICKHOUSE_ERROR,
     };
     Outcome { finding: Finding::failed(ConditionType::ClickHouseReady, why, e.to_string()), transient }
+}
+
+/// A Kubernetes API failure a retry can cure: the API server unreachable, failing (5xx) or
+/// throttling (429).
+fn kube_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +162,25 @@ mod tests {
                 "ClickHouseError",
                 false,
             ),
+            // The API server failing or throttling while the Secret is read: retried (ClickHouse is
+            // not said to be down).
+            (
+                Error::Kube(kube::Error::Api(
+                    kube::core::Status::failure("etcdserver: request timed out", "InternalError")
+                        .with_code(500)
+                        .boxed(),
+                )),
+                "ClickHouseError",
+                true,
+            ),
+            (
+                Error::Kube(kube::Error::Api(
+                    kube::core::Status::failure("too many requests", "TooManyRequests").with_code(429).boxed(),
+                )),
+                "ClickHouseError",
+                true,
+            ),
+            (Error::Kube(kube::Error::Service("connection reset".into())), "ClickHouseError", true),
         ];
         for (error, why, transient) in cases {
             let outcome = clickhouse(&error);

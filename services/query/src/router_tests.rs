@@ -43,14 +43,19 @@ fn by_id(id: &str) -> String {
     "/v1/flights/{id}".replace("{id}", id)
 }
 
-/// A loopback port nothing listens on.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A loopback URL nothing listens on, and the socket that keeps its port bound (never listening)
+/// while the test holds it: a port only released could be given to another test's listener (the
+/// hung ClickHouse below) and answer in its place.
+fn closed_url() -> (String, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (format!("http://{}", socket.local_addr().unwrap()), socket)
 }
 
 #[tokio::test]
 async fn parameters_are_refused_by_name_before_clickhouse_is_asked() {
-    let app = app(&format!("http://127.0.0.1:{}", closed_port()), Duration::from_secs(2));
+    let (url, _bound) = closed_url();
+    let app = app(&url, Duration::from_secs(2));
     for (uri, field) in [
         ("/v1/flights?limit=0", "limit"),
         ("/v1/flights?limit=501", "limit"),
@@ -74,7 +79,8 @@ async fn parameters_are_refused_by_name_before_clickhouse_is_asked() {
 
 #[tokio::test]
 async fn a_store_that_is_down_is_503_with_retry_after() {
-    let app = app(&format!("http://127.0.0.1:{}", closed_port()), Duration::from_secs(2));
+    let (url, _bound) = closed_url();
+    let app = app(&url, Duration::from_secs(2));
     for uri in [
         "/v1/flights?limit=5",
         "/v1/flights?airline=Grupo+LATAM&delayed=true",
