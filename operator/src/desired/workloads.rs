@@ -194,7 +194,14 @@ pub fn role(component: Component) -> Role {
 /// the pipeline's settings this component reads, by reference to the ConfigMap (a service gets
 /// no variable it does not know), then the component's own values and Secret references.
 fn env(resolved: &Resolved, workload: &Workload) -> Vec<EnvVar> {
-    let value = |name: &str, value: String| EnvVar { name: name.into(), value: Some(value), ..EnvVar::default() };
+    // The kubelet expands `$(NAME)` in a `value` to an earlier variable's value, Secret-backed
+    // ones included: `$$` keeps every value (the spec's env, a JWT issuer) exactly as written, so
+    // `RUST_LOG: $(KAFKA_SASL_PASSWORD)` is that text, not the password in a start-up error.
+    let value = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value.replace('$', "$$")),
+        ..EnvVar::default()
+    };
     let reads = role(workload.component).env_keys();
     let mut env: Vec<EnvVar> = resolved
         .settings
@@ -449,6 +456,53 @@ mod tests {
         let rust_log: Vec<_> = env.iter().filter(|e| e.name == "RUST_LOG").collect();
         assert_eq!(rust_log.len(), 1);
         assert_eq!(rust_log[0].value.as_deref(), Some("debug"));
+    }
+
+    /// What the kubelet does to a `value` (`$$` is `$`, `$(NAME)` of an earlier variable its
+    /// value, anything else as is), for the escaping test.
+    fn kubelet_expand(value: &str, earlier: &BTreeMap<&str, &str>) -> String {
+        let mut out = String::new();
+        let mut rest = value;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            rest = &rest[i..];
+            if let Some(after) = rest.strip_prefix("$$") {
+                out.push('$');
+                rest = after;
+            } else if let Some((name, after)) = rest.strip_prefix("$(").and_then(|r| r.split_once(')')) {
+                match earlier.get(name) {
+                    Some(v) => out.push_str(v),
+                    None => out.push_str(&rest[..name.len() + 3]),
+                }
+                rest = after;
+            } else {
+                out.push('$');
+                rest = &rest[1..];
+            }
+        }
+        out + rest
+    }
+
+    #[test]
+    fn values_reach_the_service_as_written_not_expanded() {
+        let mut spec = full_featured();
+        let written = "x$(KAFKA_SASL_PASSWORD)$$y$(JWT_KEY)$";
+        spec.query.workload.env.insert(service::LOG_FILTER.into(), written.into());
+        spec.query.workload.env.insert("MY_PRICE".into(), "$5".into());
+        if let Some(jwt) = spec.auth.as_mut().and_then(|a| a.jwt.as_mut()) {
+            jwt.issuer = "https://$(CLICKHOUSE_PASSWORD)".into();
+        }
+        let r = resolved_full(&spec);
+        let d = deployment(&r, r.workload(Component::Query), &owner(), Scrape::ByServiceMonitor);
+        let env = d.spec.template.spec.unwrap().containers.remove(0).env.unwrap();
+        let secrets =
+            BTreeMap::from([("KAFKA_SASL_PASSWORD", "s3cret"), ("JWT_KEY", "k"), ("CLICKHOUSE_PASSWORD", "p")]);
+        let seen = |name: &str| kubelet_expand(value_of(&env, name).unwrap(), &secrets);
+        assert_eq!(seen(service::LOG_FILTER), written);
+        assert_eq!(seen("MY_PRICE"), "$5");
+        assert_eq!(seen(auth::JWT_ISSUER), "https://$(CLICKHOUSE_PASSWORD)");
+        // The simulation does expand what is not escaped.
+        assert_eq!(kubelet_expand("a$(JWT_KEY)$$b$(NONE)", &secrets), "ak$b$(NONE)");
     }
 
     #[test]
