@@ -131,41 +131,61 @@ async fn a_full_concurrency_limit_answers_503_and_a_stalled_body_times_out() {
     let _operator = Operator::start(&stack, &OperatorOptions::new(&ns.name));
     let mut fp = example_pipeline(&ns);
     fp.spec.predict.limits.max_concurrent_requests = Some(1);
-    fp.spec.predict.workload.env.insert("HTTP_BODY_READ_TIMEOUT_SECONDS".into(), "3".into());
+    let body_timeout = Duration::from_secs(5);
+    let timeout_env = body_timeout.as_secs().to_string();
+    fp.spec.predict.workload.env.insert("HTTP_BODY_READ_TIMEOUT_SECONDS".into(), timeout_env);
     ready_pipeline(&stack, &ns, &fp).await;
     let predict = service_addr(&stack, &ns, "scl", "predict").await;
 
-    // One request holds the only slot: it promises 1000 bytes of body and sends 10.
+    // One request holds the only slot: it promises 1000 bytes of body and sends 10. It asks
+    // `Expect: 100-continue`, which hyper answers when the handler first reads the body, past the
+    // concurrency limit: from that answer on the slot is the holder's. (Polling with requests
+    // until one got 503 raced under load: a request the server read before the holder's head
+    // took the slot, the holder got the 503, and every later request 200.)
     let mut holder = tokio::net::TcpStream::connect(&predict).await.unwrap();
-    let head = "POST /predict HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
-    holder.write_all(format!("{head}{{\"flights\"").as_bytes()).await.unwrap();
+    let head = "POST /predict HTTP/1.1\r\nHost: predict\r\nContent-Type: application/json\r\n\
+                Content-Length: 1000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n";
+    holder.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let interim = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match holder.read(&mut chunk).await.unwrap() {
+                0 => break,
+                n => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let holding_since = Instant::now();
+    let shown = String::from_utf8_lossy(&answer).into_owned();
+    assert!(interim.is_ok() && shown.starts_with("HTTP/1.1 100 "), "the holder did not get the slot: {shown:?}");
+    // Whatever came after the interim answer belongs to the final one.
+    let mut answer = answer.split_off(answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4);
+    holder.write_all(b"{\"flights\"").await.unwrap();
 
     let sample = json!({"flights": [{"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3}]}).to_string();
     let request = format!(
         "POST /predict HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{sample}",
         sample.len()
     );
-    // Until the server has read the holder's head, a request may still get the slot: poll (bounded).
-    let polling_since = Instant::now();
-    let (status, head, body, took) = loop {
-        let started = Instant::now();
-        let (status, head, body) = exchange(&predict, request.as_bytes()).await;
-        if status != 200 || polling_since.elapsed() > Duration::from_secs(10) {
-            break (status, head, body, started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let started = Instant::now();
+    let (status, head, body) = exchange(&predict, request.as_bytes()).await;
+    let took = started.elapsed();
     assert_eq!(status, 503, "{body}");
     assert!(took < Duration::from_secs(2), "503 must not wait in a queue: {took:?}");
     assert_eq!(retry_after(&head), Some(1), "{head}");
     assert_eq!(json_body(&body)["error"], "overloaded");
     assert_eq!(get(&predict, "/healthz", &[]).await.0, 200, "health is not behind the concurrency limit");
 
-    // The stalled body gives up after its body read timeout (3 s here) with 408, freeing the slot.
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), holder.read_to_end(&mut answer)).await.unwrap().unwrap();
+    // The stalled body gives up after its body read timeout with 408, freeing the slot.
+    let wait = body_timeout + Duration::from_secs(10);
+    tokio::time::timeout(wait, holder.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let held = holding_since.elapsed();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.") && answer.contains(" 408 ") && answer.contains("body_timeout"), "{answer}");
+    // On the timeout (counted from the head, a moment before the interim answer), not sooner.
+    assert!(held >= body_timeout - Duration::from_secs(2), "408 after {held:?} of a {body_timeout:?} timeout");
     let (status, _, body) = exchange(&predict, request.as_bytes()).await;
     assert_eq!(status, 200, "{body}");
 }
