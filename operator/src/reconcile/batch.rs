@@ -7,6 +7,11 @@
 //! gathers what else arrives within the window (or until the batch is full) and runs the batch;
 //! each caller gets its own answer through a oneshot, and a failure of the whole batch reaches
 //! every caller. A worker idle for `idle` ends; the next request starts a new one.
+//!
+//! After a batch failed as a whole (the cluster unreachable, timing out, refusing the credentials),
+//! the key's requests are answered with that error for `hold_failure` without contacting it: the
+//! reconciles of a dead cluster then give their slots back at once (and retry with backoff) instead
+//! of each waiting out the I/O timeout while other clusters' pipelines wait for a slot.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,11 +44,19 @@ pub struct Settings {
     pub in_flight: usize,
     /// A worker that got nothing for this long ends.
     pub idle: Duration,
+    /// How long a key's requests get its last whole-batch failure without contacting it.
+    pub hold_failure: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { window: Duration::from_millis(3), max_batch: 100, in_flight: 2, idle: Duration::from_secs(60) }
+        Self {
+            window: Duration::from_millis(3),
+            max_batch: 100,
+            in_flight: 2,
+            idle: Duration::from_secs(60),
+            hold_failure: Duration::from_secs(3),
+        }
     }
 }
 
@@ -51,8 +64,12 @@ type Job<I, O, E> = (I, oneshot::Sender<Result<O, E>>);
 /// The workers by key, each with the queue it takes requests from.
 type Workers<K, I, O, E> = Mutex<Vec<(K, mpsc::UnboundedSender<Job<I, O, E>>)>>;
 
+/// The last whole-batch failure of a key and until when it answers the key's requests.
+type Failures<K, E> = Mutex<Vec<(K, Instant, E)>>;
+
 struct Inner<K, I, O, E> {
     workers: Workers<K, I, O, E>,
+    failures: Failures<K, E>,
     handler: Handler<K, I, O, E>,
     settings: Settings,
 }
@@ -77,11 +94,18 @@ where
         let handler: Handler<K, I, O, E> = Arc::new(move |key, items| Box::pin(handler(key, items)));
         let settings =
             Settings { max_batch: settings.max_batch.max(1), in_flight: settings.in_flight.max(1), ..settings };
-        Self { inner: Arc::new(Inner { workers: Mutex::new(Vec::new()), handler, settings }) }
+        let inner = Inner { workers: Mutex::new(Vec::new()), failures: Mutex::new(Vec::new()), handler, settings };
+        Self { inner: Arc::new(inner) }
     }
 
     /// The answer for `item`, run in a batch with the requests for `key` that arrive meanwhile.
     pub async fn call(&self, key: K, item: I) -> Result<O, E> {
+        {
+            let failures = self.inner.failures.lock().expect("batcher lock");
+            if let Some((_, _, e)) = failures.iter().find(|(k, until, _)| *k == key && Instant::now() < *until) {
+                return Err(e.clone());
+            }
+        }
         let (reply, answer) = oneshot::channel();
         {
             // Sent under the lock: a worker leaves only under it, after seeing its queue empty.
@@ -145,9 +169,20 @@ where
         }
         let handler = inner.handler.clone();
         let key = key.clone();
+        let inner = inner.clone();
         tokio::spawn(async move {
             let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
-            match handler(key, items).await {
+            let result = handler(key.clone(), items).await;
+            {
+                let mut failures = inner.failures.lock().expect("batcher lock");
+                failures.retain(|(k, _, _)| *k != key);
+                if let Err(e) = &result
+                    && !settings.hold_failure.is_zero()
+                {
+                    failures.push((key, Instant::now() + settings.hold_failure, e.clone()));
+                }
+            }
+            match result {
                 Ok(answers) => {
                     let mut answers = answers.into_iter();
                     for reply in replies {
@@ -208,7 +243,13 @@ mod tests {
     }
 
     fn settings(max_batch: usize) -> Settings {
-        Settings { window: Duration::from_millis(20), max_batch, in_flight: 1, idle: Duration::from_secs(60) }
+        Settings {
+            window: Duration::from_millis(20),
+            max_batch,
+            in_flight: 1,
+            idle: Duration::from_secs(60),
+            hold_failure: Duration::ZERO,
+        }
     }
 
     #[tokio::test]
@@ -298,10 +339,7 @@ mod tests {
                 }
             }
         };
-        let batcher = Arc::new(Batcher::new(
-            Settings { window: Duration::ZERO, max_batch: 100, in_flight: 1, idle: Duration::from_secs(60) },
-            handler,
-        ));
+        let batcher = Arc::new(Batcher::new(Settings { window: Duration::ZERO, ..settings(100) }, handler));
         let first = {
             let batcher = batcher.clone();
             tokio::spawn(async move { batcher.call("k".to_string(), 0).await })
@@ -314,6 +352,33 @@ mod tests {
         assert!(rest.iter().enumerate().all(|(i, a)| *a == Ok(i as u32 + 1)));
         let sizes: Vec<usize> = calls.lock().unwrap().iter().map(|(_, items)| items.len()).collect();
         assert_eq!(sizes, [1, 9]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_cluster_is_answered_with_its_failure_for_a_while_without_being_contacted() {
+        let calls: Calls = Default::default();
+        let batcher = Batcher::new(
+            Settings { hold_failure: Duration::from_millis(300), ..settings(100) },
+            recording(calls.clone(), Duration::ZERO),
+        );
+        let down = || batcher.call("down".to_string(), 1);
+        assert_eq!(down().await, Err(TestError::Down("down unreachable".into())));
+        assert_eq!(calls.lock().unwrap().len(), 1);
+        // Held: answered at once with the same error; the cluster is not asked again.
+        let started = std::time::Instant::now();
+        for _ in 0..5 {
+            assert_eq!(down().await, Err(TestError::Down("down unreachable".into())));
+        }
+        assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+        assert_eq!(calls.lock().unwrap().len(), 1);
+        // Another key is not held; an item's own error holds nothing.
+        assert_eq!(batcher.call("up".to_string(), 13).await, Err(TestError::Down("13".into())));
+        assert_eq!(batcher.call("up".to_string(), 2).await, Ok(4));
+        // After the hold the cluster is asked again.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(down().await, Err(TestError::Down("down unreachable".into())));
+        let asked_down = calls.lock().unwrap().iter().filter(|(k, _)| k == "down").count();
+        assert_eq!(asked_down, 2);
     }
 
     #[tokio::test]
