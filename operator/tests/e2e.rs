@@ -542,7 +542,8 @@ async fn children_no_longer_wanted_are_deleted_and_only_the_pipelines_own() {
     let ready = wait_condition(&api, "scl", "Ready", "True", None).await;
     assert!(condition(&ready, "AutoscalingReady").unwrap().message.contains("predict (HPA)"));
 
-    // Someone else's Service with the pipeline's labels, under an owner of its own.
+    // Someone else's Service with the pipeline's labels, under an owner of its own, and a name
+    // the pipeline's children have (`child_names`: orphans are looked up by those names).
     let config_maps: Api<ConfigMap> = Api::namespaced(stack.client.clone(), &ns.name);
     let holder = ConfigMap {
         metadata: kube::api::ObjectMeta { name: Some("holder".into()), ..Default::default() },
@@ -554,7 +555,7 @@ async fn children_no_longer_wanted_are_deleted_and_only_the_pipelines_own() {
         LABELS.split(',').map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).unwrap()).collect();
     let theirs = Service {
         metadata: kube::api::ObjectMeta {
-            name: Some("scl-extra".into()),
+            name: Some("scl-flightline".into()),
             labels: Some(labels),
             owner_references: Some(vec![OwnerReference {
                 api_version: "v1".into(),
@@ -606,7 +607,7 @@ async fn children_no_longer_wanted_are_deleted_and_only_the_pipelines_own() {
     assert_eq!(names(children::<Deployment>(&stack, &ns).await), ["scl-ingest", "scl-query", "scl-sink"]);
     let settings = children::<ConfigMap>(&stack, &ns).await;
     assert_eq!(settings.iter().map(|c| c.name_any()).collect::<Vec<_>>(), ["scl-pipeline"]);
-    let now = services.get("scl-extra").await.expect("someone else's Service survives");
+    let now = services.get("scl-flightline").await.expect("someone else's Service survives");
     assert_eq!(now.resource_version(), theirs.resource_version());
     assert!(config_maps.get_opt("holder").await.unwrap().is_some());
 }
