@@ -87,13 +87,11 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
 
     // Storage first: the topic and table exist before the services that need them start.
     let storage = storage::ensure(fp, &resolved, ctx).await;
-    for (changed, finding, noun) in
-        [(storage.topic_changed, &storage.kafka, "topic"), (storage.table_changed, &storage.clickhouse, "table")]
-    {
-        if changed {
-            let note = format!("{noun}: {}", finding.message);
-            status::publish(&ctx.recorder, fp, EventType::Normal, "Reconciled", &note).await;
-        }
+    // One Event for what the storage step changed: at fleet scale each Event is an API request.
+    let changes =
+        [(storage.topic_changed, &storage.kafka, "topic"), (storage.table_changed, &storage.clickhouse, "table")];
+    if let Some(note) = storage_note(&changes) {
+        status::publish(&ctx.recorder, fp, EventType::Normal, "Reconciled", &note).await;
     }
 
     let mut findings = vec![storage.kafka.clone(), storage.clickhouse.clone()];
@@ -138,6 +136,13 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(ctx.resync))
 }
 
+/// The Event note for what the storage step changed (`topic: …; table: …`), or none.
+fn storage_note(changes: &[(bool, &Finding, &str)]) -> Option<String> {
+    let parts: Vec<String> =
+        changes.iter().filter(|(changed, ..)| *changed).map(|(_, f, noun)| format!("{noun}: {}", f.message)).collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// Runs when a pipeline is deleted. `Retain` (the default) and the skip annotation touch nothing
 /// outside Kubernetes; `Delete` removes the topics and the table this pipeline created (as its
 /// status records them, where they were created), never one it adopted or another pipeline claims.
@@ -171,5 +176,27 @@ async fn cleanup(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
             status::publish(&ctx.recorder, fp, EventType::Warning, "CleanupFailed", &note).await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::storage_note;
+    use crate::conditions::{ConditionType, Finding, reason};
+
+    #[test]
+    fn one_event_says_what_the_storage_step_changed() {
+        let topic =
+            Finding::ok(ConditionType::KafkaReady, reason::TOPIC_READY, "created air.scl.flights (3 partitions)");
+        let table = Finding::ok(ConditionType::ClickHouseReady, reason::TABLE_READY, "created flightline.t");
+        assert_eq!(
+            storage_note(&[(true, &topic, "topic"), (true, &table, "table")]).as_deref(),
+            Some("topic: created air.scl.flights (3 partitions); table: created flightline.t")
+        );
+        assert_eq!(
+            storage_note(&[(false, &topic, "topic"), (true, &table, "table")]).as_deref(),
+            Some("table: created flightline.t")
+        );
+        assert_eq!(storage_note(&[(false, &topic, "topic"), (false, &table, "table")]), None);
     }
 }
