@@ -34,7 +34,7 @@ async fn pipelines_beyond_the_operators_limits_are_invalid_and_touch_nothing() {
     let api = pipelines(&stack, &ns);
 
     type Mutation = fn(&mut FlightPipeline);
-    let cases: [(&str, Mutation, &str); 7] = [
+    let cases: [(&str, Mutation, &str); 8] = [
         (
             "foreign-kafka",
             |fp| fp.spec.kafka.bootstrap_servers = "127.0.0.1:1".into(),
@@ -71,6 +71,12 @@ async fn pipelines_beyond_the_operators_limits_are_invalid_and_touch_nothing() {
             "many-pods",
             |fp| fp.spec.sink.workload.replicas = 50,
             "spec.sink.replicas: 50 is more than the operator allows (--max-replicas 20)",
+        ),
+        // A value the service would refuse at start: not a crash loop, the operator says why.
+        (
+            "no-connections",
+            |fp| drop(fp.spec.predict.workload.env.insert("HTTP_MAX_CONNECTIONS".into(), "0".into())),
+            "spec.predict.env: HTTP_MAX_CONNECTIONS=\"0\": 0 is not in 1..",
         ),
     ];
     for (name, mutate, _) in &cases {
@@ -313,6 +319,9 @@ async fn limits_and_query_credentials_reach_the_running_services() {
         username_key: "username".into(),
         password_key: "password".into(),
     });
+    // The kubelet would expand `$(CLICKHOUSE_PASSWORD)` in a value: the service gets the text.
+    let note = "x$(CLICKHOUSE_PASSWORD)$$y";
+    fp.spec.query.workload.env.insert("FLIGHTLINE_NOTE".into(), note.into());
     let api = pipelines(&stack, &ns);
     apply(&api, &fp).await.unwrap();
     wait_condition(&api, "scl", "Ready", "True", None).await;
@@ -341,6 +350,10 @@ async fn limits_and_query_credentials_reach_the_running_services() {
         ("query", "QUERY_MAX_EXECUTION_SECONDS", "4"),
         ("query", "INGEST_MAX_RECORDS", "unset"),
         ("predict", "SINK_MAX_BATCH_BYTES", "unset"),
+        // Written when Kafka is plaintext too, so no key a pod names ever leaves the ConfigMap.
+        ("ingest", "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+        ("sink", "KAFKA_SASL_MECHANISM", ""),
+        ("query", "FLIGHTLINE_NOTE", note),
     ] {
         assert_eq!(get(&process_env(&stack, &ns, component).await, key), want, "{component} {key}");
     }
