@@ -106,13 +106,14 @@ pub fn workload(schema: &mut Schema) {
         schema,
         &format!(
             "!has(self.env) || self.env.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]*$') && !(k in {}) \
-             && !{}.exists(p, k.startsWith(p)))",
+             && (k in {} || !{}.exists(p, k.startsWith(p))))",
             cel_strings(&contract::reserved_outside_prefixes()),
+            cel_strings(&contract::tunable_inside_prefixes()),
             cel_strings(&contract::RESERVED_PREFIXES),
         ),
         "env: a name is not a valid environment variable name, or is one the operator writes from the spec \
          (KAFKA_*, CLICKHOUSE_*, INGEST_*, SINK_*, QUERY_*, PREDICT_*, API_KEY*, JWT_*, the HTTP limits, \
-         LISTEN_ADDR); set the spec field instead",
+         LISTEN_ADDR, FLIGHTLINE_PIPELINE, FLIGHTLINE_COMPONENT, FLIGHTLINE_IDENTITY); set the spec field instead",
         ".env",
     );
 }

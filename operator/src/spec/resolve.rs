@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use flightline_service::config::{FromEnv, HttpLimitArgs, HttpLimits as ServiceLimits, ServerArgs};
+use flightline_service::config::{FromEnv, HttpLimitArgs, HttpLimits as ServiceLimits, QueryArgs, ServerArgs};
 use flightline_service::contract;
 
 use crate::crd::{
@@ -565,6 +565,10 @@ fn workload(
     if component != Component::Sink {
         refused.push(HttpLimitArgs::from_lookup(user_env).err());
     }
+    if component == Component::Query {
+        // The cache bounds are query's to tune; the rest of QueryArgs is reserved (absent here).
+        refused.push(QueryArgs::from_lookup(user_env).err());
+    }
     problems.extend(refused.into_iter().flatten().map(|e| format!("{field}.env: {e}")));
     if spec.image.chars().any(char::is_whitespace) {
         problems.push(format!("{field}.image: {:?} must not contain spaces", spec.image));
@@ -776,6 +780,8 @@ mod tests {
         ] {
             spec.predict.workload.env.insert(key.into(), value.into());
         }
+        spec.query.workload.env.insert("QUERY_CACHE_MAX_ENTRIES".into(), "4096".into());
+        spec.query.workload.env.insert("QUERY_CACHE_MAX_BYTES".into(), "134217728".into());
         resolve("air", "scl", &spec, &defaults()).unwrap();
         for (component, key, value, says) in [
             (Component::Query, "HTTP_MAX_CONNECTIONS", "0", "spec.query.env: HTTP_MAX_CONNECTIONS=\"0\""),
@@ -797,6 +803,8 @@ mod tests {
                 "",
                 "spec.predict.env: HTTP_HEADER_READ_TIMEOUT_SECONDS",
             ),
+            (Component::Query, "QUERY_CACHE_MAX_ENTRIES", "0", "spec.query.env: QUERY_CACHE_MAX_ENTRIES=\"0\""),
+            (Component::Query, "QUERY_CACHE_MAX_BYTES", "lots", "spec.query.env: QUERY_CACHE_MAX_BYTES=\"lots\""),
         ] {
             let mut spec = FlightPipelineSpec::default();
             let env = match component {

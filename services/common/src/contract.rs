@@ -232,8 +232,20 @@ pub const RESERVED_PREFIXES: [&str; 8] =
 /// Whether `spec.<component>.env` may not set `name`: the operator sets it, or it is in a
 /// reserved name space.
 pub fn is_reserved(name: &str) -> bool {
-    RESERVED_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
-        || KEYS.iter().any(|key| key.set_by == SetBy::Operator && key.name == name)
+    match KEYS.iter().find(|key| key.name == name) {
+        Some(key) => key.set_by == SetBy::Operator,
+        None => RESERVED_PREFIXES.iter().any(|prefix| name.starts_with(prefix)),
+    }
+}
+
+/// The user's variables inside a reserved name space (`QUERY_CACHE_MAX_ENTRIES`): the CEL rule
+/// lets them through.
+pub fn tunable_inside_prefixes() -> Vec<&'static str> {
+    KEYS.iter()
+        .filter(|key| key.set_by == SetBy::User)
+        .map(|key| key.name)
+        .filter(|name| RESERVED_PREFIXES.iter().any(|prefix| name.starts_with(prefix)))
+        .collect()
 }
 
 /// The operator's variables outside the reserved name spaces: with [`RESERVED_PREFIXES`], what
@@ -371,6 +383,11 @@ mod tests {
         }
         assert!(!is_reserved("RUST_LOG") && !is_reserved("HTTP_MAX_CONNECTIONS") && !is_reserved("MY_FLAG"));
         assert!(is_reserved("KAFKA_ANYTHING_LATER") && is_reserved("LISTEN_ADDR"));
+        // A tunable key inside a reserved name space is the user's to set.
+        for key in KEYS.iter().filter(|key| key.set_by == SetBy::User) {
+            assert!(!is_reserved(key.name), "{key:?}");
+        }
+        assert!(tunable_inside_prefixes().contains(&"QUERY_CACHE_MAX_ENTRIES"));
         assert_eq!(
             reserved_outside_prefixes(),
             [
