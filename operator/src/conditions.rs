@@ -95,6 +95,8 @@ pub mod reason {
     pub const AUTOSCALERS_APPLIED: &str = "AutoscalersApplied";
     pub const FIXED_REPLICAS: &str = "FixedReplicas";
     pub const PROVIDER_MISSING: &str = "ProviderMissing";
+    /// The API server refused a child (an admission webhook, a policy, a permission, the schema).
+    pub const CHILD_REFUSED: &str = "ChildRefused";
     pub const MONITORING_APPLIED: &str = "MonitoringApplied";
 }
 

@@ -28,6 +28,9 @@ pub struct Outcome {
     pub endpoints: BTreeMap<String, String>,
     /// Available replicas of each of the pipeline's Deployments.
     pub replicas: BTreeMap<String, i32>,
+    /// The first refusal of a child by the API server: said in its part's condition, and the
+    /// reconcile is retried with backoff once the status is written.
+    pub refused: Option<kube::Error>,
 }
 
 /// What became of one child.
@@ -61,6 +64,8 @@ fn admit(child: &Child, fates: &Fates) -> Result<(), Option<String>> {
 #[derive(Debug, Default, PartialEq)]
 pub struct Report {
     pub conflicts: Vec<String>,
+    /// Children the API server refused, with its reason.
+    pub refused: Vec<String>,
     /// Asked for, impossible on this cluster.
     pub missing: Vec<String>,
     /// Children applied and facts about the part, in order.
@@ -115,6 +120,7 @@ pub async fn reconcile(
             // otherwise fail before the old HPA is deleted, forever).
             Err(e) if refused_child(&e) => {
                 tracing::warn!(kind = %child.resource.kind, name = %child.name(), error = %e, "child refused");
+                report.refused.push(format!("{} {}: {}", child.resource.kind, child.name(), refusal(&e)));
                 refused.get_or_insert(e);
                 Fate::Blocked
             }
@@ -123,9 +129,6 @@ pub async fn reconcile(
         fates.insert(key, fate);
     }
     delete_orphans(&set, resolved, owner, ctx, &served).await?;
-    if let Some(e) = refused {
-        return Err(e.into());
-    }
 
     // The workloads' availability and endpoints, from the Deployments and Services that are ours.
     let ours = |kind: &str, name: &str| fates.get(&(kind.to_string(), name.to_string())) == Some(&Fate::Ours);
@@ -150,13 +153,21 @@ pub async fn reconcile(
         }
     }
     let findings = PARTS.iter().map(|part| finding(*part, &reports[part])).collect();
-    Ok(Outcome { findings, endpoints, replicas })
+    Ok(Outcome { findings, endpoints, replicas, refused })
 }
 
 /// An apply the API server refused for this object alone (admission, validation, permission, a
 /// kind gone), not an outage or throttling: the other children are still applied.
 fn refused_child(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if matches!(status.code, 400 | 403 | 404 | 409 | 422))
+}
+
+/// What the API server said when it refused a child (its status message, else the error).
+fn refusal(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Deletes the pipeline's children (labelled as its own and controlled by it) of every kind it
@@ -187,6 +198,9 @@ pub(super) async fn delete_orphans(
 pub fn finding(part: ConditionType, report: &Report) -> Finding {
     if !report.conflicts.is_empty() {
         return Finding::failed(part, reason::RESOURCE_CONFLICT, report.conflicts.join("; "));
+    }
+    if !report.refused.is_empty() {
+        return Finding::failed(part, reason::CHILD_REFUSED, report.refused.join("; "));
     }
     match part {
         ConditionType::WorkloadsAvailable if report.waiting.is_empty() => {
@@ -254,7 +268,13 @@ mod tests {
 
     fn report(conflicts: &[&str], missing: &[&str], notes: &[&str], waiting: &[&str]) -> Report {
         let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
-        Report { conflicts: owned(conflicts), missing: owned(missing), notes: owned(notes), waiting: owned(waiting) }
+        Report {
+            conflicts: owned(conflicts),
+            refused: vec![],
+            missing: owned(missing),
+            notes: owned(notes),
+            waiting: owned(waiting),
+        }
     }
 
     #[test]

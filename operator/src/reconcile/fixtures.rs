@@ -516,6 +516,7 @@ mod scenarios {
 /// the object's uid and resourceVersion as read just before.
 mod orphans {
     use super::*;
+    use crate::conditions::{ConditionType, reason};
     use crate::desired::children::{Cluster, Discovered, desired_children};
     use crate::spec::fixtures::{owner, resolved};
 
@@ -739,10 +740,12 @@ mod orphans {
         let (applied, ()) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(applying, serving) })
             .await
             .expect("within 20 s");
-        match applied {
-            Err(Error::Kube(kube::Error::Api(e))) => assert_eq!(e.code, 403),
-            other => panic!("the refusal, after the deletes: {:?}", other.map(|o| o.findings)),
-        }
+        // The refusal is said in its part's condition (the status is written), then retried.
+        let outcome = applied.expect("a refused child is an outcome, not a failed reconcile");
+        assert!(matches!(&outcome.refused, Some(kube::Error::Api(e)) if e.code == 403), "{:?}", outcome.refused);
+        let workloads = outcome.findings.iter().find(|f| f.type_ == ConditionType::WorkloadsAvailable).unwrap();
+        assert!(!workloads.ok && workloads.reason == reason::CHILD_REFUSED, "{workloads:?}");
+        assert_eq!(workloads.message, "Deployment scl-predict: admission webhook denied the request");
         if let Ok(Some((request, _))) = tokio::time::timeout(Duration::ZERO, handle.next_request()).await {
             panic!("a request not expected: {} {}", request.method(), request.uri());
         }

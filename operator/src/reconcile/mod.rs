@@ -103,6 +103,7 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
         storage: storage.records.clone(),
         ..Facts::default()
     };
+    let mut refused_child = None;
     if storage.usable {
         let discovered = ctx.discovery.for_pipeline(&ctx.client, &resolved).await?;
         let applied = children::reconcile(&resolved, &owner, ctx, discovered).await;
@@ -114,6 +115,7 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
         findings.extend(applied.findings);
         facts.endpoints = Some(applied.endpoints);
         facts.available_replicas = Some(applied.replicas);
+        refused_child = applied.refused;
     } else {
         for type_ in
             [ConditionType::WorkloadsAvailable, ConditionType::AutoscalingReady, ConditionType::MonitoringReady]
@@ -129,9 +131,13 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
     findings.insert(0, ready);
     status::update(&api, &ctx.recorder, fp, &findings, facts).await?;
 
-    // Unreachable systems are retried with backoff; everything else waits for the next resync.
+    // Unreachable systems and refused children are retried with backoff; everything else waits
+    // for the next resync.
     if let Some(error) = storage.error {
         return Err(error);
+    }
+    if let Some(error) = refused_child {
+        return Err(error.into());
     }
     Ok(Action::requeue(ctx.resync))
 }
