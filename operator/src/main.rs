@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::utils::PredicateConfig;
@@ -18,11 +18,11 @@ use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use flightline_operator::crd::FlightPipeline;
 use flightline_operator::crdgen;
 use flightline_operator::desired::monitoring::{self, DashboardSettings};
-use flightline_operator::desired::{autoscaling, labels, slo};
+use flightline_operator::desired::{labels, slo};
 use flightline_operator::leader::{Elector, LeaseConfig};
 use flightline_operator::reconcile::discovery::{self, DiscoveryCache};
 use flightline_operator::reconcile::kubernetes;
-use flightline_operator::reconcile::{ChildStores, Context, error_policy, reconcile};
+use flightline_operator::reconcile::{ChildStores, Context, DiscoveredStores, WatchScope, error_policy, reconcile};
 use flightline_operator::spec::resolve::{Defaults, Images, OperatorLimits, resolve};
 use flightline_operator::telemetry::{self, Health, Metrics};
 
@@ -330,7 +330,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .modify(kubernetes::strip_config_map)
         .reflect(config_map_writer)
         .touched_objects();
-    let dynamic = watch_discovered(&client, args.watch_namespace.as_deref(), &owned_labels).await;
+    let scope = WatchScope { client: client.clone(), namespace: args.watch_namespace.clone(), labels: owned_labels };
+    let dynamic = watch_discovered(DiscoveredStores::new(Some(scope)), &client).await;
     let ctx = Arc::new(Context {
         pipelines: controller.store(),
         claims: Default::default(),
@@ -401,51 +402,18 @@ fn acted_on(fp: &FlightPipeline) -> Option<u64> {
 }
 
 /// Stores of the discovered kinds the operator applies (HPAs, ScaledObjects, ServiceMonitors,
-/// PrometheusRules) that the API server serves now, each fed by its own watch of the objects
-/// labelled as the operator's. A kind installed later is read from the API server instead.
-async fn watch_discovered(
-    client: &kube::Client,
-    namespace: Option<&str>,
-    labels: &str,
-) -> Vec<(ApiResource, reflector::Store<DynamicObject>)> {
-    let found = match discovery::discover(client).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(error = %e, "discovery failed; discovered kinds are read from the API server");
-            return Vec::new();
+/// PrometheusRules) that the API server serves now; a kind served later gets its store when a
+/// reconcile first finds it served.
+async fn watch_discovered(stores: DiscoveredStores, client: &kube::Client) -> DiscoveredStores {
+    match discovery::discover(client).await {
+        Ok(found) => {
+            stores.watch_missing(&flightline_operator::desired::children::kinds(&found));
         }
-    };
-    let mut resources = Vec::new();
-    resources.extend(found.autoscaling.hpa.map(|v| v.api_resource()));
-    if found.autoscaling.keda {
-        resources.push(autoscaling::scaled_object_resource());
+        Err(e) => {
+            tracing::warn!(error = %e, "discovery failed; discovered kinds are watched once a reconcile finds them")
+        }
     }
-    if found.service_monitor {
-        resources.push(monitoring::service_monitor_resource());
-    }
-    if found.prometheus_rule {
-        resources.push(monitoring::prometheus_rule_resource());
-    }
-    resources
-        .into_iter()
-        .map(|resource| {
-            let api: Api<DynamicObject> = match namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-                None => Api::all_with(client.clone(), &resource),
-            };
-            let writer = reflector::store::Writer::new(resource.clone());
-            let store = writer.as_reader();
-            let stream = watcher(api, watcher::Config::default().labels(labels))
-                .default_backoff()
-                .modify({
-                    let resource = resource.clone();
-                    move |object: &mut DynamicObject| kubernetes::strip_dynamic(object, &resource)
-                })
-                .reflect(writer);
-            tokio::spawn(stream.for_each(|_| futures::future::ready(())));
-            (resource, store)
-        })
-        .collect()
+    stores
 }
 
 /// The rule file of a pipeline manifest. Endpoints do not appear in rules, so placeholders stand

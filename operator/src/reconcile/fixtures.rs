@@ -19,7 +19,7 @@ use kube::runtime::reflector::{Store, store};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
-use super::{ChildStores, Context, Error, discovery, reconcile};
+use super::{ChildStores, Context, DiscoveredStores, Error, discovery, reconcile};
 use crate::crd::{FINALIZER, FlightPipeline, FlightPipelineStatus};
 use crate::spec::resolve::Defaults;
 
@@ -108,7 +108,7 @@ impl Context {
             deployments: synced::<Deployment>(&[]),
             services: synced::<Service>(&[]),
             config_maps: synced::<ConfigMap>(&[]),
-            dynamic: vec![],
+            dynamic: DiscoveredStores::new(None),
         };
         Self::test_with_children(pipelines, storage, children)
     }
@@ -594,7 +594,7 @@ mod orphans {
             // A store without its first full list yet: the API server is asked by label.
             services: store::<Service>().0,
             config_maps,
-            dynamic: vec![],
+            dynamic: DiscoveredStores::new(None),
         };
         let (ctx, server) = Context::test_with_children(&[], unreachable_storage(), children);
         let mut handle = server.handle;
@@ -667,7 +667,7 @@ mod orphans {
             deployments: store::<Deployment>().0,
             services: synced(&[]),
             config_maps: synced(&[]),
-            dynamic: vec![],
+            dynamic: DiscoveredStores::new(None),
         };
         let resolved = resolved(&Default::default());
         let dashboards = Default::default();
@@ -714,7 +714,7 @@ mod orphans {
             deployments: synced::<Deployment>(&typed(&set, "Deployment")),
             services: synced::<Service>(&typed(&set, "Service")),
             config_maps: synced(&config_maps),
-            dynamic: vec![],
+            dynamic: DiscoveredStores::new(None),
         };
         let (ctx, server) = Context::test_with_children(&[], unreachable_storage(), children);
         let mut handle = server.handle;

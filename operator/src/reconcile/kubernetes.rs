@@ -96,23 +96,24 @@ pub fn matches_cached(want: &Value, cached: &Value) -> bool {
 }
 
 /// A reflector store of a child kind, with the kind's dynamic type (`()` for typed kinds).
-pub struct Cached<'a, K: Resource + 'static>
+pub struct Cached<K: Resource + 'static>
 where
     K::DynamicType: Eq + std::hash::Hash,
 {
-    pub store: &'a Store<K>,
+    /// A handle on the reflector's store (shared, not a copy).
+    pub store: Store<K>,
     pub dyntype: K::DynamicType,
 }
 
-impl<'a, K: Resource<DynamicType = ()> + 'static> Cached<'a, K> {
-    pub fn typed(store: &'a Store<K>) -> Option<Self> {
-        Some(Self { store, dyntype: () })
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Cached<K> {
+    pub fn typed(store: &Store<K>) -> Option<Self> {
+        Some(Self { store: store.clone(), dyntype: () })
     }
 }
 
 /// The store's answer for `namespace/name`: `None` while the store has no full list yet (then
 /// the caller asks the API server), else the cached copy if there is one.
-fn cached<K>(cache: &Option<Cached<'_, K>>, namespace: &str, name: &str) -> Option<Option<Arc<K>>>
+fn cached<K>(cache: &Option<Cached<K>>, namespace: &str, name: &str) -> Option<Option<Arc<K>>>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
@@ -133,7 +134,7 @@ pub trait ChildCache: Send + Sync {
     fn owned(&self, namespace: &str, instance: &str, owner_uid: &str, names: &[String]) -> Option<Vec<String>>;
 }
 
-impl<K> ChildCache for Cached<'_, K>
+impl<K> ChildCache for Cached<K>
 where
     K: Resource + Clone + Serialize + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,

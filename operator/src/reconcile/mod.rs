@@ -18,7 +18,7 @@ pub mod storage;
 #[cfg(test)]
 mod fixtures;
 
-pub use self::context::{ChildStores, Context};
+pub use self::context::{ChildStores, Context, DiscoveredStores, WatchScope};
 pub use self::error::{Error, backoff, error_policy};
 
 use std::sync::Arc;
@@ -106,6 +106,8 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
     let mut refused_child = None;
     if storage.usable {
         let discovered = ctx.discovery.for_pipeline(&ctx.client, &resolved).await?;
+        // A kind installed after the operator started gets its store now, not reads per reconcile.
+        ctx.children.dynamic.watch_missing(&crate::desired::children::kinds(&discovered));
         let applied = children::reconcile(&resolved, &owner, ctx, discovered).await;
         if applied.is_err() {
             // A discovered kind may have gone (its CRD deleted): ask again next time.
