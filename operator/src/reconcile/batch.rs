@@ -61,7 +61,9 @@ impl Default for Settings {
 }
 
 type Job<I, O, E> = (I, oneshot::Sender<Result<O, E>>);
-/// The workers by key, each with the queue it takes requests from.
+/// The workers by key, each with the queue it takes requests from. A queue needs no bound of its
+/// own: every request in it is a caller awaiting its answer, so it holds at most what the
+/// controller's `--concurrency` reconciles ask at once (a pipeline's few topics and one table each).
 type Workers<K, I, O, E> = Mutex<Vec<(K, mpsc::UnboundedSender<Job<I, O, E>>)>>;
 
 /// The last whole-batch failure of a key and until when it answers the key's requests.
