@@ -19,7 +19,7 @@ use kube::runtime::reflector::{Store, store};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
-use super::{ChildStores, Context, DiscoveredStores, Error, discovery, reconcile};
+use super::{ChildStores, Context, DiscoveredStores, Error, NameIndex, discovery, reconcile};
 use crate::crd::{FINALIZER, FlightPipeline, FlightPipelineStatus};
 use crate::spec::resolve::Defaults;
 
@@ -109,6 +109,7 @@ impl Context {
             services: synced::<Service>(&[]),
             config_maps: synced::<ConfigMap>(&[]),
             dynamic: DiscoveredStores::new(None),
+            names: NameIndex::new(None),
         };
         Self::test_with_children(pipelines, storage, children)
     }
@@ -595,6 +596,7 @@ mod orphans {
             services: store::<Service>().0,
             config_maps,
             dynamic: DiscoveredStores::new(None),
+            names: NameIndex::new(None),
         };
         let (ctx, server) = Context::test_with_children(&[], unreachable_storage(), children);
         let mut handle = server.handle;
@@ -668,6 +670,7 @@ mod orphans {
             services: synced(&[]),
             config_maps: synced(&[]),
             dynamic: DiscoveredStores::new(None),
+            names: NameIndex::new(None),
         };
         let resolved = resolved(&Default::default());
         let dashboards = Default::default();
@@ -715,6 +718,7 @@ mod orphans {
             services: synced::<Service>(&typed(&set, "Service")),
             config_maps: synced(&config_maps),
             dynamic: DiscoveredStores::new(None),
+            names: NameIndex::new(None),
         };
         let (ctx, server) = Context::test_with_children(&[], unreachable_storage(), children);
         let mut handle = server.handle;

@@ -18,7 +18,7 @@ pub mod storage;
 #[cfg(test)]
 mod fixtures;
 
-pub use self::context::{ChildStores, Context, DiscoveredStores, WatchScope};
+pub use self::context::{ChildStores, Context, DiscoveredStores, NameIndex, WatchScope};
 pub use self::error::{Error, backoff, error_policy};
 
 use std::sync::Arc;
@@ -87,12 +87,8 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
 
     // Storage first: the topic and table exist before the services that need them start.
     let storage = storage::ensure(fp, &resolved, ctx).await;
-    // One Event for what the storage step changed: at fleet scale each Event is an API request.
     let changes =
         [(storage.topic_changed, &storage.kafka, "topic"), (storage.table_changed, &storage.clickhouse, "table")];
-    if let Some(note) = storage_note(&changes) {
-        status::publish(&ctx.recorder, fp, EventType::Normal, "Reconciled", &note).await;
-    }
 
     let mut findings = vec![storage.kafka.clone(), storage.clickhouse.clone()];
     let mut facts = Facts {
@@ -101,13 +97,16 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
         table: Some(resolved.table.qualified()),
         partitions: storage.partitions,
         storage: storage.records.clone(),
+        changed: storage_note(&changes),
         ..Facts::default()
     };
     let mut refused_child = None;
     if storage.usable {
         let discovered = ctx.discovery.for_pipeline(&ctx.client, &resolved).await?;
-        // A kind installed after the operator started gets its store now, not reads per reconcile.
-        ctx.children.dynamic.watch_missing(&crate::desired::children::kinds(&discovered));
+        // A kind installed after the operator started gets its stores now, not reads per reconcile.
+        let kinds = crate::desired::children::kinds(&discovered);
+        ctx.children.dynamic.watch_missing(&kinds);
+        ctx.children.names.watch_missing(&kinds);
         let applied = children::reconcile(&resolved, &owner, ctx, discovered).await;
         if applied.is_err() {
             // A discovered kind may have gone (its CRD deleted): ask again next time.

@@ -28,10 +28,14 @@ pub struct Facts {
     pub storage: Option<Vec<crate::crd::StorageRecord>>,
     /// Keep `observedGeneration` as it is: the spec was not acted on (paused).
     pub spec_not_acted_on: bool,
+    /// What this reconcile changed outside Kubernetes (`topic: created …; table: …`): said in the
+    /// Event of a change of `Ready`, else in an Event of its own (`Reconciled`). One Event, not two,
+    /// for a new pipeline: at fleet scale each Event is an API request.
+    pub changed: Option<String>,
 }
 
 /// Merges findings and facts into the status, patches it when it changed, and publishes an Event
-/// when `Ready` changes status or reason.
+/// when `Ready` changes status or reason or the reconcile changed something outside Kubernetes.
 #[tracing::instrument(name = "status_update", skip_all)]
 pub async fn update(
     api: &Api<FlightPipeline>,
@@ -68,7 +72,9 @@ pub async fn update(
     if let Some(records) = facts.storage {
         new.storage = Some(records);
     }
+    let changed = facts.changed;
     if new == old {
+        publish_changed(recorder, fp, changed.as_deref()).await;
         return Ok(());
     }
     let patch = json!({
@@ -76,7 +82,13 @@ pub async fn update(
         "kind": FlightPipeline::kind(&()),
         "status": new,
     });
-    api.patch_status(&fp.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    if let Err(e) =
+        api.patch_status(&fp.name_any(), &PatchParams::apply(STATUS_MANAGER).force(), &Patch::Apply(&patch)).await
+    {
+        // The change happened even though its status did not land: the next reconcile no longer sees it.
+        publish_changed(recorder, fp, changed.as_deref()).await;
+        return Err(e);
+    }
 
     let ready = |s: &FlightPipelineStatus| {
         s.conditions.iter().find(|c| c.type_ == ConditionType::Ready).map(|c| (c.status.clone(), c.reason.clone()))
@@ -86,8 +98,15 @@ pub async fn update(
         && let Some(c) = new.conditions.iter().find(|c| c.type_ == ConditionType::Ready)
     {
         let type_ = if c.status == "True" { EventType::Normal } else { EventType::Warning };
-        publish(recorder, fp, type_, &c.reason, &c.message).await;
+        let note = match &changed {
+            Some(changed) => format!("{}; {changed}", c.message),
+            None => c.message.clone(),
+        };
+        publish(recorder, fp, type_, &c.reason, &note).await;
         published = Some(c.message.clone());
+    }
+    if published.is_none() {
+        publish_changed(recorder, fp, changed.as_deref()).await;
     }
     // A conflict behind another failure of Ready still gets its Event (once, not per reconcile). The
     // condition type is the Event's action: the recorder folds Events of one action and reason
@@ -99,6 +118,13 @@ pub async fn update(
         }
     }
     Ok(())
+}
+
+/// The Event of what a reconcile changed outside Kubernetes, if it changed anything.
+async fn publish_changed(recorder: &Recorder, fp: &FlightPipeline, changed: Option<&str>) {
+    if let Some(note) = changed {
+        publish(recorder, fp, EventType::Normal, "Reconciled", note).await;
+    }
 }
 
 /// Publishes an Event; failures are logged, never fatal (Events are best effort).
