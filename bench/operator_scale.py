@@ -468,10 +468,19 @@ def stack_cpu():
     return cpu
 
 
+def machine_cpu():
+    """CPU seconds of the whole machine since boot: busy (all but idle and iowait) and in all."""
+    with open("/proc/stat") as f:
+        ticks = [int(t) for t in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"busy": (sum(ticks) - ticks[3] - ticks[4]) / hz, "all": sum(ticks) / hz}
+
+
 def snapshot(a, kube, phase):
     snap = {"phase": phase, "time": time.time(), "apf": apf_counts(kube),
             "proxy": get_json(f"http://127.0.0.1:{a.stats_port}/"),
-            "operator": operator_metrics(a.metrics_url), "proc": proc_status(a.pid), "stack_cpu": stack_cpu()}
+            "operator": operator_metrics(a.metrics_url), "proc": proc_status(a.pid), "stack_cpu": stack_cpu(),
+            "machine_cpu": machine_cpu()}
     with open(os.path.join(a.dir, f"{phase}.json"), "w") as f:
         json.dump(snap, f)
     return snap
@@ -802,6 +811,15 @@ def cmd_report(a):
         if stack:
             p("         stack CPU: " + ", ".join(f"{k} {v:.1f} s ({v / secs * 100:.0f} % of a core)"
                                                for k, v in sorted(stack.items(), key=lambda kv: -kv[1])))
+        if "machine_cpu" in s0 and "machine_cpu" in s1:
+            # Whether the phase was bound by the machine: all cores busy means every component's
+            # CPU (not only the operator's) sets the pace.
+            busy = s1["machine_cpu"]["busy"] - s0["machine_cpu"]["busy"]
+            total = s1["machine_cpu"]["all"] - s0["machine_cpu"]["all"]
+            rest = busy - cpu - sum(stack.values())
+            p(f"         machine: {busy:.1f} core-s busy of {total:.1f} ({busy / total * 100:.0f} %); the operator "
+              f"{cpu / busy * 100:.0f} % of it, the four above {sum(stack.values()) / busy * 100:.0f} %, everything "
+              f"else {rest:.1f} s (the bench's client, Prometheus, controllers, kernel)")
     if len(phases) > 1:
         rq = recs(q0, q1)
         p(f"  quiet period: {rq:.0f} reconciles of {a.fleet} watched pipelines "
