@@ -519,9 +519,19 @@ def pipeline(a, name):
             # room for 254 ClusterIPs), monitoring on (ServiceMonitor, PrometheusRule, dashboard)
             "ingest": {"enabled": False}, "sink": {"enabled": False}, "query": {"enabled": False},
             "predict": {"enabled": False},
+            "monitoring": MONITORING[a.monitoring],
             "deletionPolicy": "Delete",
         },
     }
+
+
+# What each pipeline's monitoring children are (MONITORING=...): all three (the default), all but the
+# dashboard ConfigMap (54 KB each), or none: what each costs the API server at fleet scale.
+MONITORING = {
+    "on": {"serviceMonitor": True, "alertRules": True, "dashboards": True},
+    "no-dashboards": {"serviceMonitor": True, "alertRules": True, "dashboards": False},
+    "off": {"serviceMonitor": False, "alertRules": False, "dashboards": False},
+}
 
 
 def ready_reason(obj):
@@ -979,6 +989,7 @@ def main():
         p.add_argument(flag, required=True)
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--monitoring", choices=sorted(MONITORING), default="on")
     p.add_argument("--timeout", type=float, default=900)
     p.set_defaults(func=cmd_ramp)
     p = sub.add_parser("delete")
