@@ -22,9 +22,7 @@ use flightline_operator::desired::{labels, slo};
 use flightline_operator::leader::{Elector, LeaseConfig};
 use flightline_operator::reconcile::discovery::{self, DiscoveryCache};
 use flightline_operator::reconcile::kubernetes;
-use flightline_operator::reconcile::{
-    ChildStores, Context, DiscoveredStores, NameIndex, WatchScope, error_policy, reconcile,
-};
+use flightline_operator::reconcile::{ChildStores, Context, DiscoveredStores, WatchScope, error_policy, reconcile};
 use flightline_operator::spec::resolve::{Defaults, Images, OperatorLimits, resolve};
 use flightline_operator::telemetry::{self, Health, Metrics};
 
@@ -351,8 +349,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .reflect(config_map_writer)
         .touched_objects();
     let scope = WatchScope { client: client.clone(), namespace: args.watch_namespace.clone(), labels: owned_labels };
-    let names = NameIndex::new(Some(scope.clone()));
-    let dynamic = watch_discovered(DiscoveredStores::new(Some(scope)), &names, &client).await;
+    let dynamic = watch_discovered(DiscoveredStores::new(Some(scope)), &client).await;
     let ctx = Arc::new(Context {
         pipelines: controller.store(),
         claims: Default::default(),
@@ -361,7 +358,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             services: service_store,
             config_maps: config_map_store,
             dynamic,
-            names,
         },
         discovery: DiscoveryCache::new(Duration::from_secs(args.discovery_ttl_seconds)),
         clickhouse: Default::default(),
@@ -426,12 +422,10 @@ fn acted_on(fp: &FlightPipeline) -> Option<u64> {
 /// Stores of the discovered kinds the operator applies (HPAs, ScaledObjects, ServiceMonitors,
 /// PrometheusRules) that the API server serves now; a kind served later gets its store when a
 /// reconcile first finds it served.
-async fn watch_discovered(stores: DiscoveredStores, names: &NameIndex, client: &kube::Client) -> DiscoveredStores {
+async fn watch_discovered(stores: DiscoveredStores, client: &kube::Client) -> DiscoveredStores {
     match discovery::discover(client).await {
         Ok(found) => {
-            let kinds = flightline_operator::desired::children::kinds(&found);
-            stores.watch_missing(&kinds);
-            names.watch_missing(&kinds);
+            stores.watch_missing(&flightline_operator::desired::children::kinds(&found));
         }
         Err(e) => {
             tracing::warn!(error = %e, "discovery failed; discovered kinds are watched once a reconcile finds them")

@@ -105,8 +105,7 @@ pub async fn reconcile(
             continue;
         }
         let cache = ctx.children.cache(&child.resource);
-        let taken = ctx.children.names.taken(&child.resource, ns, child.name());
-        let fate = match kubernetes::apply_child(&api(&child.resource), cache.as_deref(), taken, &child.object).await {
+        let fate = match kubernetes::apply_child(&api(&child.resource), cache.as_deref(), &child.object).await {
             Ok(Applied::NotOurs(whose)) => {
                 report.conflicts.push(whose);
                 Fate::Theirs

@@ -19,7 +19,7 @@ use kube::runtime::reflector::{Store, store};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
-use super::{ChildStores, Context, DiscoveredStores, Error, NameIndex, discovery, reconcile};
+use super::{ChildStores, Context, DiscoveredStores, Error, discovery, reconcile};
 use crate::crd::{FINALIZER, FlightPipeline, FlightPipelineStatus};
 use crate::spec::resolve::Defaults;
 
@@ -109,7 +109,6 @@ impl Context {
             services: synced::<Service>(&[]),
             config_maps: synced::<ConfigMap>(&[]),
             dynamic: DiscoveredStores::new(None),
-            names: NameIndex::new(None),
         };
         Self::test_with_children(pipelines, storage, children)
     }
@@ -442,6 +441,57 @@ mod scenarios {
         assert!(messages(&fp)[1].contains(&kafka.addr.to_string()), "{:?}", messages(&fp));
     }
 
+    /// What a reconcile changed outside Kubernetes rides on the Event of `Ready`'s change, said first
+    /// and under an action of its own (the recorder folds repeats of one reason and action); with no
+    /// change of `Ready` it gets an Event of its own: one Event per reconcile, not two.
+    #[tokio::test]
+    async fn the_storage_changes_ride_on_readys_event_else_get_their_own() {
+        use crate::conditions::{ConditionType, Finding, reason};
+        use crate::reconcile::status::{self, Facts};
+        let fp = pipeline(json!({}), true);
+        let (ctx, mut server) = Context::test(std::slice::from_ref(&fp), unreachable_storage());
+        let api: kube::Api<FlightPipeline> = kube::Api::namespaced(ctx.client.clone(), "air");
+        let changed =
+            || Some("topic: created air.scl.flights (3 partitions); table: created flightline.scl".to_string());
+        let ready = || [Finding::ok(ConditionType::Ready, reason::READY, "every part is ready")];
+        let update = {
+            let (api, ctx, fp) = (api.clone(), ctx.clone(), fp.clone());
+            tokio::spawn(async move {
+                let facts = Facts { changed: changed(), ..Facts::default() };
+                status::update(&api, &ctx.recorder, &fp, &ready(), facts).await
+            })
+        };
+        let (fp, _) = server.status_applied(fp).await;
+        let (_, event, send) = server.expect(Method::POST, EVENTS_PATH, "application/json").await;
+        assert_eq!(
+            (event["reason"].as_str(), event["action"].as_str()),
+            (Some(reason::READY), Some("ReconcileStorage"))
+        );
+        assert_eq!(event["note"], json!(format!("{}; every part is ready", changed().unwrap())));
+        ApiServer::answer(send, StatusCode::CREATED, &event);
+        update.await.unwrap().expect("the status and the Event written");
+
+        // Ready as it was, a topic made again (drift repaired): the change alone is said.
+        let update = {
+            let (api, ctx, fp) = (api.clone(), ctx.clone(), fp.clone());
+            tokio::spawn(async move {
+                let facts = Facts { changed: changed(), ..Facts::default() };
+                status::update(&api, &ctx.recorder, &fp, &ready(), facts).await
+            })
+        };
+        let (_, event, send) = server.expect(Method::POST, EVENTS_PATH, "application/json").await;
+        assert_eq!(
+            (event["reason"].as_str(), event["action"].as_str()),
+            (Some("Reconciled"), Some("ReconcileStorage"))
+        );
+        assert_eq!(event["note"], json!(changed().unwrap()));
+        ApiServer::answer(send, StatusCode::CREATED, &event);
+        update.await.unwrap().expect("no status write, one Event");
+        if let Ok(Some((request, _))) = tokio::time::timeout(Duration::ZERO, server.handle.next_request()).await {
+            panic!("a request not expected: {} {}", request.method(), request.uri());
+        }
+    }
+
     #[tokio::test]
     async fn a_new_pipeline_gets_the_finalizer_and_nothing_else() {
         let (result, fp) = run(pipeline(json!({}), false), Scenario::FinalizerAdded).await;
@@ -596,7 +646,6 @@ mod orphans {
             services: store::<Service>().0,
             config_maps,
             dynamic: DiscoveredStores::new(None),
-            names: NameIndex::new(None),
         };
         let (ctx, server) = Context::test_with_children(&[], unreachable_storage(), children);
         let mut handle = server.handle;
@@ -670,7 +719,6 @@ mod orphans {
             services: synced(&[]),
             config_maps: synced(&[]),
             dynamic: DiscoveredStores::new(None),
-            names: NameIndex::new(None),
         };
         let resolved = resolved(&Default::default());
         let dashboards = Default::default();
@@ -718,7 +766,6 @@ mod orphans {
             services: synced::<Service>(&typed(&set, "Service")),
             config_maps: synced(&config_maps),
             dynamic: DiscoveredStores::new(None),
-            names: NameIndex::new(None),
         };
         let (ctx, server) = Context::test_with_children(&[], unreachable_storage(), children);
         let mut handle = server.handle;

@@ -176,14 +176,9 @@ impl ChildStores {
 
 /// `apply`, deciding from the store when it holds the object as this pipeline's: unchanged costs
 /// no request. Anything else (absent from the store, someone else's) is read from the API server.
-///
-/// `taken` is what the name index knows of the name (`Some(false)`: no object has it): a new
-/// child is then applied unforced without a read, and only a conflict (someone made it meanwhile,
-/// or the stores lag behind a change of ours) is read and decided as `apply` decides.
 pub async fn apply_child(
     api: &Api<DynamicObject>,
     cache: Option<&dyn ChildCache>,
-    taken: Option<bool>,
     desired: &DynamicObject,
 ) -> Result<Applied, kube::Error> {
     let name = desired.name_any();
@@ -191,13 +186,6 @@ pub async fn apply_child(
     let controller = desired.owner_references().iter().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str());
     let live = cache.zip(controller).and_then(|(cache, uid)| cache.ours(namespace, &name, uid));
     let Some(have) = live else {
-        if taken == Some(false) && controller.is_some() {
-            match api.patch(&name, &PatchParams::apply(MANAGER), &Patch::Apply(desired)).await {
-                Ok(_) => return Ok(Applied::Written),
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(e),
-            }
-        }
         return apply(api, desired).await;
     };
     let want = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;

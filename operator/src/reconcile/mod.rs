@@ -18,12 +18,13 @@ pub mod storage;
 #[cfg(test)]
 mod fixtures;
 
-pub use self::context::{ChildStores, Context, DiscoveredStores, NameIndex, WatchScope};
+pub use self::context::{ChildStores, Context, DiscoveredStores, WatchScope};
 pub use self::error::{Error, backoff, error_policy};
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -33,7 +34,7 @@ use kube::{Resource, ResourceExt};
 use self::status::Facts;
 use crate::conditions::{self, ConditionType, Finding, reason};
 use crate::crd::{DeletionPolicy, FINALIZER, FlightPipeline, SKIP_CLEANUP_ANNOTATION};
-use crate::spec::resolve::resolve;
+use crate::spec::resolve::{Resolved, resolve};
 
 #[tracing::instrument(skip_all, fields(namespace = %fp.namespace().unwrap_or_default(), pipeline = %fp.name_any()))]
 pub async fn reconcile(fp: Arc<FlightPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -102,17 +103,14 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
     };
     let mut refused_child = None;
     if storage.usable {
-        let discovered = ctx.discovery.for_pipeline(&ctx.client, &resolved).await?;
-        // A kind installed after the operator started gets its stores now, not reads per reconcile.
-        let kinds = crate::desired::children::kinds(&discovered);
-        ctx.children.dynamic.watch_missing(&kinds);
-        ctx.children.names.watch_missing(&kinds);
-        let applied = children::reconcile(&resolved, &owner, ctx, discovered).await;
-        if applied.is_err() {
-            // A discovered kind may have gone (its CRD deleted): ask again next time.
-            ctx.discovery.invalidate();
-        }
-        let applied = applied?;
+        let applied = match apply_children(&resolved, &owner, ctx).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                // What the storage step changed is said even though no status is written now.
+                status::publish_changed(&ctx.recorder, fp, facts.changed.as_deref()).await;
+                return Err(e);
+            }
+        };
         findings.extend(applied.findings);
         facts.endpoints = Some(applied.endpoints);
         facts.available_replicas = Some(applied.replicas);
@@ -141,6 +139,23 @@ async fn apply(fp: &FlightPipeline, ctx: &Context) -> Result<Action, Error> {
         return Err(error.into());
     }
     Ok(Action::requeue(ctx.resync))
+}
+
+/// Discovers what the cluster serves and applies the pipeline's children.
+async fn apply_children(
+    resolved: &Resolved,
+    owner: &OwnerReference,
+    ctx: &Context,
+) -> Result<children::Outcome, Error> {
+    let discovered = ctx.discovery.for_pipeline(&ctx.client, resolved).await?;
+    // A kind installed after the operator started gets its store now, not reads per reconcile.
+    ctx.children.dynamic.watch_missing(&crate::desired::children::kinds(&discovered));
+    let applied = children::reconcile(resolved, owner, ctx, discovered).await;
+    if applied.is_err() {
+        // A discovered kind may have gone (its CRD deleted): ask again next time.
+        ctx.discovery.invalidate();
+    }
+    applied
 }
 
 /// The Event note for what the storage step changed (`topic: …; table: …`), or none.

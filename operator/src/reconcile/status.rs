@@ -98,11 +98,15 @@ pub async fn update(
         && let Some(c) = new.conditions.iter().find(|c| c.type_ == ConditionType::Ready)
     {
         let type_ = if c.status == "True" { EventType::Normal } else { EventType::Warning };
-        let note = match &changed {
-            Some(changed) => format!("{}; {changed}", c.message),
-            None => c.message.clone(),
-        };
-        publish(recorder, fp, type_, &c.reason, &note).await;
+        match &changed {
+            // The change first: a long message is cut at the end. An action of its own: the
+            // recorder folds repeats of one reason and action into a series that keeps the first note.
+            Some(changed) => {
+                let note = format!("{changed}; {}", c.message);
+                publish_as(recorder, fp, type_, &c.reason, STORAGE_ACTION, &note).await
+            }
+            None => publish(recorder, fp, type_, &c.reason, &c.message).await,
+        }
         published = Some(c.message.clone());
     }
     if published.is_none() {
@@ -120,10 +124,13 @@ pub async fn update(
     Ok(())
 }
 
+/// The action of Events that say what a reconcile changed outside Kubernetes.
+const STORAGE_ACTION: &str = "ReconcileStorage";
+
 /// The Event of what a reconcile changed outside Kubernetes, if it changed anything.
-async fn publish_changed(recorder: &Recorder, fp: &FlightPipeline, changed: Option<&str>) {
+pub async fn publish_changed(recorder: &Recorder, fp: &FlightPipeline, changed: Option<&str>) {
     if let Some(note) = changed {
-        publish(recorder, fp, EventType::Normal, "Reconciled", note).await;
+        publish_as(recorder, fp, EventType::Normal, "Reconciled", STORAGE_ACTION, note).await;
     }
 }
 
