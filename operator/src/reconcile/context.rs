@@ -106,11 +106,15 @@ impl DiscoveredStores {
             ApiResource::erase::<Service>(&()),
             ApiResource::erase::<ConfigMap>(&()),
         ];
+        let own_watch = |r: &ApiResource| !built_in.iter().any(|b| b.group == r.group && b.kind == r.kind);
+        // Every reconcile asks: a read lock answers when each kind has its watch already.
+        if resources.iter().filter(|r| own_watch(r)).all(|r| self.get(r).is_some()) {
+            return 0;
+        }
         let mut stores = self.stores.write().expect("stores lock");
         let mut started = 0;
-        for resource in resources {
-            let watched = stores.iter().any(|(r, _)| r.api_version == resource.api_version && r.kind == resource.kind);
-            if watched || built_in.iter().any(|b| b.group == resource.group && b.kind == resource.kind) {
+        for resource in resources.iter().filter(|r| own_watch(r)) {
+            if stores.iter().any(|(r, _)| r.api_version == resource.api_version && r.kind == resource.kind) {
                 continue;
             }
             stores.push((resource.clone(), watch(scope, resource)));
