@@ -17,6 +17,12 @@ use crate::spec::resolve::Resolved;
 /// for that pipeline is picked up within seconds, not a whole TTL.
 pub const MISSING_TTL: Duration = Duration::from_secs(5);
 
+/// How long a kind served before must be missing before the operator believes it gone. Losing
+/// `monitoring.coreos.com` switches every pipeline's pods to scrape annotations (a rollout of the
+/// whole fleet) and deletes their ServiceMonitors; a CRD re-installed by a chart upgrade, or an
+/// API server that answers discovery from a half-updated cache, must not do that for a moment.
+pub const VANISHED_GRACE: Duration = Duration::from_secs(30);
+
 pub use crate::desired::children::Discovered;
 
 pub async fn discover(client: &Client) -> Result<Discovered, kube::Error> {
@@ -64,15 +70,53 @@ pub fn wants_missing(resolved: &Resolved, found: &Discovered) -> bool {
         })
 }
 
+/// What discovery is taken to say: a kind lost since the last answer is still held as served
+/// until it has been missing for `VANISHED_GRACE`; a kind gained counts at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub found: Discovered,
+    /// When an answer first lacked a kind `found` still holds.
+    pub losing_since: Option<Instant>,
+}
+
+/// The next settled answer after `previous`, given discovery's `fresh` answer at `now`.
+pub fn settle(previous: Option<Settled>, fresh: Discovered, now: Instant, grace: Duration) -> Settled {
+    let accept = Settled { found: fresh, losing_since: None };
+    let Some(previous) = previous else { return accept };
+    let was = previous.found;
+    let held = Discovered {
+        autoscaling: Offers {
+            hpa: fresh.autoscaling.hpa.or(was.autoscaling.hpa),
+            keda: fresh.autoscaling.keda || was.autoscaling.keda,
+        },
+        service_monitor: fresh.service_monitor || was.service_monitor,
+        prometheus_rule: fresh.prometheus_rule || was.prometheus_rule,
+    };
+    if held == fresh {
+        return accept;
+    }
+    let since = previous.losing_since.unwrap_or(now);
+    if now.saturating_duration_since(since) >= grace {
+        tracing::warn!(was = ?was, now = ?fresh, "API kinds gone for good: children of them are no longer applied");
+        return accept;
+    }
+    if previous.losing_since.is_none() {
+        tracing::warn!(was = ?was, now = ?fresh, "API kinds missing from discovery: held as served for a while");
+    }
+    Settled { found: held, losing_since: Some(since) }
+}
+
 /// The last answer and when it was got; `discover` asks again once it is older than the TTL.
 pub struct DiscoveryCache {
     ttl: Duration,
     last: Mutex<Option<(Instant, Discovered)>>,
+    /// What the answers settled on, kept across `invalidate`.
+    settled: Mutex<Option<Settled>>,
 }
 
 impl DiscoveryCache {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, last: Mutex::new(None) }
+        Self { ttl, last: Mutex::new(None), settled: Mutex::new(None) }
     }
 
     /// The cached answer while fresh, else a new one (concurrent misses may each ask: harmless).
@@ -93,9 +137,17 @@ impl DiscoveryCache {
         if let Some(found) = self.fresh_within(Instant::now(), ttl) {
             return Ok(found);
         }
-        let found = discover(client).await?;
+        let found = self.settle(discover(client).await?, Instant::now());
         *self.last.lock().expect("discovery lock") = Some((Instant::now(), found));
         Ok(found)
+    }
+
+    /// `fresh` with a kind lost since the last answer held for `VANISHED_GRACE`.
+    fn settle(&self, fresh: Discovered, now: Instant) -> Discovered {
+        let mut settled = self.settled.lock().expect("discovery lock");
+        let next = settle(*settled, fresh, now, VANISHED_GRACE);
+        *settled = Some(next);
+        next.found
     }
 
     /// The cached answer if it is younger than the TTL at `now`.
@@ -138,6 +190,40 @@ mod tests {
         cache.store(start, found);
         assert_eq!(cache.fresh_within(start + Duration::from_secs(6), MISSING_TTL), None);
         assert_eq!(cache.fresh_within(start + Duration::from_secs(4), MISSING_TTL), Some(found));
+    }
+
+    #[test]
+    fn a_kind_lost_is_held_as_served_for_the_grace_and_a_kind_gained_counts_at_once() {
+        let grace = Duration::from_secs(30);
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let all = Discovered {
+            autoscaling: Offers { hpa: Some(HpaVersion::V2), keda: true },
+            service_monitor: true,
+            prometheus_rule: true,
+        };
+        let none = Discovered::default();
+        // The first answer is taken as it is, whatever it lacks.
+        assert_eq!(settle(None, none, at(0), grace).found, none);
+        let first = settle(None, all, at(0), grace);
+        assert_eq!(first, Settled { found: all, losing_since: None });
+        // prometheus-operator's CRDs vanish for a moment (re-installed): still served...
+        let lost = Discovered { service_monitor: false, prometheus_rule: false, ..all };
+        let held = settle(Some(first), lost, at(10), grace);
+        assert_eq!(held, Settled { found: all, losing_since: Some(at(10)) });
+        let still = settle(Some(held), lost, at(39), grace);
+        assert_eq!(still, Settled { found: all, losing_since: Some(at(10)) }, "the grace counts from the first loss");
+        // ...and back: nothing happened.
+        assert_eq!(settle(Some(still), all, at(20), grace), Settled { found: all, losing_since: None });
+        // Gone for the whole grace: gone.
+        assert_eq!(settle(Some(still), lost, at(40), grace), Settled { found: lost, losing_since: None });
+        // KEDA installed meanwhile while the HPA version changes: both at once, no hold.
+        let v2beta2 = Discovered { autoscaling: Offers { hpa: Some(HpaVersion::V2beta2), keda: true }, ..none };
+        let keda_less = Discovered { autoscaling: Offers { hpa: Some(HpaVersion::V2), keda: false }, ..none };
+        assert_eq!(settle(Some(settle(None, keda_less, at(0), grace)), v2beta2, at(1), grace).found, v2beta2);
+        // HPAs no longer served at all: held like any other kind.
+        let hpa_less = Discovered { autoscaling: Offers { hpa: None, keda: false }, ..none };
+        assert_eq!(settle(Some(settle(None, keda_less, at(0), grace)), hpa_less, at(1), grace).found, keda_less);
     }
 
     #[test]
