@@ -226,6 +226,43 @@ mod tests {
         assert_eq!(settle(Some(settle(None, keda_less, at(0), grace)), hpa_less, at(1), grace).found, keda_less);
     }
 
+    /// The cache on a mock API server: prometheus-operator's group served, then missing for one
+    /// answer (asked again after an apply failed): the ServiceMonitor kind is still served.
+    #[tokio::test]
+    async fn the_cache_holds_a_kind_missing_from_one_answer() {
+        use axum::http::{Request, Response};
+        use kube::client::Body;
+        use serde_json::json;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let cache = DiscoveryCache::new(Duration::from_secs(60));
+        let client = Client::new(service, "default");
+        let serve = async |handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>, monitoring: bool| {
+            let groups = if monitoring {
+                json!([{"name": "monitoring.coreos.com", "versions": [{"groupVersion": "monitoring.coreos.com/v1", "version": "v1"}]}])
+            } else {
+                json!([])
+            };
+            let (request, send) = handle.next_request().await.expect("discovery asks for the groups");
+            assert_eq!(request.uri().path(), "/apis");
+            let list = json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups});
+            send.send_response(Response::new(Body::from(serde_json::to_vec(&list).unwrap())));
+            if monitoring {
+                let (request, send) = handle.next_request().await.expect("and for the group's kinds");
+                assert_eq!(request.uri().path(), "/apis/monitoring.coreos.com/v1");
+                let kinds = json!({"kind": "APIResourceList", "groupVersion": "monitoring.coreos.com/v1", "resources": [
+                    {"name": "servicemonitors", "singularName": "servicemonitor", "namespaced": true, "kind": "ServiceMonitor", "verbs": ["get"]},
+                    {"name": "prometheusrules", "singularName": "prometheusrule", "namespaced": true, "kind": "PrometheusRule", "verbs": ["get"]}]});
+                send.send_response(Response::new(Body::from(serde_json::to_vec(&kinds).unwrap())));
+            }
+        };
+        let (found, ()) = tokio::join!(cache.get(&client), serve(&mut handle, true));
+        assert!(found.unwrap().service_monitor);
+        cache.invalidate();
+        let (found, ()) = tokio::join!(cache.get(&client), serve(&mut handle, false));
+        let found = found.unwrap();
+        assert!(found.service_monitor && found.prometheus_rule, "held for the grace: {found:?}");
+    }
+
     #[test]
     fn a_pipeline_asking_for_a_kind_not_served_wants_a_fresher_answer() {
         use crate::crd::AutoscalingSpec;
