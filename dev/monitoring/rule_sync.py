@@ -12,7 +12,7 @@ hundreds: one process each cost more CPU than the API server's work for them); o
 fails is each checked alone, to find the bad ones.
 Files of deleted objects are removed. When anything changed it POSTs PROMETHEUS_URL/-/reload.
 
-A round waits at least the interval, and at least ten times as long as its list took: at fleet
+A round waits at least the interval, and ten times as long as its list took (at most 30 s): at fleet
 scale (1,000 PrometheusRules, megabytes a list) listing every 3 s cost the API server more CPU than
 the operator's whole work (prometheus-operator watches instead).
 
@@ -37,7 +37,9 @@ from datetime import datetime, timezone
 
 RESOURCE = "prometheusrules.monitoring.coreos.com"
 MANAGED = re.compile(r"^[a-z0-9][a-z0-9.-]*_[a-z0-9][a-z0-9.-]*\.yaml$")
-LIST_COST_FACTOR = 10  # a round waits at least ten times as long as its list took
+LIST_COST_FACTOR = 10  # a round waits at least ten times as long as its list took...
+MAX_WAIT = 30.0  # ...but never longer than this
+CHECK_BATCH = 256  # files per promtool run: a command line has a limit
 NO_CRD = ("the server doesn't have a resource type", "could not find the requested resource")
 
 
@@ -118,20 +120,25 @@ class Syncer:
             with open(self.tmp(name), "w", encoding="utf-8") as f:
                 f.write(content)
         names = sorted(contents)
-        if names and self.promtool_check([self.tmp(n) for n in names]).returncode == 0:
-            errors = dict.fromkeys(names)
-        else:
-            errors = {}
+        errors = {}
+        try:
+            for start in range(0, len(names), CHECK_BATCH):
+                batch = names[start:start + CHECK_BATCH]
+                if self.promtool_check([self.tmp(n) for n in batch]).returncode == 0:
+                    errors.update(dict.fromkeys(batch))
+                    continue
+                for name in batch:
+                    r = self.promtool_check([self.tmp(name)])
+                    out = (r.stderr.strip() or r.stdout.strip()).replace(self.tmp(name), name)
+                    errors[name] = (" ".join(line.strip() for line in out.splitlines() if line.strip())
+                                    if r.returncode != 0 else None)
             for name in names:
-                r = self.promtool_check([self.tmp(name)])
-                out = (r.stderr.strip() or r.stdout.strip()).replace(self.tmp(name), name)
-                errors[name] = (" ".join(line.strip() for line in out.splitlines() if line.strip())
-                                if r.returncode != 0 else None)
-        for name in names:
-            if errors[name] is None:
-                os.replace(self.tmp(name), os.path.join(self.dir, name))
-            else:
-                os.unlink(self.tmp(name))
+                if errors[name] is None:
+                    os.replace(self.tmp(name), os.path.join(self.dir, name))
+        finally:
+            for name in names:
+                if os.path.exists(self.tmp(name)):
+                    os.unlink(self.tmp(name))
         return errors
 
     def remove(self, name, why):
@@ -225,7 +232,7 @@ def main():
             syncer.sync()
         except Exception as e:  # noqa: BLE001 - a failed round is retried on the next one
             log(f"sync failed: {e}")
-        deadline = time.time() + max(a.interval, LIST_COST_FACTOR * syncer.list_seconds)
+        deadline = time.time() + max(a.interval, min(MAX_WAIT, LIST_COST_FACTOR * syncer.list_seconds))
         while not stopping and time.time() < deadline:
             time.sleep(0.2)
     log("stopped")

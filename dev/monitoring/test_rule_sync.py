@@ -64,5 +64,20 @@ class RuleSyncTest(unittest.TestCase):
         self.assertEqual([n for n in self.files() if n.endswith(".tmp")], [], "no temporary file left")
 
 
+    def test_a_large_round_is_checked_in_batches(self):
+        batch = rule_sync.CHECK_BATCH
+        rule_sync.CHECK_BATCH = 2
+        try:
+            for i in range(5):
+                self.rules[("air", f"p{i}")] = rule(f"p{i}", "up")
+            self.rules[("air", "p3")] = rule("p3", "up(")
+            self.assertTrue(self.syncer.sync())
+        finally:
+            rule_sync.CHECK_BATCH = batch
+        # Two files a run; the batch with the bad file is checked file by file.
+        self.assertEqual(self.runs, [2, 2, 1, 1, 1])
+        self.assertEqual(self.files(), ["air_p0.yaml", "air_p1.yaml", "air_p2.yaml", "air_p4.yaml"])
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -161,9 +161,16 @@ impl DiscoveryCache {
         last.and_then(|(at, found)| (now.saturating_duration_since(at) < ttl).then_some(found))
     }
 
-    /// Forgets the answer: an apply of a discovered kind failed, the CRD may be gone.
+    /// Forgets the answer: an apply of a discovered kind failed, the CRD may be gone. While a lost
+    /// kind is held, an answer younger than `MISSING_TTL` is kept: every reconcile of a fleet fails
+    /// on the held kind, and each would otherwise ask discovery again.
     pub fn invalidate(&self) {
-        *self.last.lock().expect("discovery lock") = None;
+        let holding = self.settled.lock().expect("discovery lock").is_some_and(|s| s.losing_since.is_some());
+        let mut last = self.last.lock().expect("discovery lock");
+        if holding && last.is_some_and(|(at, _)| at.elapsed() < MISSING_TTL) {
+            return;
+        }
+        *last = None;
     }
 
     #[cfg(test)]
@@ -261,6 +268,10 @@ mod tests {
         let (found, ()) = tokio::join!(cache.get(&client), serve(&mut handle, false));
         let found = found.unwrap();
         assert!(found.service_monitor && found.prometheus_rule, "held for the grace: {found:?}");
+        // While held, a failed apply does not send every reconcile to discovery again.
+        cache.invalidate();
+        let found = tokio::time::timeout(Duration::from_secs(5), cache.get(&client)).await.expect("no request");
+        assert!(found.unwrap().service_monitor);
     }
 
     #[test]

@@ -66,15 +66,17 @@ fn current_records(fp: &FlightPipeline, resolved: &Resolved) -> Vec<StorageRecor
 pub async fn claimants_naming(ctx: &Context, keys: &[ResourceKey]) -> Vec<Claimant> {
     // Before the first full list the store may lack an older claimant: wait for it.
     let _ = ctx.pipelines.wait_until_ready().await;
-    let pipelines = ctx.pipelines.state();
     let mut cache = ctx.claims.lock().expect("claims lock");
-    cache.refresh(&pipelines, &ctx.defaults);
+    // Read under the lock: a reconcile holding an older copy of the store must not take the
+    // index back to it.
+    cache.refresh(&ctx.pipelines.state(), &ctx.defaults);
     cache.index.naming(keys)
 }
 
-/// Whether a pipeline of this uid is in the store (as the index last saw it).
-pub fn pipeline_is_live(ctx: &Context, uid: &str) -> bool {
-    ctx.claims.lock().expect("claims lock").index.has_uid(uid)
+/// Whether the pipeline a table's marker names is in the store now, with the marker's uid.
+fn pipeline_is_live(ctx: &Context, owner: &TableOwner) -> bool {
+    let key = kube::runtime::reflector::ObjectRef::new(&owner.name).within(&owner.namespace);
+    ctx.pipelines.get(&key).is_some_and(|fp| fp.metadata.uid.as_deref() == Some(owner.uid.as_str()))
 }
 
 /// The claim index and what it was built from. Each check compares the store's pipelines with
@@ -318,7 +320,7 @@ async fn ensure_as_cached(fp: &FlightPipeline, resolved: &Resolved, ctx: &Contex
     let clickhouse = clickhouse.map(|(admin, observed): (ClickHouseAdmin, Option<ObservedTable>)| {
         let key = ResourceKey::table(&resolved.table.qualified(), &resolved.clickhouse_url);
         let marker = observed.as_ref().and_then(|t| TableOwner::from_comment(&t.comment));
-        let marker_is_live = marker.as_ref().is_some_and(|m| pipeline_is_live(ctx, &m.uid));
+        let marker_is_live = marker.as_ref().is_some_and(|m| pipeline_is_live(ctx, m));
         let found = observed.as_ref().map(|_| Found { marker: marker.as_ref(), marker_is_live });
         let ownership = ownership::decide(&key, found, &me, &records, fp.spec.clickhouse.adopt_existing);
         let plan = plan_table(&resolved.table, observed.as_ref(), &me);
