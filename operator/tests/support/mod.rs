@@ -105,8 +105,52 @@ pub struct TestNamespace {
     pub database: String,
 }
 
+impl TestNamespace {
+    /// Saves the log of every container in the namespace (the previous run's too) to
+    /// `E2E_LOG_DIR/pods-<namespace>.log`, and prints each one's last warnings: a failed test's
+    /// output then says what the services saw, also in CI, where the stack is gone afterwards.
+    fn save_pod_logs(&self) {
+        let Ok(pods) = Command::new("kubectl")
+            .args(["-n", &self.name, "get", "pods", "-o", "name", "--request-timeout=10s"])
+            .output()
+        else {
+            return;
+        };
+        let mut saved = String::new();
+        for pod in String::from_utf8_lossy(&pods.stdout).lines() {
+            for previous in ["--previous=false", "--previous=true"] {
+                let Ok(out) = Command::new("kubectl")
+                    .args(["-n", &self.name, "logs", pod, "--all-containers", previous, "--request-timeout=10s"])
+                    .output()
+                else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&out.stdout);
+                if text.is_empty() {
+                    continue;
+                }
+                saved.push_str(&format!("===== {pod} {previous}\n{text}"));
+                let warnings: Vec<&str> =
+                    text.lines().filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\"")).collect();
+                println!("{pod} {previous}: {} warnings, the last:", warnings.len());
+                for line in &warnings[warnings.len().saturating_sub(8)..] {
+                    println!("  {}", line.chars().take(400).collect::<String>());
+                }
+            }
+        }
+        let log_dir = std::env::var("E2E_LOG_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string());
+        let path = format!("{log_dir}/pods-{}.log", self.name);
+        if std::fs::write(&path, saved).is_ok() {
+            println!("pod logs: {path}");
+        }
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.save_pod_logs();
+        }
         let _ = Command::new("kubectl")
             .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
             .stdout(Stdio::null())

@@ -129,6 +129,19 @@ pub struct Source<'a> {
     pub version: u64,
 }
 
+/// The offset to commit for each partition of a batch: one past its last record. One entry per
+/// partition, not per record (a batch of 2,000 records is a handful of entries, not 2,000).
+pub fn offsets_to_commit<'a>(
+    records: impl IntoIterator<Item = (&'a str, i32, i64)>,
+) -> std::collections::BTreeMap<(&'a str, i32), i64> {
+    let mut next = std::collections::BTreeMap::new();
+    for (topic, partition, offset) in records {
+        let entry = next.entry((topic, partition)).or_insert(offset + 1);
+        *entry = (*entry).max(offset + 1);
+    }
+    next
+}
+
 /// The version of a Kafka record, from its header or its timestamp (see `Source::version`).
 pub fn version_of(header: Option<&[u8]>, timestamp_ms: Option<i64>) -> u64 {
     header
@@ -382,6 +395,7 @@ struct Metrics {
     batch_size: Histogram,
     insert_seconds: Histogram,
     insert_errors: Counter,
+    consumer_errors: Counter,
     lag: Family<PartitionLabels, Gauge>,
     freshness: Histogram,
 }
@@ -397,6 +411,7 @@ impl Metrics {
             batch_size: Histogram::new([1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0]),
             insert_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             insert_errors: Counter::default(),
+            consumer_errors: Counter::default(),
             lag: Family::default(),
             freshness: Histogram::new([
                 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
@@ -426,6 +441,11 @@ impl Metrics {
         telemetry.register("batch_size", "Records per batch", m.batch_size.clone());
         telemetry.register_with_unit("insert_duration", "ClickHouse insert latency", m.insert_seconds.clone());
         telemetry.register("insert_errors", "Failed ClickHouse inserts (retried or split)", m.insert_errors.clone());
+        telemetry.register(
+            "consumer_errors",
+            "Kafka consumer errors (a broker away, a rebalance; librdkafka recovers by itself)",
+            m.consumer_errors.clone(),
+        );
         telemetry.register("consumer_lag", "Records in the topic not yet committed, by partition", m.lag.clone());
         telemetry.register_with_unit(
             "freshness",
@@ -527,7 +547,7 @@ impl Sink {
     async fn run(&self) -> anyhow::Result<()> {
         let mut last_lag = Instant::now();
         loop {
-            let batch = self.next_batch().await;
+            let batch = self.next_batch().await?;
             self.consuming.store(true, Ordering::Relaxed);
             // Also when idle: a lag measured before the last batch would otherwise stay up for ever.
             if last_lag.elapsed() > Duration::from_secs(5) {
@@ -569,22 +589,23 @@ impl Sink {
     }
 
     /// Up to `batch_size` messages and `batch_bytes` of payload (a larger single message makes a
-    /// batch of its own), waiting at most `linger` after the first. Consumer errors (a broker
-    /// away, a rebalance) end the batch early and are retried by the next poll.
-    async fn next_batch(&self) -> Vec<BorrowedMessage<'_>> {
+    /// batch of its own), waiting at most `linger` after the first and 5 s for the first. Consumer
+    /// errors (a broker away, a rebalance) end the batch early; librdkafka reconnects by itself.
+    /// Errors are not slept on: they are events queued while the sink was busy (a blocked commit
+    /// during an outage queues hundreds), and half a second each kept it from its records for
+    /// minutes after the broker was back. A fatal error ends the sink, so the pod restarts.
+    async fn next_batch(&self) -> anyhow::Result<Vec<BorrowedMessage<'_>>> {
         let mut batch = Vec::new();
-        let first = tokio::time::timeout(Duration::from_secs(5), self.consumer.recv()).await;
-        let mut bytes = match first {
-            Err(_) => return batch,
-            Ok(Ok(message)) => {
-                let bytes = message.payload_len();
-                batch.push(message);
-                bytes
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Kafka consumer error; polling again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                return batch;
+        let first_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut bytes = loop {
+            match tokio::time::timeout_at(first_deadline, self.consumer.recv()).await {
+                Err(_) => return Ok(batch),
+                Ok(Ok(message)) => {
+                    let bytes = message.payload_len();
+                    batch.push(message);
+                    break bytes;
+                }
+                Ok(Err(e)) => self.consumer_error(&e, "polling again")?,
             }
         };
         let deadline = tokio::time::Instant::now() + self.settings.linger;
@@ -596,12 +617,22 @@ impl Sink {
                     batch.push(message);
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka consumer error; committing what this batch holds");
+                    self.consumer_error(&e, "storing what this batch holds")?;
                     break;
                 }
             }
         }
-        batch
+        Ok(batch)
+    }
+
+    /// Logs and counts a consumer error; `Err` when the consumer is unusable for good.
+    fn consumer_error(&self, error: &KafkaError, then: &str) -> anyhow::Result<()> {
+        self.metrics.consumer_errors.inc();
+        if let Some((code, reason)) = self.consumer.client().fatal_error() {
+            anyhow::bail!("fatal Kafka consumer error {code:?}: {reason}");
+        }
+        tracing::warn!(error = %error, "Kafka consumer error; {then}");
+        Ok(())
     }
 
     /// Stores the rows, at most `MAX_DAYS_PER_INSERT` days per insert; an insert refused for its
@@ -750,8 +781,10 @@ impl Sink {
 
     fn commit(&self, batch: &[BorrowedMessage<'_>]) -> anyhow::Result<()> {
         let mut offsets = TopicPartitionList::new();
-        for message in batch {
-            offsets.add_partition_offset(message.topic(), message.partition(), Offset::Offset(message.offset() + 1))?;
+        for ((topic, partition), next) in
+            offsets_to_commit(batch.iter().map(|m| (m.topic(), m.partition(), m.offset())))
+        {
+            offsets.add_partition_offset(topic, partition, Offset::Offset(next))?;
         }
         self.consumer.commit(&offsets, CommitMode::Sync)?;
         Ok(())
@@ -786,6 +819,7 @@ impl Sink {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use rdkafka::ClientConfig;
 
     const PAYLOAD: &str = r#"{"Fecha-I":"2017-01-01 23:30:00","Vlo-I":"226","Ori-I":"SCEL","Des-I":"KMIA","Emp-I":"AAL","Fecha-O":"2017-01-02 00:03:00","Vlo-O":"226","Ori-O":"SCEL","Des-O":"KMIA","Emp-O":"AAL","DIA":"2","MES":"1","AÑO":"2017","DIANOM":"Lunes","TIPOVUELO":"I","OPERA":"American Airlines","SIGLAORI":"Santiago","SIGLADES":"Miami"}"#;
     const SOURCE: Source<'static> = Source { topic: "ns.p.flights", partition: 2, offset: 41, version: 9 };
@@ -813,6 +847,94 @@ mod tests {
         assert_eq!(version_of(Some(b"not a number"), Some(2)), 2_000_000);
         assert_eq!(version_of(None, None), 0);
         assert_eq!(version_of(None, Some(-1)), 0);
+    }
+
+    /// A sink reading from `bootstrap` (librdkafka's mock cluster), with no ClickHouse behind it:
+    /// enough to poll batches.
+    fn polling_sink(bootstrap: &str, batch_size: usize) -> Sink {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "sink")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["flights"]).unwrap();
+        let producer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+        Sink {
+            consumer,
+            dead_letters: RwLock::new(producer),
+            clickhouse: clickhouse::Client::default().with_url("http://127.0.0.1:9"),
+            settings: Settings {
+                bootstrap: bootstrap.to_string(),
+                topic: "flights".into(),
+                dead_letter_topic: None,
+                batch_size,
+                batch_bytes: 1 << 20,
+                linger: Duration::from_millis(200),
+                table: "t".into(),
+                identity: Identity::Record,
+            },
+            metrics: Metrics::register(&Telemetry::new("sink")),
+            consuming: Arc::default(),
+            dead_letters_failing_since: Arc::default(),
+        }
+    }
+
+    async fn produce(bootstrap: &str, records: std::ops::Range<u32>) {
+        let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+        for i in records {
+            let payload = i.to_string();
+            producer
+                .send(FutureRecord::<(), _>::to("flights").payload(&payload), Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The errors librdkafka queued while the broker was away (the sink busy elsewhere meanwhile,
+    /// as in a commit that waits for the broker) are read through: a poll comes back empty only
+    /// when no record came for its whole 5 s. It used to sleep half a second on each error and
+    /// come back empty, which after a restart kept the sink from its records for minutes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn errors_queued_during_a_broker_outage_do_not_hold_up_the_records_after_it() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        let bootstrap = cluster.bootstrap_servers();
+        cluster.create_topic("flights", 1, 1).unwrap();
+        produce(&bootstrap, 0..5).await;
+        let sink = polling_sink(&bootstrap, 5);
+        let mut first = Vec::new();
+        while first.is_empty() {
+            first = sink.next_batch().await.unwrap();
+        }
+        assert_eq!(first.len(), 5);
+
+        cluster.broker_down(1).unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        cluster.broker_up(1).unwrap();
+        produce(&bootstrap, 5..10).await;
+        let errors_before = sink.metrics.consumer_errors.get();
+        let started = Instant::now();
+        let batch = loop {
+            let poll = Instant::now();
+            let batch = sink.next_batch().await.unwrap();
+            if !batch.is_empty() {
+                break batch;
+            }
+            assert!(poll.elapsed() >= Duration::from_millis(4_900), "a poll came back empty on an error");
+            assert!(started.elapsed() < Duration::from_secs(60), "no records a minute after the broker came back");
+        };
+        assert!(sink.metrics.consumer_errors.get() > errors_before, "the outage queued consumer errors");
+        let offsets: Vec<i64> = batch.iter().map(|m| m.offset()).collect();
+        assert_eq!(offsets, (5..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn each_partition_commits_one_past_its_last_record() {
+        let records = [("t", 0, 7), ("t", 1, 3), ("t", 0, 8), ("t", 1, 2), ("u", 0, 0)];
+        let offsets: Vec<_> = offsets_to_commit(records).into_iter().collect();
+        assert_eq!(offsets, vec![(("t", 0), 9), (("t", 1), 4), (("u", 0), 1)]);
+        assert!(offsets_to_commit([]).is_empty());
     }
 
     #[test]
