@@ -132,8 +132,13 @@ impl TestNamespace {
                 saved.push_str(&format!("===== {pod} {previous}\n{text}"));
                 let warnings: Vec<&str> =
                     text.lines().filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\"")).collect();
-                println!("{pod} {previous}: {} warnings, the last:", warnings.len());
-                for line in &warnings[warnings.len().saturating_sub(8)..] {
+                let shown = &warnings[warnings.len().saturating_sub(8)..];
+                println!(
+                    "{pod} {previous}: {} warnings{}",
+                    warnings.len(),
+                    if shown.is_empty() { "" } else { ", the last:" }
+                );
+                for line in shown {
                     println!("  {}", line.chars().take(400).collect::<String>());
                 }
             }
