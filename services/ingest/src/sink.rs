@@ -443,7 +443,7 @@ impl Metrics {
         telemetry.register("insert_errors", "Failed ClickHouse inserts (retried or split)", m.insert_errors.clone());
         telemetry.register(
             "consumer_errors",
-            "Kafka consumer errors (a broker away, a rebalance; librdkafka recovers by itself)",
+            "Kafka consumer errors (a broker away, a fetch refused; librdkafka retries by itself)",
             m.consumer_errors.clone(),
         );
         telemetry.register("consumer_lag", "Records in the topic not yet committed, by partition", m.lag.clone());
@@ -589,11 +589,12 @@ impl Sink {
     }
 
     /// Up to `batch_size` messages and `batch_bytes` of payload (a larger single message makes a
-    /// batch of its own), waiting at most `linger` after the first and 5 s for the first. Consumer
-    /// errors (a broker away, a rebalance) end the batch early; librdkafka reconnects by itself.
-    /// Errors are not slept on: they are events queued while the sink was busy (a blocked commit
-    /// during an outage queues hundreds), and half a second each kept it from its records for
-    /// minutes after the broker was back. A fatal error ends the sink, so the pod restarts.
+    /// batch of its own), waiting at most `linger` after the first and 5 s for the first. A
+    /// consumer error (a broker away, a fetch refused) ends the batch early; librdkafka reconnects
+    /// and retries by itself. Errors are not slept on: they are events queued while the sink was
+    /// busy (a commit blocked during an outage queues dozens), and half a second each kept it from
+    /// its records for up to a minute after the broker was back. A fatal error ends the sink, so
+    /// the pod restarts (librdkafka raises one for a fenced static member, `group.instance.id`).
     async fn next_batch(&self) -> anyhow::Result<Vec<BorrowedMessage<'_>>> {
         let mut batch = Vec::new();
         let first_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -892,6 +893,23 @@ mod tests {
         }
     }
 
+    /// Polls until `count` records came, in as many batches as it takes (the mock broker hands
+    /// out one record set per fetch); a poll that comes back empty must have waited its whole 5 s.
+    async fn poll_offsets(sink: &Sink, count: usize) -> Vec<i64> {
+        let started = Instant::now();
+        let mut offsets = Vec::new();
+        while offsets.len() < count {
+            let poll = Instant::now();
+            let batch = sink.next_batch().await.unwrap();
+            if batch.is_empty() {
+                assert!(poll.elapsed() >= Duration::from_millis(4_900), "a poll came back empty on an error");
+            }
+            offsets.extend(batch.iter().map(|m| m.offset()));
+            assert!(started.elapsed() < Duration::from_secs(60), "only {offsets:?} after a minute");
+        }
+        offsets
+    }
+
     /// The errors librdkafka queued while the broker was away (the sink busy elsewhere meanwhile,
     /// as in a commit that waits for the broker) are read through: a poll comes back empty only
     /// when no record came for its whole 5 s. It used to sleep half a second on each error and
@@ -903,30 +921,15 @@ mod tests {
         cluster.create_topic("flights", 1, 1).unwrap();
         produce(&bootstrap, 0..5).await;
         let sink = polling_sink(&bootstrap, 5);
-        let mut first = Vec::new();
-        while first.is_empty() {
-            first = sink.next_batch().await.unwrap();
-        }
-        assert_eq!(first.len(), 5);
+        assert_eq!(poll_offsets(&sink, 5).await, (0..5).collect::<Vec<_>>());
 
         cluster.broker_down(1).unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
         cluster.broker_up(1).unwrap();
         produce(&bootstrap, 5..10).await;
         let errors_before = sink.metrics.consumer_errors.get();
-        let started = Instant::now();
-        let batch = loop {
-            let poll = Instant::now();
-            let batch = sink.next_batch().await.unwrap();
-            if !batch.is_empty() {
-                break batch;
-            }
-            assert!(poll.elapsed() >= Duration::from_millis(4_900), "a poll came back empty on an error");
-            assert!(started.elapsed() < Duration::from_secs(60), "no records a minute after the broker came back");
-        };
+        assert_eq!(poll_offsets(&sink, 5).await, (5..10).collect::<Vec<_>>());
         assert!(sink.metrics.consumer_errors.get() > errors_before, "the outage queued consumer errors");
-        let offsets: Vec<i64> = batch.iter().map(|m| m.offset()).collect();
-        assert_eq!(offsets, (5..10).collect::<Vec<_>>());
     }
 
     #[test]
