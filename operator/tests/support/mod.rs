@@ -143,7 +143,7 @@ impl TestNamespace {
                 }
             }
         }
-        let log_dir = std::env::var("E2E_LOG_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string());
+        let log_dir = log_dir();
         let path = format!("{log_dir}/pods-{}.log", self.name);
         if std::fs::write(&path, saved).is_ok() {
             println!("pod logs: {path}");
@@ -227,7 +227,7 @@ impl Operator {
             .env("FLIGHTLINE_ALLOWED_CLICKHOUSE_URLS", &stack.clickhouse_url)
             .env_remove("FLIGHTLINE_ALLOWED_IMAGE_PREFIXES");
         // Operator logs go to a file per process, for reading when a test fails.
-        let log_dir = std::env::var("E2E_LOG_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string());
+        let log_dir = log_dir();
         let log = std::fs::File::create(format!("{log_dir}/operator-{}-{identity}.log", options.namespace))
             .expect("log file");
         command.stderr(log);
@@ -275,6 +275,11 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Where the tests' logs go: `E2E_LOG_DIR` (dev/test sets it), else the system's temporary directory.
+fn log_dir() -> String {
+    std::env::var("E2E_LOG_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string())
 }
 
 fn free_port() -> u16 {
